@@ -1,0 +1,24 @@
+# The study as a DAG: videos -> frames -> features -> base -> arms -> evaluations -> fits, tables,
+# figures. Rules are thin calls of `visctx <command>`; everything they know comes from params.yaml.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/analysis.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.analysis_all.input,

@@ -1,0 +1,3 @@
+from visctx.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""Gather per-(arm, benchmark) evaluations into the tidy table every analysis reads.
+
+``arms.csv`` has one row per (arm, benchmark); ``design.csv`` says which study asked for which
+arm, so tables and fits never re-derive the study -> arm mapping.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from visctx.config import Arm, study_points
+
+ARM_COLUMNS = ["arm", "T", "M", "token_op", "frame_op", "time_kernel", "tokens"]
+
+
+def read_evaluation(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read evaluation JSON ({e})") from None
+    for key in ("arm", "benchmark", "n", "loss", "accuracy"):
+        if key not in rec:
+            raise ValueError(f"{path}: evaluation has no {key!r} field")
+    return rec
+
+
+def tidy_rows(evaluations: list[dict]) -> pd.DataFrame:
+    rows = []
+    for rec in evaluations:
+        arm = Arm.from_id(rec["arm"])
+        row = {k: v for k, v in arm.to_dict().items() if k != "id"}
+        row |= {"arm": arm.id, "benchmark": rec["benchmark"], "n": rec["n"],
+                "loss": rec["loss"], "accuracy": rec["accuracy"]}
+        for task, t in sorted((rec.get("per_task") or {}).items()):
+            row[f"acc_{task}"] = t.get("accuracy")
+            row[f"loss_{task}"] = t.get("loss")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    lead = ARM_COLUMNS + ["benchmark", "n", "loss", "accuracy"]
+    return df[lead + sorted(c for c in df.columns if c not in lead)].sort_values(["benchmark", "arm"])
+
+
+def design_table(studies: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"study": p.study, "method": p.method, "T": p.T, "M": p.M, "arm": p.arm.id}
+                         for p in study_points(studies)])
+
+
+def collect(evals: list[str], studies: dict, out_arms: str, out_design: str) -> dict:
+    """Write the tidy per-arm table and the study design; every designed arm must be evaluated."""
+    df = tidy_rows([read_evaluation(p) for p in evals])
+    design = design_table(studies)
+    missing = sorted(set(design["arm"]) - set(df["arm"]))
+    if missing:
+        raise ValueError(f"no evaluation for designed arm(s): {', '.join(missing)}")
+    for out, table in ((out_arms, df), (out_design, design)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False, float_format="%.6g")
+    return {"arms": int(df["arm"].nunique()), "rows": len(df), "design_points": len(design)}

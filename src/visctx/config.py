@@ -1,0 +1,280 @@
+"""Params: loading, the preset switch, validation, and the one mapping from studies to arms.
+
+``params.yaml`` is the single source of truth (DVC params and Snakemake config alike). Its
+``studies`` section is data; :func:`study_points` is the only place that turns it into arms, so an
+arm requested by two studies is one arm, trained once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from visctx.context import GRID, pool_kernel, poolable_token_counts
+
+TOKEN_OPS = ("sample", "pool")
+FRAME_OPS = ("sample", "pool")
+STUDIES = ("tokens", "frames", "joint", "window")
+
+
+class ParamsError(ValueError):
+    """A bad value in params.yaml; the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True, order=True)
+class Arm:
+    """One trained model: T frames x M tokens per frame, made by one token and one frame operator.
+
+    ``time_kernel`` is how many uniformly sampled frames are mean-pooled into each of the T
+    frames (1 = plain frame sampling), so frame pooling that pools nothing is the same arm as
+    frame sampling and is trained once.
+    """
+
+    T: int
+    M: int
+    token_op: str = "pool"
+    time_kernel: int = 1
+
+    def __post_init__(self) -> None:
+        if self.T < 1 or self.M < 1 or self.time_kernel < 1:
+            raise ValueError(f"arm needs positive T, M, time_kernel; got {self}")
+        if self.token_op not in TOKEN_OPS:
+            raise ValueError(f"unknown token_op {self.token_op!r}; allowed: {', '.join(TOKEN_OPS)}")
+        if self.token_op == "pool":
+            pool_kernel(self.M)
+        elif math.isqrt(self.M) ** 2 != self.M or self.M > GRID * GRID:
+            raise ValueError(f"token sampling needs a square M <= {GRID * GRID}, got M={self.M}")
+
+    @property
+    def frame_op(self) -> str:
+        return "pool" if self.time_kernel > 1 else "sample"
+
+    @property
+    def kernel(self) -> int:
+        """Spatial pool kernel k (token pooling)."""
+        return pool_kernel(self.M)
+
+    @property
+    def side(self) -> int:
+        return math.isqrt(self.M)
+
+    @property
+    def tokens(self) -> int:
+        """Visual tokens in the LLM's context: T * M."""
+        return self.T * self.M
+
+    @property
+    def id(self) -> str:
+        tail = f"-tpool{self.time_kernel}" if self.time_kernel > 1 else ""
+        return f"T{self.T}-M{self.M}-{self.token_op}{tail}"
+
+    @classmethod
+    def from_id(cls, arm_id: str) -> "Arm":
+        try:
+            parts = arm_id.split("-")
+            T, M, op = int(parts[0].removeprefix("T")), int(parts[1].removeprefix("M")), parts[2]
+            kt = int(parts[3].removeprefix("tpool")) if len(parts) > 3 else 1
+            if not parts[0].startswith("T") or not parts[1].startswith("M") or len(parts) > 4:
+                raise ValueError
+        except (IndexError, ValueError):
+            raise ValueError(f"not an arm id: {arm_id!r} (expected e.g. T32-M49-pool or T8-M49-pool-tpool4)") from None
+        return cls(T, M, op, kt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "frame_op": self.frame_op, "id": self.id, "tokens": self.tokens}
+
+
+@dataclass(frozen=True)
+class StudyPoint:
+    """One row of a study's design: which arm answers (study, method, T, M)."""
+
+    study: str
+    method: str  # the operator the study varies: 'sample' or 'pool'
+    T: int
+    M: int
+    arm: Arm
+
+
+def frame_arm(T: int, M: int, frame_op: str, source: int, token_op: str = "pool") -> Arm:
+    """Frame pooling samples ``floor(source/T) * T`` frames and pools groups of ``floor(source/T)``."""
+    kt = max(1, source // T) if frame_op == "pool" else 1
+    return Arm(T, M, token_op, kt)
+
+
+def study_points(studies: dict[str, Any]) -> list[StudyPoint]:
+    """Expand the ``studies`` section into design points (the only study -> arm mapping)."""
+    points: list[StudyPoint] = []
+    s = studies.get("tokens")
+    if s:
+        for method in s["methods"]:
+            for M in s["tokens"]:
+                points.append(StudyPoint("tokens", method, s["frames"], M, Arm(s["frames"], M, method)))
+    s = studies.get("frames")
+    if s:
+        for method in s["methods"]:
+            for T in s["frames"]:
+                arm = frame_arm(T, s["tokens"], method, s["pool_source"], s["token_method"])
+                points.append(StudyPoint("frames", method, T, s["tokens"], arm))
+    s = studies.get("joint")
+    if s:
+        for M in s["tokens"]:
+            for T in s["frames"]:
+                points.append(StudyPoint("joint", s["token_method"], T, M, Arm(T, M, s["token_method"])))
+    s = studies.get("window")
+    if s:
+        for T, M in s["combos"]:
+            points.append(StudyPoint("window", s["token_method"], T, M, Arm(T, M, s["token_method"])))
+    return points
+
+
+def unique_arms(points: Iterable[StudyPoint]) -> list[Arm]:
+    """Arms in first-requested order, each once."""
+    return list(dict.fromkeys(p.arm for p in points))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_preset(params: dict) -> dict:
+    """Apply ``presets[preset]`` over the top-level values (the one-switch paper preset)."""
+    name = params.get("preset")
+    presets = params.get("presets") or {}
+    if name in (None, "embedded"):
+        return params
+    if name not in presets:
+        raise ParamsError(f"preset: {name!r} is not defined; allowed: embedded, {', '.join(presets)}")
+    return deep_merge(params, presets[name])
+
+
+def _schema_errors(params: dict, schema: dict) -> list[str]:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    out = []
+    for err in sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path)):
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path).lstrip(".")
+        out.append(f"{key or '<top level>'}: {err.message}")
+    return out
+
+
+def _token_count_error(key: str, M: int, method: str) -> str | None:
+    if method == "pool":
+        allowed = poolable_token_counts()
+        if M not in allowed:
+            return (f"{key}={M}: mean pooling of the {GRID}x{GRID} grid (kernel = stride = k, zero-padded) "
+                    f"gives M in {allowed}")
+    elif math.isqrt(M) ** 2 != M or M > GRID * GRID:
+        return f"{key}={M}: token sampling keeps an m x m sub-grid, so M must be a square number <= {GRID * GRID}"
+    return None
+
+
+def semantic_errors(params: dict) -> list[str]:
+    """Checks a JSON schema cannot express: producible token counts, windows, frame budgets."""
+    errs: list[str] = []
+    studies = params.get("studies", {})
+    max_frames = params.get("data", {}).get("extract", {}).get("max_frames")
+
+    def frames_ok(key: str, T: int) -> None:
+        if max_frames is not None and T > max_frames:
+            errs.append(f"{key}={T}: above data.extract.max_frames={max_frames}, the frames kept per video")
+
+    s = studies.get("tokens") or {}
+    for method in s.get("methods", []):
+        for i, M in enumerate(s.get("tokens", [])):
+            if e := _token_count_error(f"studies.tokens.tokens[{i}] (method {method})", M, method):
+                errs.append(e)
+    if "frames" in s:
+        frames_ok("studies.tokens.frames", s["frames"])
+    s = studies.get("frames") or {}
+    if "tokens" in s and (e := _token_count_error("studies.frames.tokens", s["tokens"], s.get("token_method", "pool"))):
+        errs.append(e)
+    for i, T in enumerate(s.get("frames", [])):
+        frames_ok(f"studies.frames.frames[{i}]", T)
+    if max_frames is not None and s.get("pool_source", 0) > max_frames:
+        errs.append(f"studies.frames.pool_source={s['pool_source']}: above data.extract.max_frames={max_frames}")
+    s = studies.get("joint") or {}
+    for i, M in enumerate(s.get("tokens", [])):
+        if e := _token_count_error(f"studies.joint.tokens[{i}]", M, s.get("token_method", "pool")):
+            errs.append(e)
+    for i, T in enumerate(s.get("frames", [])):
+        frames_ok(f"studies.joint.frames[{i}]", T)
+    s = studies.get("window") or {}
+    budget = s.get("budget")
+    for i, combo in enumerate(s.get("combos", [])):
+        T, M = combo
+        if e := _token_count_error(f"studies.window.combos[{i}] M", M, s.get("token_method", "pool")):
+            errs.append(e)
+        frames_ok(f"studies.window.combos[{i}] T", T)
+        if budget is not None and T * M > budget:
+            errs.append(f"studies.window.combos[{i}]=[{T}, {M}]: T*M={T * M} is above the window "
+                        f"studies.window.budget={budget}; allowed: T*M <= {budget}")
+    return errs
+
+
+def validate(params: dict, schema: dict | None = None) -> dict:
+    """Raise :class:`ParamsError` listing every bad key; return ``params`` unchanged when valid."""
+    errs = _schema_errors(params, schema if schema is not None else load_schema())
+    if not errs:  # semantic checks assume the shapes the schema guarantees
+        errs = semantic_errors(params)
+    if errs:
+        raise ParamsError("invalid params:\n  " + "\n  ".join(errs))
+    return params
+
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> dict:
+    """Read, apply overrides and the preset, validate; the resolved dict is what every stage sees."""
+    path = Path(path)
+    try:
+        with open(path) as f:
+            params = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    if overrides:
+        params = deep_merge(params, overrides)
+    return validate(resolve_preset(params))
+
+
+def dumps(obj: Any) -> str:
+    """Stable JSON for rule params (Snakemake reruns a job when its params change)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def describe(params: str = "params.yaml") -> dict:
+    """Validate a params file and list each study's design points and the unique arms to train."""
+    resolved = load_params(params)
+    points = study_points(resolved["studies"])
+    arms = unique_arms(points)
+    return {
+        "preset": resolved.get("preset"),
+        "studies": {s: [f"{p.method} T={p.T} M={p.M} -> {p.arm.id}" for p in points if p.study == s]
+                    for s in STUDIES if s in resolved["studies"]},
+        "arms": [a.id for a in arms],
+        "n_arms": len(arms),
+    }

@@ -1,0 +1,101 @@
+"""The visual-context operators: how T frames x M tokens are cut out of a video's patch grids.
+
+These are the four ways of the study to shrink the visual context (paper-notes §2):
+
+* token sampling   -- keep an m x m sub-grid at uniform stride (M = m^2), no mixing;
+* token pooling    -- mean pool with kernel = stride = k over the grid zero-padded up to a multiple
+  of k (the zeros count, so edge cells shrink), M = ceil(G/k)^2;
+* frame sampling   -- T frames picked uniformly;
+* frame pooling    -- k_t*T frames picked uniformly, then mean-pooled over time, in one 3-D pool
+  together with the token pooling.
+
+They are pure tensor functions: no files, no models, so the same code runs on cached features
+(the embedded default) and inside a model's forward (paper scale).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from visctx.config import Arm
+
+GRID = 27  # SigLIP-so400m-patch14-384: 384 / 14 -> 27 x 27 patches
+
+
+def uniform_indices(n: int, k: int) -> list[int]:
+    """Centre of each of ``k`` equal segments of ``range(n)``: ``floor((i + 1/2) * n / k)``.
+
+    Centred rather than ``linspace(0, n-1, k)`` so that k = 1 takes the middle (not the first)
+    element and the sub-grid of token sampling is symmetric. With k > n indices repeat, which is
+    how a short video is forced to yield k frames.
+    """
+    if n <= 0 or k <= 0:
+        raise ValueError(f"uniform_indices needs n > 0 and k > 0, got n={n}, k={k}")
+    return [min(n - 1, int(math.floor((i + 0.5) * n / k))) for i in range(k)]
+
+
+def pool_kernel(M: int, grid: int = GRID) -> int:
+    """The kernel k with ceil(grid/k)^2 == M; ValueError if mean pooling cannot produce M."""
+    side = math.isqrt(M)
+    if M <= 0 or side * side != M:
+        raise ValueError(f"M={M} is not a square number of tokens")
+    for k in range(1, grid + 1):
+        if math.ceil(grid / k) == side:
+            return k
+    raise ValueError(f"M={M}: no kernel k gives ceil({grid}/k)^2 = {M} on a {grid}x{grid} grid")
+
+
+def poolable_token_counts(grid: int = GRID) -> list[int]:
+    """Every M that mean pooling can produce from a grid x grid patch grid, largest first."""
+    return sorted({math.ceil(grid / k) ** 2 for k in range(1, grid + 1)}, reverse=True)
+
+
+def sample_tokens(grid_feats: torch.Tensor, M: int) -> torch.Tensor:
+    """``[..., G, G, D] -> [..., M, D]``: the centred m x m sub-grid at uniform stride."""
+    G = grid_feats.shape[-2]
+    m = math.isqrt(M)
+    if m * m != M or m > G:
+        raise ValueError(f"token sampling needs a square M <= {G * G}, got M={M}")
+    idx = torch.tensor(uniform_indices(G, m), device=grid_feats.device)
+    sub = grid_feats.index_select(-3, idx).index_select(-2, idx)
+    return sub.reshape(*sub.shape[:-3], M, sub.shape[-1])
+
+
+def pool_grid(x: torch.Tensor, k: int, kt: int = 1) -> torch.Tensor:
+    """``[..., F, G, G, D] -> [..., F/kt, ceil(G/k)^2, D]`` by one 3-D mean pool.
+
+    The grid is zero-padded at its far edges up to a multiple of k and the zeros count in the
+    mean (as in Opt-Visor's projector); F must be a multiple of kt.
+    """
+    *batch, Fr, G, G2, D = x.shape
+    if G != G2:
+        raise ValueError(f"patch grid must be square, got {G}x{G2}")
+    if Fr % kt:
+        raise ValueError(f"{Fr} frames cannot be pooled in groups of {kt}")
+    side = math.ceil(G / k)
+    pad = side * k - G
+    v = x.reshape(-1, Fr, G, G, D).permute(0, 4, 1, 2, 3)  # [B, D, F, G, G]
+    if pad:
+        v = F.pad(v, (0, pad, 0, pad))
+    v = F.avg_pool3d(v, kernel_size=(kt, k, k), stride=(kt, k, k))  # [B, D, F/kt, side, side]
+    v = v.permute(0, 2, 3, 4, 1).reshape(*batch, Fr // kt, side * side, D)
+    return v
+
+
+def visual_context(features: torch.Tensor, arm: "Arm") -> torch.Tensor:
+    """``[..., F, G, G, D]`` cached per-frame patch features -> ``[..., T, M, D]`` for one arm."""
+    Fr, G = features.shape[-4], features.shape[-3]
+    n_frames = arm.T * arm.time_kernel
+    frames = features.index_select(-4, torch.tensor(uniform_indices(Fr, n_frames), device=features.device))
+    if arm.token_op == "pool":
+        return pool_grid(frames, arm.kernel, arm.time_kernel)
+    if arm.token_op == "sample":
+        if arm.time_kernel > 1:  # temporal mean first; sampling then keeps tokens unmixed in space
+            frames = pool_grid(frames, 1, arm.time_kernel).reshape(*frames.shape[:-4], arm.T, G, G, -1)
+        return sample_tokens(frames, arm.M)
+    raise ValueError(f"unknown token_op {arm.token_op!r}; allowed: sample, pool")

@@ -1,0 +1,99 @@
+"""params.yaml: every shipped config is valid, bad values are named, studies expand to unique arms."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from visctx.config import (Arm, ParamsError, deep_merge, load_params, resolve_preset, study_points,
+                           unique_arms, validate)
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
+
+
+def raw():
+    return yaml.safe_load(PARAMS.read_text())
+
+
+@pytest.mark.parametrize("preset", ["embedded", "paper"])
+def test_every_shipped_preset_is_valid(preset):
+    p = load_params(PARAMS, {"preset": preset})
+    assert p["preset"] == preset
+    points = study_points(p["studies"])
+    assert {pt.study for pt in points} == {"tokens", "frames", "joint", "window"}
+
+
+def test_the_embedded_default_keeps_the_papers_design():
+    p = load_params(PARAMS)
+    s = p["studies"]
+    assert len(s["tokens"]["tokens"]) == 9 and len(s["frames"]["frames"]) == 8
+    assert set(s["tokens"]["methods"]) == set(s["frames"]["methods"]) == {"sample", "pool"}
+    assert len(s["joint"]["tokens"]) * len(s["joint"]["frames"]) >= 8
+    assert len(s["window"]["combos"]) == 5
+
+
+def test_paper_preset_values():
+    p = load_params(PARAMS, {"preset": "paper"})
+    assert p["studies"]["tokens"]["frames"] == 32 and p["studies"]["frames"]["tokens"] == 49
+    assert p["studies"]["frames"]["frames"] == [1, 8, 16, 32, 48, 64, 96, 128]
+    assert p["model"]["llm"] == "Qwen/Qwen2-7B"
+    assert all(T * M <= 6000 for T, M in p["studies"]["window"]["combos"])
+
+
+def test_shared_arms_are_trained_once():
+    p = load_params(PARAMS)
+    points = study_points(p["studies"])
+    arms = unique_arms(points)
+    assert len(points) == 18 + 16 + 8 + 5
+    assert len(arms) == len({a.id for a in arms}) < len(points)
+    # T4-M9-pool is both a token-study arm and a frame-study arm
+    users = {pt.study for pt in points if pt.arm.id == "T4-M9-pool"}
+    assert users == {"tokens", "frames"}
+
+
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ({"studies": {"tokens": {"tokens": [1, 50]}}}, ["studies.tokens.tokens[1]", "50", "196"]),
+        ({"studies": {"tokens": {"methods": ["sample"], "tokens": [1, 8]}}}, ["tokens[1]", "=8", "square"]),
+        ({"studies": {"window": {"budget": 100}}}, ["studies.window.combos[0]", "T*M=144", "<= 100"]),
+        ({"studies": {"tokens": {"methods": ["avg"]}}}, ["studies.tokens.methods[0]", "'avg'", "sample", "pool"]),
+        ({"studies": {"frames": {"tokens": 0}}}, ["studies.frames.tokens", "0", "minimum of 1"]),
+        ({"studies": {"frames": {"frames": [1, 64]}}}, ["studies.frames.frames[1]=64", "max_frames=32"]),
+        ({"train": {"arm": {"lr": -1}}}, ["train.arm.lr", "-1"]),
+        ({"data": {"source": "youtube"}}, ["data.source", "'youtube'"]),
+        ({"analysis": {"budget": 0}}, ["analysis.budget"]),
+        ({"preset": "huge"}, ["preset", "'huge'", "paper"]),
+        ({"studies": {"tokenz": {}}}, ["tokenz"]),
+    ],
+)
+def test_bad_values_are_named(override, needles):
+    with pytest.raises(ParamsError) as e:
+        load_params(PARAMS, override)
+    for needle in needles:
+        assert needle in str(e.value), str(e.value)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ParamsError, match="nope.yaml"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_preset_overrides_only_what_it_names():
+    p = raw()
+    merged = resolve_preset(deep_merge(p, {"preset": "paper"}))
+    assert merged["analysis"]["n_boot"] == p["analysis"]["n_boot"]
+    assert merged["analysis"]["budget"] == 6000
+    assert validate(merged) is merged
+
+
+@pytest.mark.parametrize("arm", [Arm(32, 49, "pool"), Arm(8, 49, "pool", 4), Arm(1, 196, "sample")])
+def test_arm_ids_round_trip(arm):
+    assert Arm.from_id(arm.id) == arm
+
+
+@pytest.mark.parametrize("bad", ["T32-M49", "X32-M49-pool", "T32-M49-avg", "T32-M50-pool", "T0-M1-pool"])
+def test_bad_arm_ids(bad):
+    with pytest.raises(ValueError):
+        Arm.from_id(bad)

@@ -1,0 +1,84 @@
+# Fits, tables, figures and metrics from the tidy table; cheap, so a new window budget
+# (analysis.budget) reruns only these rules and never retrains an arm.
+
+# Must equal visctx.report.TABLES / FIGURES (tests/test_workflow.py checks it): listed here so
+# the workflow loads without importing the plotting stack.
+TABLES = ["table1_tokens", "table2_frames", "table3_joint", "table4_window", "table5_fits", "model_selection"]
+FIGURES = ["tokens_loss", "frames_loss", "joint_contour", "accuracy_by_task"]
+ANALYSIS = CFG["analysis"]
+
+
+rule fits:
+    input:
+        arms=rules.collect.output.arms,
+        design=rules.collect.output.design,
+    output:
+        json=f"{RESULTS}/fits/fits.json",
+    params:
+        code=code_version("fit"),
+        budget=ANALYSIS["budget"],
+        n_boot=ANALYSIS["n_boot"],
+        seed=ANALYSIS["seed"],
+    threads: 2
+    log:
+        f"{LOGS}/fits.log",
+    shell:
+        "visctx fits --arms-csv {input.arms} --design-csv {input.design} --budget {params.budget}"
+        " --n-boot {params.n_boot} --seed {params.seed} --out-json {output.json} > {log} 2>&1"
+
+
+rule tables:
+    input:
+        arms=rules.collect.output.arms,
+        design=rules.collect.output.design,
+        fits=rules.fits.output.json,
+    output:
+        csv=[report(f"{RESULTS}/tables/{t}.csv", caption=f"../report/{t}.rst", category="Tables") for t in TABLES],
+        md=[f"{RESULTS}/tables/{t}.md" for t in TABLES],
+        tex=[f"{RESULTS}/tables/{t}.tex" for t in TABLES],
+    params:
+        code=code_version("report", "fit"),
+    log:
+        f"{LOGS}/tables.log",
+    shell:
+        "visctx tables --arms-csv {input.arms} --design-csv {input.design} --fits-json {input.fits}"
+        " --out-dir {RESULTS}/tables > {log} 2>&1"
+
+
+rule figures:
+    input:
+        arms=rules.collect.output.arms,
+        design=rules.collect.output.design,
+        fits=rules.fits.output.json,
+    output:
+        [report(f"{RESULTS}/figures/{f}.png", caption=f"../report/{f}.rst", category="Figures") for f in FIGURES],
+    params:
+        code=code_version("report", "fit"),
+    log:
+        f"{LOGS}/figures.log",
+    shell:
+        "visctx figures --arms-csv {input.arms} --design-csv {input.design} --fits-json {input.fits}"
+        " --out-dir {RESULTS}/figures > {log} 2>&1"
+
+
+rule metrics:
+    input:
+        arms=rules.collect.output.arms,
+        design=rules.collect.output.design,
+        fits=rules.fits.output.json,
+    output:
+        json=f"{RESULTS}/metrics.json",
+    params:
+        code=code_version("report", "fit"),
+    log:
+        f"{LOGS}/metrics.log",
+    shell:
+        "visctx metrics --arms-csv {input.arms} --design-csv {input.design} --fits-json {input.fits}"
+        " --out-json {output.json} > {log} 2>&1"
+
+
+rule analysis_all:
+    input:
+        rules.tables.output,
+        rules.figures.output,
+        rules.metrics.output,

@@ -1,0 +1,55 @@
+# One shared base trained on a mixture of every arm's setting, then one fine-tune per arm.
+# (With train.base.steps = 0 every arm starts from the pretrained LLM directly, as in the paper.)
+
+TRAIN = CFG["train"]
+BASE = TRAIN["base"]["steps"] > 0
+
+
+def train_inputs(wildcards=None):
+    return {
+        "train": corpus_json("train"),
+        "features": feature_shards("train"),
+        "llm": rules.init_llm.output if TINY else [],
+    }
+
+
+rule train_base:
+    input:
+        unpack(train_inputs),
+    output:
+        model=directory(f"{RESULTS}/base/model"),
+    params:
+        code=code_version("train", "model", "data", "context", "pretrained"),
+        optim=cli_options(TRAIN["base"]),
+        init=pretrained_llm(),
+        arms=" ".join(ARMS),
+        seed=CFG["seed"],
+        logs=f"{RESULTS}/base/logs",
+    threads: 2
+    log:
+        f"{RESULTS}/base/train.log",
+    shell:
+        "visctx train --out-dir {output.model} --train-json {input.train} --features-dir {DATA}/features/train"
+        " --init {params.init} --arms {params.arms} {params.optim} --seed {params.seed} --threads {threads}"
+        " --log-dir {params.logs} --no-progress-bar > {log} 2>&1"
+
+
+rule train_arm:
+    input:
+        unpack(train_inputs),
+        base=rules.train_base.output.model if BASE else [],
+    output:
+        model=directory(f"{RESULTS}/arms/{{arm}}/model"),
+    params:
+        code=code_version("train", "model", "data", "context", "pretrained"),
+        optim=cli_options(TRAIN["arm"]),
+        init=f"{RESULTS}/base/model" if BASE else pretrained_llm(),
+        seed=CFG["seed"],
+        logs=f"{RESULTS}/arms/{{arm}}/train",
+    threads: TRAIN["threads"]
+    log:
+        f"{RESULTS}/arms/{{arm}}/train.log",
+    shell:
+        "visctx train --out-dir {output.model} --train-json {input.train} --features-dir {DATA}/features/train"
+        " --init {params.init} --arms {wildcards.arm} {params.optim} --seed {params.seed} --threads {threads}"
+        " --log-dir {params.logs} --no-progress-bar > {log} 2>&1"
