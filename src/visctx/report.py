@@ -1,0 +1,538 @@
+"""Tables, figures and metrics of the study from ``arms.csv``, ``design.csv`` and ``fits.json``.
+
+The tables mirror the paper (Du et al. 2024): Table 1 (token study), Table 2 (frame study), Table 3
+(joint grid with the fitted law), Table 4 (fixed window, predicted by the law fitted without those
+arms), plus every fit with its bootstrap intervals and the model-selection table. Each table is
+written as Markdown, CSV and LaTeX under fixed names, and every declared file is always written (a
+study absent from the design gives a one-row "note" table or a placeholder figure), so a workflow
+can name all outputs up front from :data:`TABLES`, :data:`FIGURES` and :func:`output_paths`.
+
+Figures use matplotlib's object API with the Agg canvas (no pyplot state, no backend switch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from visctx.fit import LAWS, FitError, joint_loss, load_arms, load_design, load_fits
+
+TABLES = ["table1_tokens", "table2_frames", "table3_joint", "table4_window", "table5_fits", "model_selection"]
+FIGURES = ["tokens_loss", "frames_loss", "joint_contour", "accuracy_by_task"]
+TABLE_FORMATS = ("md", "csv", "tex")
+DPI = 120
+METHOD_ORDER = ("sample", "pool")
+METHOD_COLORS = {"sample": "#d95f02", "pool": "#1b9e77"}
+
+
+def output_paths(out_dir: str | Path) -> dict[str, list[Path]]:
+    """Every file :func:`write_tables` and :func:`write_figures` write into ``out_dir``."""
+    out = Path(out_dir)
+    return {"tables": [out / f"{t}.{ext}" for t in TABLES for ext in TABLE_FORMATS],
+            "figures": [out / f"{f}.png" for f in FIGURES]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+class _Inputs:
+    """The three inputs, read once; arms restricted to the benchmark the fits were made on."""
+
+    def __init__(self, arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path) -> None:
+        self.fits = load_fits(fits_json)
+        self.benchmark = self.fits.get("benchmark", "synthetic")
+        self.arms = load_arms(arms_csv, self.benchmark)
+        self.design = load_design(design_csv)
+        self.tasks = [c for c in self.arms.columns if c.startswith("acc_") and self.arms[c].notna().any()]
+
+    def study(self, study: str) -> pd.DataFrame:
+        """Design rows of one study joined with the arms' measurements (missing arms: an error)."""
+        d = self.design[self.design["study"] == study]
+        missing = sorted(set(d["arm"]) - set(self.arms.index))
+        if missing:
+            raise FitError(f"design study {study!r}: arm(s) {missing} not in arms.csv for benchmark "
+                           f"{self.benchmark!r}")
+        cols = [c for c in ("time_kernel", "tokens", "n", "loss", "accuracy", *self.tasks) if c in self.arms.columns]
+        return d.merge(self.arms[cols], left_on="arm", right_index=True, how="left")
+
+    def fit_entry(self, study: str, method: str | None = None) -> dict[str, Any] | None:
+        f = self.fits.get("fits", {}).get(study)
+        if f is None:
+            return None
+        return f.get(method) if method is not None else f
+
+    def fitted_value(self, study: str, method: str | None, arm: str, form: str | None = None) -> float | None:
+        e = self.fit_entry(study, method)
+        if not e:
+            return None
+        form = form or e.get("selected") or next(iter(e.get("forms", {})), None)
+        f = e.get("forms", {}).get(form)
+        if not f or arm not in f["arms"]:
+            return None
+        return f["fitted"][f["arms"].index(arm)]
+
+
+def _note(text: str) -> pd.DataFrame:
+    return pd.DataFrame({"note": [text]})
+
+
+def _methods(df: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(df["method"]))
+    return [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _study_table(inp: _Inputs, study: str, x: str) -> pd.DataFrame:
+    d = inp.study(study)
+    if d.empty:
+        return _note(f"no {study} study in design.csv")
+    rows = []
+    for method in _methods(d):
+        sub = d[d["method"] == method].drop_duplicates("arm").sort_values(x)
+        e = inp.fit_entry(study, method) or {}
+        for _, r in sub.iterrows():
+            row = {"method": method, "T": int(r["T"]), "M": int(r["M"])}
+            if "time_kernel" in r:
+                row["time_kernel"] = int(r["time_kernel"])
+            row |= {"arm": r["arm"], "loss": r["loss"], "fit": inp.fitted_value(study, method, r["arm"]),
+                    "law": e.get("selected"), "accuracy": r.get("accuracy", np.nan)}
+            row |= {t: r[t] for t in inp.tasks}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table1_tokens(inp: _Inputs) -> pd.DataFrame:
+    """Token study: one row per (method, M) at fixed T; loss, fitted loss (the method's selected
+    law), accuracy, per-task accuracy."""
+    return _study_table(inp, "tokens", "M")
+
+
+def table2_frames(inp: _Inputs) -> pd.DataFrame:
+    """Frame study: one row per (method, T) at fixed M."""
+    return _study_table(inp, "frames", "T")
+
+
+def table3_joint(inp: _Inputs) -> pd.DataFrame:
+    """Arms of the joint fit (token pool x frame sample, window arms held out): observed vs fitted."""
+    e = inp.fit_entry("joint")
+    if not e or "joint" not in e.get("forms", {}):
+        return _note("no joint fit (needs token-pool x frame-sample arms varying both T and M)")
+    f = e["forms"]["joint"]
+    studies = inp.design.groupby("arm")["study"].agg(lambda s: ",".join(dict.fromkeys(s)))
+    rows = []
+    for arm, obs, fit in zip(f["arms"], f["observed"], f["fitted"]):
+        a = inp.arms.loc[arm]
+        rows.append({"arm": arm, "T": int(a["T"]), "M": int(a["M"]), "tokens": int(a["T"] * a["M"]),
+                     "studies": studies.get(arm, ""), "loss": obs, "fitted": fit,
+                     "residual_%": 100 * (fit - obs) / obs, "accuracy": a.get("accuracy", np.nan)})
+    return pd.DataFrame(rows).sort_values(["M", "T"]).reset_index(drop=True)
+
+
+def table4_window(inp: _Inputs) -> pd.DataFrame:
+    """Fixed-window arms: observed vs predicted loss (law fitted without them), the best observed
+    arm, the predicted best arm, and the predicted optimum at the analysis budget."""
+    p = inp.fits.get("prediction")
+    d = inp.study("window")
+    if d.empty or not p:
+        why = "no window study in design.csv" if d.empty else "no joint fit to predict the window arms"
+        return _note(why)
+    opt = inp.fits.get("optimum") or {}
+    bf = opt.get("brute_force") or {}
+    rows = []
+    for r in p["arms"]:
+        marks = []
+        if r["arm"] == p["best_observed"]:
+            marks.append("best observed")
+        if r["arm"] == p["best_predicted"]:
+            marks.append("predicted best")
+        if bf and (r["T"], r["M"]) == (bf.get("T"), bf.get("M")):
+            marks.append("predicted optimum")
+        ci = r.get("predicted_ci") or [None, None]
+        rows.append({"arm": r["arm"], "T": r["T"], "M": r["M"], "T*M": r["tokens"], "loss": r["observed"],
+                     "predicted": r["predicted"], "pred_lo": ci[0], "pred_hi": ci[1],
+                     "error_%": 100 * r["rel_error"], "p_best": r.get("p_best"),
+                     "accuracy": inp.arms.loc[r["arm"]].get("accuracy", np.nan), "mark": ", ".join(marks)})
+    if bf and not any("predicted optimum" in r["mark"] for r in rows):
+        b = opt.get("bootstrap") or {}
+        rows.append({"arm": f"optimum (L={opt['budget']})", "T": bf["T"], "M": bf["M"], "T*M": bf["tokens"],
+                     "loss": None, "predicted": bf["loss"], "pred_lo": (b.get("loss") or {}).get("lo"),
+                     "pred_hi": (b.get("loss") or {}).get("hi"), "error_%": None, "p_best": None,
+                     "accuracy": None, "mark": "predicted optimum (not trained)"})
+    return pd.DataFrame(rows)
+
+
+def table5_fits(inp: _Inputs) -> pd.DataFrame:
+    """Every fit, one row per parameter: estimate, bootstrap percentile interval, Wald SE/interval,
+    R^2, AICc, convergence."""
+    rows = []
+    for study, method, entry in _fit_entries(inp.fits):
+        for form, f in entry.get("forms", {}).items():
+            boot = f.get("bootstrap") or {}
+            for name, value in f["params"].items():
+                ci = (boot.get("ci") or {}).get(name) or [None, None]
+                wald = (f.get("wald_ci") or {}).get(name) or [None, None]
+                rows.append({"study": study, "method": method, "form": form, "formula": f["formula"],
+                             "selected": form == entry.get("selected"), "param": name, "estimate": value,
+                             "boot_lo": ci[0], "boot_hi": ci[1], "se": (f.get("se") or {}).get(name),
+                             "wald_lo": wald[0], "wald_hi": wald[1], "n": f["n"], "r2": f.get("r2"),
+                             "aicc": f.get("aicc"), "converged": f["converged"],
+                             "at_bound": ",".join(f.get("at_bound") or []),
+                             "n_boot_ok": boot.get("n_ok")})
+    return pd.DataFrame(rows) if rows else _note("no fits")
+
+
+def model_selection_table(inp: _Inputs) -> pd.DataFrame:
+    rows = inp.fits.get("model_selection") or []
+    if not rows:
+        return _note("no fits")
+    cols = ["study", "method", "form", "formula", "n", "k", "llf", "aic", "aicc", "bic", "r2", "delta", "weight",
+            "criterion", "converged", "selected"]
+    return pd.DataFrame(rows)[cols]
+
+
+def _fit_entries(fits: dict[str, Any]):
+    for study in ("tokens", "frames"):
+        for method, entry in (fits.get("fits", {}).get(study) or {}).items():
+            yield study, method, entry
+    if fits.get("fits", {}).get("joint"):
+        yield "joint", "pool", fits["fits"]["joint"]
+
+
+def build_tables(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path) -> dict[str, pd.DataFrame]:
+    inp = _Inputs(arms_csv, design_csv, fits_json)
+    builders = {"table1_tokens": table1_tokens, "table2_frames": table2_frames, "table3_joint": table3_joint,
+                "table4_window": table4_window, "table5_fits": table5_fits, "model_selection": model_selection_table}
+    assert list(builders) == TABLES
+    return {name: fn(inp) for name, fn in builders.items()}
+
+
+def _latex(df: pd.DataFrame) -> str:
+    return df.to_latex(index=False, float_format="%.4g", escape=True, na_rep="--")
+
+
+def write_tables(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
+                 out_dir: str | Path) -> list[Path]:
+    """Write every table in :data:`TABLES` as ``.md``, ``.csv`` and ``.tex`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, df in build_tables(arms_csv, design_csv, fits_json).items():
+        p = out / f"{name}.md"
+        p.write_text(df.to_markdown(index=False, floatfmt=".4g", missingval="–") + "\n")
+        paths.append(p)
+        p = out / f"{name}.csv"
+        df.to_csv(p, index=False)
+        paths.append(p)
+        p = out / f"{name}.tex"
+        p.write_text(_latex(df))
+        paths.append(p)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.0, 4.2)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _placeholder(path: Path, text: str) -> Path:
+    fig, ax = _figure()
+    ax[0, 0].axis("off")
+    ax[0, 0].text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _fmt_ci(v: float | None, ci: list | None) -> str:
+    if v is None:
+        return "?"
+    if ci and ci[0] is not None:
+        return f"{v:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+    return f"{v:.3g}"
+
+
+def _loss_figure(inp: _Inputs, study: str, x: str, path: Path) -> Path:
+    import seaborn as sns
+
+    d = inp.study(study)
+    if d.empty:
+        return _placeholder(path, f"no {study} study in design.csv")
+    with sns.axes_style("whitegrid"):
+        fig, axes = _figure()
+        ax = axes[0, 0]
+        for method in _methods(d):
+            sub = d[d["method"] == method].drop_duplicates("arm").sort_values(x)
+            color = METHOD_COLORS.get(method)
+            e = inp.fit_entry(study, method) or {}
+            form = e.get("selected")
+            f = (e.get("forms") or {}).get(form) if form else None
+            label = f"{method}"
+            if f:
+                c = f.get("curve") or {}
+                boot = (f.get("bootstrap") or {}).get("ci") or {}
+                if "alpha" in f["params"]:
+                    label += f": {f['formula']}, α = {_fmt_ci(f['params']['alpha'], boot.get('alpha'))}"
+                else:
+                    label += f": {f['formula']}, b = {_fmt_ci(f['params']['b'], boot.get('b'))}"
+                if not f["converged"]:
+                    label += " (NOT converged)"
+                if c:
+                    ax.plot(c["x"], c["fit"], color=color, lw=1.6)
+                    if "lo" in c:
+                        ax.fill_between(c["x"], c["lo"], c["hi"], color=color, alpha=0.2, lw=0)
+            ax.scatter(sub[x], sub["loss"], color=color, s=28, zorder=3, label=label, edgecolor="white", lw=0.5)
+        ax.set_xscale("log")
+        lo, hi = float(d["loss"].min()), float(d["loss"].max())
+        pad = 0.15 * (hi - lo) if hi > lo else 0.05 * abs(hi)
+        ax.set_ylim(lo - pad, hi + pad)  # bootstrap bands can explode between sparse points; keep data in view
+        fixed = "T" if x == "M" else "M"
+        ax.set_xlabel(f"{x} ({'tokens per frame' if x == 'M' else 'frames'}; {fixed} = {int(d[fixed].iloc[0])})")
+        ax.set_ylabel(f"held-out loss ({inp.benchmark})")
+        ax.set_title(f"{study} study: loss vs {x} (selected law, {int(100 * inp.fits.get('level', 0.95))}% bootstrap band)",
+                     fontsize=10)
+        ax.legend(fontsize=8)
+        fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _joint_figure(inp: _Inputs, path: Path) -> Path:
+    import seaborn as sns
+    from matplotlib.colors import Normalize
+
+    e = inp.fit_entry("joint")
+    if not e or "joint" not in e.get("forms", {}):
+        return _placeholder(path, "no joint fit (needs token-pool x frame-sample arms varying both T and M)")
+    f = e["forms"]["joint"]
+    opt = inp.fits.get("optimum") or {}
+    L = opt.get("budget") or inp.fits.get("budget")
+    window = [a for a in e.get("held_out", []) if a in inp.arms.index]
+    pts = inp.arms.loc[f["arms"]]
+    wpts = inp.arms.loc[window] if window else pts.iloc[:0]
+    Tmax = max(float(pts["T"].max()), float(wpts["T"].max()) if len(wpts) else 1.0,
+               (opt.get("closed_form") or {}).get("T", 1.0)) * 1.5
+    Mmax = max(float(pts["M"].max()), float(wpts["M"].max()) if len(wpts) else 1.0) * 1.5
+    T = np.geomspace(0.8, Tmax, 160)
+    M = np.geomspace(0.8, Mmax, 160)
+    TT, MM = np.meshgrid(T, M)
+    Z = joint_loss(f["params"], TT.ravel(), MM.ravel()).reshape(TT.shape)
+    allobs = np.r_[pts["loss"].to_numpy(float), wpts["loss"].to_numpy(float)]
+    norm = Normalize(vmin=float(min(Z.min(), allobs.min())), vmax=float(np.quantile(Z, 0.9)))
+    with sns.axes_style("white"):
+        fig, axes = _figure(size=(6.6, 5.0))
+        ax = axes[0, 0]
+        cs = ax.contourf(TT, MM, Z, levels=20, cmap="viridis_r", norm=norm)
+        lines = ax.contour(TT, MM, Z, levels=10, colors="k", linewidths=0.4, alpha=0.5)
+        ax.clabel(lines, fontsize=6, fmt="%.3g")
+        fig.colorbar(cs, ax=ax, label="fitted loss")
+        if L:
+            ax.plot(T, L / T, color="white", lw=1.5, ls="--", label=f"T·M = {L}")
+        ax.scatter(pts["T"], pts["M"], c=pts["loss"], cmap="viridis_r", norm=norm, edgecolor="k", s=36,
+                   label="joint-fit arms", zorder=3)
+        if len(wpts):
+            ax.scatter(wpts["T"], wpts["M"], c=wpts["loss"], cmap="viridis_r", norm=norm, edgecolor="r", marker="s",
+                       s=46, lw=1.2, label="window arms (held out)", zorder=3)
+        cf = opt.get("closed_form")
+        if cf:
+            b = opt.get("bootstrap") or {}
+            ts, ms = b.get("T_star") or {}, b.get("M_star") or {}
+            xerr = [[cf["T"] - ts["lo"]], [ts["hi"] - cf["T"]]] if ts.get("lo") is not None else None
+            yerr = [[cf["M"] - ms["lo"]], [ms["hi"] - cf["M"]]] if ms.get("lo") is not None else None
+            ax.errorbar([cf["T"]], [cf["M"]], xerr=xerr, yerr=yerr, fmt="*", color="red", ms=14, mec="white",
+                        capsize=3, zorder=4, label=f"optimum T*={cf['T']:.0f}, M*={cf['M']:.0f} (closed form)")
+            bf = opt.get("brute_force")
+            if bf:
+                ax.scatter([bf["T"]], [bf["M"]], marker="D", facecolor="none", edgecolor="red", s=70, lw=1.5,
+                           zorder=4, label=f"best producible ({bf['T']}, {bf['M']})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(0.8, Tmax)
+        ax.set_ylim(0.8, Mmax)
+        ax.set_xlabel("T (frames)")
+        ax.set_ylabel("M (tokens per frame)")
+        p = f["params"]
+        ax.set_title(f"L(T,M) = {p['E']:.3g} + {p['A']:.3g}/T^{p['alpha']:.3g} + {p['B']:.3g}/M^{p['beta']:.3g}"
+                     + ("" if f["converged"] else "  (NOT converged)"), fontsize=9)
+        ax.legend(fontsize=7, loc="lower left", framealpha=0.85)
+        fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _accuracy_figure(inp: _Inputs, path: Path) -> Path:
+    import seaborn as sns
+
+    panels = [(s, x) for s, x in (("tokens", "M"), ("frames", "T")) if not inp.study(s).empty]
+    metrics = [c for c in ["accuracy", *inp.tasks] if c in inp.arms.columns and inp.arms[c].notna().any()]
+    if not panels or not metrics:
+        return _placeholder(path, "no token or frame study with accuracy in arms.csv")
+    with sns.axes_style("whitegrid"):
+        fig, axes = _figure(ncols=len(metrics), nrows=len(panels), size=(3.2, 2.8))
+        for i, (study, x) in enumerate(panels):
+            d = inp.study(study)
+            for j, metric in enumerate(metrics):
+                ax = axes[i, j]
+                for method in _methods(d):
+                    sub = d[d["method"] == method].drop_duplicates("arm").sort_values(x)
+                    ax.plot(sub[x], sub[metric], marker="o", ms=4, color=METHOD_COLORS.get(method), label=method)
+                ax.set_xscale("log")
+                ax.set_xlabel(x)
+                ax.set_title(f"{study}: {metric.removeprefix('acc_')}", fontsize=9)
+                if j == 0:
+                    ax.set_ylabel("accuracy")
+                if i == 0 and j == 0:
+                    ax.legend(fontsize=7)
+        fig.savefig(path, dpi=DPI)
+    return path
+
+
+def write_figures(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
+                  out_dir: str | Path) -> list[Path]:
+    """Write every figure in :data:`FIGURES` as ``<name>.png`` into ``out_dir``."""
+    inp = _Inputs(arms_csv, design_csv, fits_json)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        _loss_figure(inp, "tokens", "M", out / "tokens_loss.png"),
+        _loss_figure(inp, "frames", "T", out / "frames_loss.png"),
+        _joint_figure(inp, out / "joint_contour.png"),
+        _accuracy_figure(inp, out / "accuracy_by_task.png"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _ci_keys(name: str, value: Any, ci: Sequence | None) -> dict[str, Any]:
+    out = {name: value}
+    if ci and ci[0] is not None:
+        out |= {f"{name}_lo": ci[0], f"{name}_hi": ci[1]}
+    return out
+
+
+def metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path) -> dict[str, Any]:
+    """Nested (dvc flattens it to ``tokens.pool.alpha`` etc.), numeric where possible."""
+    inp = _Inputs(arms_csv, design_csv, fits_json)
+    fits = inp.fits
+    out: dict[str, Any] = {"benchmark": inp.benchmark, "n_arms": int(len(inp.arms)),
+                           "n_errors": len(fits.get("errors") or [])}
+    all_conv = True
+    for study, method, entry in _fit_entries(fits):
+        forms = entry.get("forms", {})
+        main = "joint" if study == "joint" else "power_offset"
+        m: dict[str, Any] = {"selected": entry.get("selected")}
+        f = forms.get(main)
+        if f:
+            ci = (f.get("bootstrap") or {}).get("ci") or {}
+            for name, v in f["params"].items():
+                m |= _ci_keys(name, v, ci.get(name))
+            m |= {"r2": f.get("r2"), "aicc": f.get("aicc"), "converged": bool(f["converged"])}
+            all_conv &= bool(f["converged"])
+        if study != "joint" and "linear" in forms:
+            m["linear_slope"] = forms["linear"]["params"]["b"]
+        if study == "joint":
+            out["joint"] = m
+        else:
+            out.setdefault(study, {})[method] = m
+    opt = fits.get("optimum")
+    if opt:
+        bf, cf, b = opt["brute_force"], opt["closed_form"], opt.get("bootstrap") or {}
+        o: dict[str, Any] = {"budget": opt["budget"], "T": bf["T"], "M": bf["M"], "tokens": bf["tokens"],
+                             "loss": bf["loss"], "T_star": cf["T"], "M_star": cf["M"], "loss_star": cf["loss"],
+                             "agree": bool(opt["agree"]), "converged": bool(opt.get("converged", True))}
+        for key, src in (("T", "T"), ("M", "M"), ("T_star", "T_star"), ("M_star", "M_star"), ("loss", "loss")):
+            if b.get(src):
+                o[f"{key}_lo"], o[f"{key}_hi"] = b[src]["lo"], b[src]["hi"]
+        out["optimum"] = o
+    p = fits.get("prediction")
+    if p:
+        out["prediction"] = {"mae": p["mae"], "mape": p["mape"], "best_match": bool(p["best_match"]),
+                             "best_observed": p["best_observed"], "best_predicted": p["best_predicted"]}
+        if "spearman" in p:
+            out["prediction"]["spearman"] = p["spearman"]
+    best: dict[str, Any] = {}
+    for study in ("tokens", "frames", "joint", "window"):
+        d = inp.study(study).drop_duplicates("arm")
+        if d.empty:
+            continue
+        s: dict[str, Any] = {}
+        if "accuracy" in d and d["accuracy"].notna().any():
+            i = d["accuracy"].idxmax()
+            s |= {"accuracy": float(d.loc[i, "accuracy"]), "accuracy_arm": d.loc[i, "arm"]}
+        if d["loss"].notna().any():
+            i = d["loss"].idxmin()
+            s |= {"loss": float(d.loc[i, "loss"]), "loss_arm": d.loc[i, "arm"]}
+        best[study] = s
+    out["best"] = best
+    out["converged"] = all_conv
+    return _clean_json(out)
+
+
+def _clean_json(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_json(v) for v in obj]
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def write_metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
+                  out_json: str | Path) -> dict[str, Any]:
+    """Write :func:`metrics` to ``out_json`` (for ``dvc exp show``); returns it."""
+    m = metrics(arms_csv, design_csv, fits_json)
+    out = Path(out_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(m, indent=2, allow_nan=False) + "\n")
+    return m
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m visctx.report", description=__doc__.split("\n")[0])
+    ap.add_argument("what", choices=["tables", "figures", "metrics", "all"])
+    ap.add_argument("--arms", required=True)
+    ap.add_argument("--design", required=True)
+    ap.add_argument("--fits", required=True)
+    ap.add_argument("--out", required=True, help="directory (tables/figures/all) or JSON file (metrics)")
+    ap.add_argument("--metrics-json", help="with 'all': where to write the metrics")
+    a = ap.parse_args(argv)
+    try:
+        if a.what in ("tables", "all"):
+            write_tables(a.arms, a.design, a.fits, a.out)
+        if a.what in ("figures", "all"):
+            write_figures(a.arms, a.design, a.fits, a.out)
+        if a.what == "metrics":
+            write_metrics(a.arms, a.design, a.fits, a.out)
+        elif a.what == "all":
+            write_metrics(a.arms, a.design, a.fits, a.metrics_json or Path(a.out) / "metrics.json")
+    except FitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

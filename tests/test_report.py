@@ -1,0 +1,168 @@
+"""visctx.report: every declared table, figure and metric is written from a small synthetic study."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from visctx import report as R
+from visctx.config import study_points, unique_arms
+from visctx.fit import FitError, joint_loss, write_fits
+
+JOINT = {"E": 0.8, "A": 1.5, "alpha": 0.4, "B": 2.0, "beta": 0.6}
+STUDIES = {
+    "tokens": {"frames": 4, "tokens": [1, 4, 9, 16, 25, 36, 49, 81, 196], "methods": ["sample", "pool"]},
+    "frames": {"tokens": 9, "token_method": "pool", "frames": [1, 2, 4, 6, 8, 12, 16, 32],
+               "methods": ["sample", "pool"], "pool_source": 32},
+    "joint": {"token_method": "pool", "tokens": [4, 25], "frames": [8, 12, 16, 24]},
+    "window": {"budget": 160, "token_method": "pool", "combos": [[4, 36], [6, 25], [10, 16], [16, 9], [32, 4]]},
+}
+
+
+def write_study(tmp, studies=STUDIES, noise=0.005, seed=0):
+    rng = np.random.default_rng(seed)
+    pts = study_points(studies)
+    rows = []
+    for a in unique_arms(pts):
+        loss = float(joint_loss(JOINT, a.T, a.M)[0]) + (0.3 * a.M ** -0.3 if a.token_op == "sample" else 0.0)
+        loss *= math.exp(noise * rng.normal())
+        acc = float(np.clip(1.3 - 0.6 * loss, 0, 1))
+        rows.append({"arm": a.id, "T": a.T, "M": a.M, "token_op": a.token_op, "frame_op": a.frame_op,
+                     "time_kernel": a.time_kernel, "tokens": a.tokens, "benchmark": "synthetic", "n": 200,
+                     "loss": loss, "accuracy": acc, "acc_needle": acc * 0.9, "acc_order": acc * 0.7})
+    arms, design = tmp / "arms.csv", tmp / "design.csv"
+    pd.DataFrame(rows).to_csv(arms, index=False)
+    pd.DataFrame([{"study": p.study, "method": p.method, "T": p.T, "M": p.M, "arm": p.arm.id} for p in pts]
+                 ).to_csv(design, index=False)
+    return arms, design
+
+
+def run_all(tmp, studies=STUDIES, n_boot=100):
+    arms, design = write_study(tmp, studies)
+    fits = tmp / "fits.json"
+    write_fits(arms, design, 160, n_boot=n_boot, seed=0, out_json=fits)
+    out = tmp / "report"
+    tables = R.write_tables(arms, design, fits, out)
+    figures = R.write_figures(arms, design, fits, out)
+    metrics = R.write_metrics(arms, design, fits, out / "metrics.json")
+    return out, tables, figures, metrics
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    return run_all(tmp_path_factory.mktemp("report"))
+
+
+def flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out |= flatten(v, key + ".") if isinstance(v, dict) else {key: v}
+    return out
+
+
+def test_every_declared_file_is_written(full):
+    out, tables, figures, _ = full
+    declared = R.output_paths(out)
+    assert sorted(tables) == sorted(declared["tables"])
+    assert figures == declared["figures"]
+    assert len(tables) == 3 * len(R.TABLES) and len(figures) == len(R.FIGURES)
+    for p in tables + figures:
+        assert p.exists() and p.stat().st_size > 0, p
+    for p in figures:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for t in R.TABLES:
+        assert (out / f"{t}.tex").read_text().lstrip().startswith("\\begin{tabular}")
+        assert (out / f"{t}.md").read_text().startswith("|")
+
+
+def test_table1_and_table2_rows(full):
+    out, *_ = full
+    t1 = pd.read_csv(out / "table1_tokens.csv")
+    assert len(t1) == 18
+    assert set(zip(t1["method"], t1["M"])) == {(m, M) for m in ("sample", "pool")
+                                               for M in STUDIES["tokens"]["tokens"]}
+    assert {"loss", "fit", "law", "accuracy", "acc_needle", "acc_order"} <= set(t1.columns)
+    assert (t1["T"] == 4).all() and t1["fit"].notna().all()
+    t2 = pd.read_csv(out / "table2_frames.csv")
+    assert len(t2) == 16 and (t2["M"] == 9).all()
+    assert set(t2.loc[t2["method"] == "pool", "time_kernel"]) == {32, 16, 8, 5, 4, 2, 1}
+    assert "T4-M196-pool" in (out / "table1_tokens.md").read_text()
+
+
+def test_table3_and_table4(full):
+    out, *_ = full
+    t3 = pd.read_csv(out / "table3_joint.csv")
+    assert len(t3) == 22  # 24 pool x frame-sample arms less the two that are also window arms
+    assert (t3["residual_%"].abs() < 3).all()
+    assert "T8-M25-pool" in set(t3["arm"]) and "T10-M16-pool" not in set(t3["arm"])
+    t4 = pd.read_csv(out / "table4_window.csv")
+    assert set(t4["arm"]) == {"T4-M36-pool", "T6-M25-pool", "T10-M16-pool", "T16-M9-pool", "T32-M4-pool"}
+    assert (t4["T*M"] <= 160).all()
+    best = t4.loc[t4["arm"] == "T10-M16-pool", "mark"].item()
+    assert "best observed" in best and "predicted best" in best and "predicted optimum" in best
+
+
+def test_table5_and_model_selection(full):
+    out, *_ = full
+    t5 = pd.read_csv(out / "table5_fits.csv")
+    # 4 one-dimensional fits x (3 + 2 + 2 parameters) + joint (5) + joint without offset (4)
+    assert len(t5) == 4 * 7 + 9
+    assert {"estimate", "boot_lo", "boot_hi", "r2", "aicc", "converged"} <= set(t5.columns)
+    assert t5["converged"].all() and (t5["boot_lo"] <= t5["estimate"]).all() and (t5["estimate"] <= t5["boot_hi"]).all()
+    ms = pd.read_csv(out / "model_selection.csv")
+    assert len(ms) == 4 * 3 + 2
+    assert ms.groupby(["study", "method"])["selected"].sum().eq(1).all()
+
+
+def test_metrics_keys(full):
+    out, *_, metrics = full
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    flat = flatten(metrics)
+    for key in ("tokens.pool.alpha", "tokens.sample.alpha", "frames.pool.alpha", "frames.sample.alpha",
+                "tokens.pool.alpha_lo", "tokens.pool.alpha_hi", "joint.E", "joint.A", "joint.alpha", "joint.B",
+                "joint.beta", "joint.beta_lo", "joint.converged", "optimum.T", "optimum.M", "optimum.loss",
+                "optimum.budget", "optimum.T_lo", "optimum.M_hi", "optimum.T_star", "optimum.M_star_lo",
+                "prediction.best_match", "best.tokens.accuracy", "best.tokens.accuracy_arm", "best.window.loss_arm",
+                "converged"):
+        assert key in flat, key
+    assert (flat["optimum.T"], flat["optimum.M"], flat["optimum.budget"]) == (10, 16, 160)
+    assert flat["prediction.best_match"] is True and flat["converged"] is True
+    assert flat["best.window.loss_arm"] == "T10-M16-pool"
+    assert flat["joint.beta"] == pytest.approx(JOINT["beta"], rel=0.15)
+
+
+def test_absent_studies_still_write_every_file(tmp_path):
+    out, tables, figures, metrics = run_all(tmp_path, {k: STUDIES[k] for k in ("tokens", "frames")}, n_boot=20)
+    for p in R.output_paths(out)["tables"] + R.output_paths(out)["figures"]:
+        assert p.exists() and p.stat().st_size > 0, p
+    t4 = pd.read_csv(out / "table4_window.csv")
+    assert list(t4.columns) == ["note"] and "no window study" in t4["note"].item()
+    assert "prediction" not in metrics and "window" not in metrics["best"]
+    assert "optimum" in metrics  # the tokens x frames cross still fits the joint law
+
+
+def test_cli_all(full, tmp_path):
+    out, *_ = full
+    arms, design = write_study(tmp_path)
+    fits = out.parent / "fits.json"
+    dest = tmp_path / "cli"
+    assert R.main(["tables", "--arms", str(arms), "--design", str(design), "--fits", str(fits), "--out", str(dest)]) == 0
+    assert R.main(["metrics", "--arms", str(arms), "--design", str(design), "--fits", str(fits),
+                   "--out", str(dest / "m.json")]) == 0
+    assert (dest / "m.json").exists() and (dest / "table4_window.tex").exists()
+    assert R.main(["tables", "--arms", str(arms), "--design", str(design), "--fits", str(tmp_path / "none.json"),
+                   "--out", str(dest)]) == 2
+
+
+def test_missing_arm_is_a_clear_error(full, tmp_path):
+    out, *_ = full
+    arms, design = write_study(tmp_path)
+    df = pd.read_csv(arms)
+    df[df["arm"] != "T4-M9-sample"].to_csv(arms, index=False)
+    with pytest.raises(FitError, match="T4-M9-sample"):
+        R.write_tables(arms, design, out.parent / "fits.json", tmp_path / "t")
