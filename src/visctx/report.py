@@ -354,8 +354,9 @@ def _joint_figure(inp: _Inputs, path: Path) -> Path:
         if cf:
             b = opt.get("bootstrap") or {}
             ts, ms = b.get("T_star") or {}, b.get("M_star") or {}
-            xerr = [[cf["T"] - ts["lo"]], [ts["hi"] - cf["T"]]] if ts.get("lo") is not None else None
-            yerr = [[cf["M"] - ms["lo"]], [ms["hi"] - cf["M"]]] if ms.get("lo") is not None else None
+            # a percentile interval need not contain the point estimate: clip the bar at the point
+            xerr = [[max(0.0, cf["T"] - ts["lo"])], [max(0.0, ts["hi"] - cf["T"])]] if ts.get("lo") is not None else None
+            yerr = [[max(0.0, cf["M"] - ms["lo"])], [max(0.0, ms["hi"] - cf["M"])]] if ms.get("lo") is not None else None
             ax.errorbar([cf["T"]], [cf["M"]], xerr=xerr, yerr=yerr, fmt="*", color="red", ms=14, mec="white",
                         capsize=3, zorder=4, label=f"optimum T*={cf['T']:.0f}, M*={cf['M']:.0f} (closed form)")
             bf = opt.get("brute_force")

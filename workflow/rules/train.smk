@@ -24,6 +24,7 @@ rule train_base:
         init=pretrained_llm(),
         arms=" ".join(ARMS),
         seed=CFG["seed"],
+        prompt=dumps(CFG["model"]["prompt"]),
         logs=f"{RESULTS}/base/logs",
     threads: 2
     log:
@@ -31,6 +32,7 @@ rule train_base:
     shell:
         "visctx train --out-dir {output.model} --train-json {input.train} --features-dir {DATA}/features/train"
         " --init {params.init} --arms {params.arms} {params.optim} --seed {params.seed} --threads {threads}"
+        " --prompt-format {params.prompt:q}"
         " --log-dir {params.logs} --no-progress-bar > {log} 2>&1"
 
 
@@ -45,6 +47,7 @@ rule train_arm:
         optim=cli_options(TRAIN["arm"]),
         init=f"{RESULTS}/base/model" if BASE else pretrained_llm(),
         seed=CFG["seed"],
+        prompt=dumps(CFG["model"]["prompt"]),
         logs=f"{RESULTS}/arms/{{arm}}/train",
     threads: TRAIN["threads"]
     log:
@@ -52,4 +55,5 @@ rule train_arm:
     shell:
         "visctx train --out-dir {output.model} --train-json {input.train} --features-dir {DATA}/features/train"
         " --init {params.init} --arms {wildcards.arm} {params.optim} --seed {params.seed} --threads {threads}"
+        " --prompt-format {params.prompt:q}"
         " --log-dir {params.logs} --no-progress-bar > {log} 2>&1"
