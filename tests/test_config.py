@@ -47,8 +47,8 @@ def test_shared_arms_are_trained_once():
     arms = unique_arms(points)
     assert len(points) == 18 + 16 + 8 + 5
     assert len(arms) == len({a.id for a in arms}) < len(points)
-    # T4-M9-pool is both a token-study arm and a frame-study arm
-    users = {pt.study for pt in points if pt.arm.id == "T4-M9-pool"}
+    # T1-M9-pool is both a token-study arm and a frame-study arm
+    users = {pt.study for pt in points if pt.arm.id == "T1-M9-pool"}
     assert users == {"tokens", "frames"}
 
 
@@ -57,7 +57,7 @@ def test_shared_arms_are_trained_once():
     [
         ({"studies": {"tokens": {"tokens": [1, 50]}}}, ["studies.tokens.tokens[1]", "50", "196"]),
         ({"studies": {"tokens": {"methods": ["sample"], "tokens": [1, 8]}}}, ["tokens[1]", "=8", "square"]),
-        ({"studies": {"window": {"budget": 100}}}, ["studies.window.combos[0]", "T*M=144", "<= 100"]),
+        ({"studies": {"window": {"budget": 100}}}, ["studies.window.combos[0]", "T*M=147", "<= 100"]),
         ({"studies": {"tokens": {"methods": ["avg"]}}}, ["studies.tokens.methods[0]", "'avg'", "sample", "pool"]),
         ({"studies": {"frames": {"tokens": 0}}}, ["studies.frames.tokens", "0", "minimum of 1"]),
         ({"studies": {"frames": {"frames": [1, 64]}}}, ["studies.frames.frames[1]=64", "max_frames=32"]),

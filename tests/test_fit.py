@@ -334,19 +334,24 @@ def test_workers_do_not_change_results():
 
 
 def test_cli_optimum(full, capsys):
+    from visctx.cli import main
+
     _, out = full
-    assert F.main(["optimum", "--fits", str(out), "--budget", "160"]) == 0
+    assert main(["optimum", "--fits", str(out), "--budget", "160"]) == 0
     text = capsys.readouterr().out
     assert "best (T, M) = (10, 16)" in text and "closed form (Lagrange)" in text
-    assert F.main(["optimum", "--fits", str(out), "--budget", "6000", "--t-max", "32", "--json"]) == 0
+    assert main(["optimum", "--fits", str(out), "--budget", "6000", "--t-max", "32", "--as-json"]) == 0
     ans = json.loads(capsys.readouterr().out)
     assert ans["brute_force"]["T"] <= 32 and ans["bootstrap"]["n"] > 0
-    assert F.main(["optimum", "--fits", str(out.parent / "missing.json"), "--budget", "160"]) == 2
+    assert main(["optimum", "--fits", str(out.parent / "missing.json"), "--budget", "160"]) == 1
+    assert "missing.json" in capsys.readouterr().err
 
 
-def test_cli_run(tmp_path):
+def test_cli_fits(tmp_path):
+    from visctx.cli import main
+
     arms, design = write_study(tmp_path, {"tokens": STUDIES["tokens"]})
     out = tmp_path / "fits.json"
-    assert F.main(["run", "--arms", str(arms), "--design", str(design), "--out", str(out), "--budget", "160",
-                   "--n-boot", "10"]) == 0
+    assert main(["fits", "--arms-csv", str(arms), "--design-csv", str(design), "--out-json", str(out),
+                 "--budget", "160", "--n-boot", "10"]) == 0
     assert json.loads(out.read_text())["n_boot"] == 10

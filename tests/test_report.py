@@ -151,12 +151,13 @@ def test_cli_all(full, tmp_path):
     arms, design = write_study(tmp_path)
     fits = out.parent / "fits.json"
     dest = tmp_path / "cli"
-    assert R.main(["tables", "--arms", str(arms), "--design", str(design), "--fits", str(fits), "--out", str(dest)]) == 0
-    assert R.main(["metrics", "--arms", str(arms), "--design", str(design), "--fits", str(fits),
-                   "--out", str(dest / "m.json")]) == 0
+    from visctx.cli import main
+
+    common = ["--arms-csv", str(arms), "--design-csv", str(design)]
+    assert main(["tables", *common, "--fits-json", str(fits), "--out-dir", str(dest)]) == 0
+    assert main(["metrics", *common, "--fits-json", str(fits), "--out-json", str(dest / "m.json")]) == 0
     assert (dest / "m.json").exists() and (dest / "table4_window.tex").exists()
-    assert R.main(["tables", "--arms", str(arms), "--design", str(design), "--fits", str(tmp_path / "none.json"),
-                   "--out", str(dest)]) == 2
+    assert main(["tables", *common, "--fits-json", str(tmp_path / "none.json"), "--out-dir", str(dest)]) == 1
 
 
 def test_missing_arm_is_a_clear_error(full, tmp_path):

@@ -29,7 +29,6 @@ with ``strict=True``) but always raises on bad inputs (missing arms, NaN losses)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import json
@@ -1202,58 +1201,27 @@ def optimum_from_fits(fits: dict[str, Any] | str | Path, budget: int, method: st
     return _clean(out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m visctx.fit", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="fit every law, bootstrap, and write fits.json")
-    r.add_argument("--arms", required=True)
-    r.add_argument("--design", required=True)
-    r.add_argument("--out", required=True)
-    r.add_argument("--budget", type=int, required=True)
-    r.add_argument("--n-boot", type=int, default=1000)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--benchmark", default="synthetic")
-    r.add_argument("--t-max", type=int, default=None)
-    r.add_argument("--strict", action="store_true")
-    r.add_argument("--workers", type=int, default=None, help="bootstrap processes (default 1; 0 = all usable CPUs)")
-    o = sub.add_parser("optimum", help="which (T, M) for a window of BUDGET visual tokens?")
-    o.add_argument("--fits", required=True)
-    o.add_argument("--budget", type=int, required=True)
-    o.add_argument("--method", default="pool", choices=["pool", "sample"])
-    o.add_argument("--t-max", type=int, default=None)
-    o.add_argument("--json", action="store_true", help="print the full JSON answer")
-    a = ap.parse_args(argv)
-    try:
-        if a.cmd == "run":
-            res = write_fits(a.arms, a.design, a.budget, a.n_boot, a.seed, a.benchmark, out_json=a.out,
-                             t_max=a.t_max, strict=a.strict, workers=a.workers)
-            for e in res["errors"]:
-                print(f"warning: {e['fit']}: {e['error']}", file=sys.stderr)
-            return 0
-        res = optimum_from_fits(a.fits, a.budget, a.method, a.t_max)
-    except FitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if a.json:
-        print(json.dumps(res, indent=1))
-        return 0
+def format_optimum(res: dict[str, Any]) -> str:
+    """The human answer to "for my window L, which (T, M)?" (``visctx optimum``)."""
     bf, cf, bs = res["brute_force"], res["closed_form"], res.get("bootstrap")
-    print(f"window L = {res['budget']} tokens, token method {res['method']}"
-          + (f", T <= {res['t_max']}" if res["t_max"] else ""))
-    line = f"best (T, M) = ({bf['T']}, {bf['M']}): {bf['tokens']} tokens, predicted loss {bf['loss']:.4f}"
-    print(line)
+    lines = [f"window L = {res['budget']} tokens, token method {res['method']}"
+             + (f", T <= {res['t_max']}" if res["t_max"] else ""),
+             f"best (T, M) = ({bf['T']}, {bf['M']}): {bf['tokens']} tokens, predicted loss {bf['loss']:.4f}"]
     if bs:
-        print(f"  {int(100 * bs['level'])}% bootstrap interval: T in [{bs['T']['lo']:.0f}, {bs['T']['hi']:.0f}], "
-              f"M in [{bs['M']['lo']:.0f}, {bs['M']['hi']:.0f}] (n = {bs['n']})")
-    print(f"closed form (Lagrange): T* = {cf['T']:.1f}, M* = {cf['M']:.1f}, loss {cf['loss']:.4f}"
-          + (f"; T* in [{bs['T_star']['lo']:.1f}, {bs['T_star']['hi']:.1f}], "
-             f"M* in [{bs['M_star']['lo']:.1f}, {bs['M_star']['hi']:.1f}]" if bs else ""))
-    print(f"agreement: brute-force M is {'' if res['agree'] else 'NOT '}adjacent to M* "
-          f"(bracketing M {res['bracketing_M']}), loss gap {res['loss_gap']:.2g}")
+        lines.append(f"  {int(100 * bs['level'])}% bootstrap interval: T in [{bs['T']['lo']:.0f}, {bs['T']['hi']:.0f}], "
+                     f"M in [{bs['M']['lo']:.0f}, {bs['M']['hi']:.0f}] (n = {bs['n']})")
+    lines.append(f"closed form (Lagrange): T* = {cf['T']:.1f}, M* = {cf['M']:.1f}, loss {cf['loss']:.4f}"
+                 + (f"; T* in [{bs['T_star']['lo']:.1f}, {bs['T_star']['hi']:.1f}], "
+                    f"M* in [{bs['M_star']['lo']:.1f}, {bs['M_star']['hi']:.1f}]" if bs else ""))
+    lines.append(f"agreement: brute-force M is {'' if res['agree'] else 'NOT '}adjacent to M* "
+                 f"(bracketing M {res['bracketing_M']}), loss gap {res['loss_gap']:.2g}")
     if not res.get("converged", True):
-        print("warning: the joint fit did not converge; do not rely on this answer", file=sys.stderr)
-    return 0
+        lines.append("warning: the joint fit did not converge; do not rely on this answer")
+    return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def optimum_cli(fits: str, budget: int, method: str = "pool", t_max: int | None = None,
+                as_json: bool = False) -> None:
+    """For a window of ``budget`` visual tokens, which (T, M)? Printed with bootstrap intervals."""
+    res = optimum_from_fits(fits, budget, method, t_max)
+    print(json.dumps(res, indent=1) if as_json else format_optimum(res))

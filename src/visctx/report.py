@@ -12,7 +12,6 @@ Figures use matplotlib's object API with the Agg canvas (no pyplot state, no bac
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -509,31 +508,3 @@ def write_metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str |
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(m, indent=2, allow_nan=False) + "\n")
     return m
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m visctx.report", description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=["tables", "figures", "metrics", "all"])
-    ap.add_argument("--arms", required=True)
-    ap.add_argument("--design", required=True)
-    ap.add_argument("--fits", required=True)
-    ap.add_argument("--out", required=True, help="directory (tables/figures/all) or JSON file (metrics)")
-    ap.add_argument("--metrics-json", help="with 'all': where to write the metrics")
-    a = ap.parse_args(argv)
-    try:
-        if a.what in ("tables", "all"):
-            write_tables(a.arms, a.design, a.fits, a.out)
-        if a.what in ("figures", "all"):
-            write_figures(a.arms, a.design, a.fits, a.out)
-        if a.what == "metrics":
-            write_metrics(a.arms, a.design, a.fits, a.out)
-        elif a.what == "all":
-            write_metrics(a.arms, a.design, a.fits, a.metrics_json or Path(a.out) / "metrics.json")
-    except FitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

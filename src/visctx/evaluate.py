@@ -1,0 +1,103 @@
+"""Evaluate one arm on one multiple-choice benchmark: option log-likelihood accuracy and held-out loss.
+
+The answer is the option with the highest summed log-likelihood (the tiny model cannot be asked
+to emit a letter). The held-out LM loss is the study's y-axis: mean NLL per answer token of the
+correct option, with the same layout and answer tokens as in training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from visctx.config import Arm
+
+
+def evaluate(
+    model_dir: str,
+    eval_json: str,
+    features_dir: str,
+    arm: Arm,
+    out_json: str,
+    batch_size: int = 32,
+    threads: int = 1,
+    benchmark: str = "synthetic",
+) -> dict:
+    """Score every item of ``eval_json`` with the model in ``model_dir`` under ``arm``; write
+    ``{"arm", "benchmark", "n", "loss", "accuracy", "per_task", "T", "M", "token_op", "frame_op",
+    "time_kernel"}`` to ``out_json`` atomically and return it."""
+    from visctx.model import VideoLM
+
+    torch.set_num_threads(threads)
+    return evaluate_model(VideoLM.load(model_dir), eval_json, features_dir, arm, out_json, batch_size,
+                          benchmark, model_dir=str(model_dir))
+
+
+def evaluate_model(model, eval_json: str, features_dir: str, arm: Arm, out_json: str, batch_size: int = 32,
+                   benchmark: str = "synthetic", model_dir: str = "", store=None) -> dict:
+    """:func:`evaluate` for an already loaded ``VideoLM`` (one process evaluating many arms)."""
+    from visctx.data import choice_loader, load_eval_records
+
+    arm = arm if isinstance(arm, Arm) else Arm.from_id(str(arm))
+    t0 = time.perf_counter()
+    records = load_eval_records(eval_json)
+    if not records:
+        raise ValueError(f"{eval_json}: no records to evaluate")
+    if store is None:
+        from visctx.features import FeatureStore
+
+        store = FeatureStore(features_dir)
+    missing = [r.video for r in records if r.video not in store]
+    if missing:
+        raise KeyError(f"{len(missing)} eval videos have no features in {features_dir}, e.g. {missing[0]!r}")
+    model.eval()
+    loader = choice_loader(records, store, model.encoder, arm, batch_size, source=str(eval_json))
+
+    correct = torch.zeros(len(records), dtype=torch.bool)
+    nll = torch.zeros(len(records), dtype=torch.float64)
+    ntok = torch.zeros(len(records), dtype=torch.long)
+    with torch.inference_mode():
+        for batch in loader:
+            s = model.score_options(batch)
+            idx, ans = batch["index"], batch["answer"]
+            rows = torch.arange(len(idx))
+            correct[idx] = s["logprob"].argmax(1) == ans
+            nll[idx] = -s["logprob"][rows, ans].double()
+            ntok[idx] = s["ntokens"][rows, ans]
+
+    def summarise(sel: list[int]) -> dict:
+        ii = torch.tensor(sel)
+        return {"n": len(sel), "loss": float(nll[ii].sum() / ntok[ii].sum()),
+                "accuracy": float(correct[ii].double().mean())}
+
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_task[r.task_type].append(i)
+    overall = summarise(list(range(len(records))))
+    result = {
+        "arm": arm.id,
+        "benchmark": benchmark,
+        "n": overall["n"],
+        "loss": overall["loss"],
+        "accuracy": overall["accuracy"],
+        "per_task": {t: summarise(sel) for t, sel in sorted(by_task.items())},
+        "T": arm.T,
+        "M": arm.M,
+        "token_op": arm.token_op,
+        "frame_op": arm.frame_op,
+        "time_kernel": arm.time_kernel,
+        "model_dir": str(model_dir),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    out = Path(out_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, out)
+    return result

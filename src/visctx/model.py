@@ -1,0 +1,423 @@
+"""The video MLLM: projector + LLM, the prompt layout, and the LightningModule that trains it.
+
+Layout of one sample (paper §2): ``[user prefix + text before <video>]``, then for each of the T
+frames the text label ``frame i:`` followed by that frame's M projected visual tokens, then the
+question, the assistant prefix and the answer. Loss is on answer tokens only.
+
+Batches share one arm (same T, M), are padded on the RIGHT and run WITHOUT an attention mask:
+attention is causal, so a real token never sees the pads after it, and sdpa without a mask is
+2-3x faster on CPU than with one (platform notes). Pads never carry loss. Logits are computed only
+at positions that carry loss, which matters with a 152k-word vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visctx.pretrained import VIDEO_PLACEHOLDER, load_llm
+
+IGNORE = -100
+MODEL_FORMAT = "visctx-model/1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt layout
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """Chat wrapping around a turn. Empty for the tiny word-level LLM; see :data:`QWEN2_CHAT`."""
+
+    user_prefix: str = ""
+    assistant_prefix: str = ""
+    answer_suffix: str = ""
+    turn_separator: str = ""  # between an answer and the next user turn (multi-turn records)
+    frame_label: str = "frame {i}:"  # text before frame i's visual tokens (1-based ordinal)
+
+
+QWEN2_CHAT = PromptFormat(
+    user_prefix="<|im_start|>user\n",
+    assistant_prefix="<|im_end|>\n<|im_start|>assistant\n",
+    answer_suffix="<|im_end|>",
+    turn_separator="\n",
+)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A training sample's text, tokenized once: ``pre`` + [visual block] + ``post``."""
+
+    pre: tuple[int, ...]
+    post: tuple[int, ...]
+    post_labels: tuple[int, ...]  # token id where the token is an answer token, IGNORE elsewhere
+
+
+@dataclass(frozen=True)
+class ChoicePrompt:
+    """A multiple-choice item: ``pre`` + [visual block] + ``context`` + one of ``options``."""
+
+    pre: tuple[int, ...]
+    context: tuple[int, ...]
+    options: tuple[tuple[int, ...], ...]  # each option's tokens incl. the answer suffix
+    answer: int
+
+
+class PromptEncoder:
+    """Tokenizes prompt pieces with caching; the only place that knows the text layout."""
+
+    def __init__(self, tokenizer, fmt: PromptFormat = PromptFormat()):
+        self.tokenizer = tokenizer
+        self.fmt = fmt
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._ids = lru_cache(maxsize=4096)(self._encode)
+        self._blocks: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _encode(self, text: str) -> tuple[int, ...]:
+        if not text:
+            return ()
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def ids(self, text: str) -> tuple[int, ...]:
+        return self._ids(text)
+
+    def _split_video(self, human: str, where: str) -> tuple[str, str]:
+        if human.count(VIDEO_PLACEHOLDER) != 1:
+            raise ValueError(f"{where}: the first human turn must contain exactly one {VIDEO_PLACEHOLDER!r}, "
+                             f"found {human.count(VIDEO_PLACEHOLDER)}")
+        before, after = human.split(VIDEO_PLACEHOLDER)
+        return before, after.strip()
+
+    def train_prompt(self, turns: Sequence[tuple[str, str]], where: str = "record") -> Prompt:
+        """``turns`` = [(human, gpt), ...]; every gpt turn is an answer with loss."""
+        f = self.fmt
+        before, after = self._split_video(turns[0][0], where)
+        pre = self.ids(f.user_prefix + before.strip()) if (f.user_prefix or before.strip()) else ()
+        post: list[int] = []
+        labels: list[int] = []
+        for n, (human, gpt) in enumerate(turns):
+            if n == 0:
+                question = after
+            else:
+                if VIDEO_PLACEHOLDER in human:
+                    raise ValueError(f"{where}: {VIDEO_PLACEHOLDER!r} may appear only in the first human turn")
+                question = f.turn_separator + f.user_prefix + human.strip()
+            q = self.ids(question) + self.ids(f.assistant_prefix)
+            a = self.ids(gpt.strip()) + self.ids(f.answer_suffix)
+            if not a:
+                raise ValueError(f"{where}: answer {gpt!r} has no tokens")
+            post += q + a
+            labels += [IGNORE] * len(q) + list(a)
+        return Prompt(pre, tuple(post), tuple(labels))
+
+    def choice_prompt(self, question: str, options: Sequence[str], answer: int, where: str = "record") -> ChoicePrompt:
+        """A multiple-choice item; the question gets the visual block in front (``<video>\\n``)."""
+        f = self.fmt
+        human = question if VIDEO_PLACEHOLDER in question else f"{VIDEO_PLACEHOLDER}\n{question}"
+        before, after = self._split_video(human, where)
+        pre = self.ids(f.user_prefix + before.strip()) if (f.user_prefix or before.strip()) else ()
+        context = self.ids(after) + self.ids(f.assistant_prefix)
+        opts = []
+        for k, opt in enumerate(options):
+            ids = self.ids(str(opt).strip()) + self.ids(f.answer_suffix)
+            if not ids:
+                raise ValueError(f"{where}: option {k} ({opt!r}) has no tokens")
+            opts.append(ids)
+        return ChoicePrompt(pre, context, tuple(opts), answer)
+
+    def visual_block(self, T: int, M: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids of the block with pads at visual slots, offsets of the T*M visual slots), cached."""
+        key = (T, M)
+        if key not in self._blocks:
+            ids: list[int] = []
+            slots: list[int] = []
+            for i in range(1, T + 1):
+                ids += self.ids(self.fmt.frame_label.format(i=i))
+                slots += range(len(ids), len(ids) + M)
+                ids += [self.pad_id] * M
+            self._blocks[key] = (torch.tensor(ids, dtype=torch.long), torch.tensor(slots, dtype=torch.long))
+        return self._blocks[key]
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    def _assemble(self, rows: list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]], T: int, M: int):
+        """rows of (pre, post, post_labels) -> right-padded ids, labels, visual slot indices."""
+        block, slots = self.visual_block(T, M)
+        lengths = [len(pre) + len(block) + len(post) for pre, post, _ in rows]
+        Lmax = max(lengths)
+        ids = torch.full((len(rows), Lmax), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), Lmax), IGNORE, dtype=torch.long)
+        vis = torch.empty((len(rows), T * M), dtype=torch.long)
+        nb = len(block)
+        for r, (pre, post, lab) in enumerate(rows):
+            p = len(pre)
+            if p:
+                ids[r, :p] = torch.tensor(pre)
+            ids[r, p:p + nb] = block
+            if post:
+                ids[r, p + nb:p + nb + len(post)] = torch.tensor(post)
+                labels[r, p + nb:p + nb + len(post)] = torch.tensor(lab)
+            vis[r] = slots + p
+        return ids, labels, vis, torch.tensor(lengths)
+
+    def train_batch(self, prompts: Sequence[Prompt], T: int, M: int) -> dict[str, torch.Tensor]:
+        ids, labels, vis, lengths = self._assemble([(p.pre, p.post, p.post_labels) for p in prompts], T, M)
+        return {"input_ids": ids, "labels": labels, "vis_index": vis, "lengths": lengths}
+
+    def choice_batch(self, prompts: Sequence[ChoicePrompt], T: int, M: int) -> dict[str, torch.Tensor]:
+        """Single-token options of all items: one row per item, read the next-token distribution.
+        Otherwise one row per (item, option), with labels on the option's tokens."""
+        K = max(len(p.options) for p in prompts)
+        single = all(len(o) == 1 for p in prompts for o in p.options)
+        if single:
+            rows = [(p.pre, p.context, (IGNORE,) * len(p.context)) for p in prompts]
+            ids, labels, vis, lengths = self._assemble(rows, T, M)
+            option_ids = torch.zeros((len(prompts), K), dtype=torch.long)
+            option_mask = torch.zeros((len(prompts), K), dtype=torch.bool)
+            for b, p in enumerate(prompts):
+                option_ids[b, :len(p.options)] = torch.tensor([o[0] for o in p.options])
+                option_mask[b, :len(p.options)] = True
+            return {"input_ids": ids, "labels": labels, "vis_index": vis, "lengths": lengths,
+                    "option_ids": option_ids, "option_mask": option_mask,
+                    "answer": torch.tensor([p.answer for p in prompts]), "single_token": torch.tensor(True)}
+        rows, row_item, row_option = [], [], []
+        for b, p in enumerate(prompts):
+            for k, opt in enumerate(p.options):
+                rows.append((p.pre, p.context + opt, (IGNORE,) * len(p.context) + opt))
+                row_item.append(b)
+                row_option.append(k)
+        ids, labels, vis, lengths = self._assemble(rows, T, M)
+        return {"input_ids": ids, "labels": labels, "vis_index": vis, "lengths": lengths,
+                "row_item": torch.tensor(row_item), "row_option": torch.tensor(row_option),
+                "n_items": torch.tensor(len(prompts)), "n_options": torch.tensor(K),
+                "answer": torch.tensor([p.answer for p in prompts]), "single_token": torch.tensor(False)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+
+
+class Projector(nn.Module):
+    """Vision features -> LLM embeddings: Linear -> SiLU -> Linear (paper §2).
+
+    In front of the first Linear sits a FIXED per-dimension standardisation ``(x - mean) / std``
+    (buffers, not trained; identity unless given). Composed with the Linear it is the same
+    function class as the paper's MLP -- only the optimisation is preconditioned. Vision features
+    share a large common offset per dimension (its spread across dimensions is ~2.5x the
+    within-dimension variation for the tiny SigLIP), which hides what differs between frames;
+    measured: standardising cut the steps the tiny LLM needs to leave the answer prior 3-4x.
+    """
+
+    def __init__(self, vision_dim: int, llm_hidden: int, feature_mean: torch.Tensor | None = None,
+                 feature_std: torch.Tensor | None = None):
+        super().__init__()
+        self.vision_dim, self.llm_hidden = vision_dim, llm_hidden
+        mean = torch.zeros(vision_dim) if feature_mean is None else torch.as_tensor(feature_mean, dtype=torch.float32)
+        std = torch.ones(vision_dim) if feature_std is None else torch.as_tensor(feature_std, dtype=torch.float32)
+        if mean.shape != (vision_dim,) or std.shape != (vision_dim,) or not bool((std > 0).all()):
+            raise ValueError(f"feature mean/std must be {vision_dim} values (std > 0), got {tuple(mean.shape)}, "
+                             f"{tuple(std.shape)}")
+        self.register_buffer("in_mean", mean)
+        self.register_buffer("in_std", std)
+        self.fc1 = nn.Linear(vision_dim, llm_hidden)
+        self.act = nn.SiLU()
+        self.fc2 = nn.Linear(llm_hidden, llm_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.in_mean.to(x.dtype)) / self.in_std.to(x.dtype)
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
+    """Linear warmup to 1 over ``warmup_steps``, then linear decay to ``min_ratio`` at ``total_steps``."""
+
+    def f(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        return max(min_ratio, 1.0 - (1.0 - min_ratio) * (step - warmup_steps) / span)
+
+    return f
+
+
+class VideoLM(L.LightningModule):
+    """Projector + causal LLM trained on answer tokens; scores multiple-choice options."""
+
+    def __init__(self, llm, tokenizer, vision_dim: int, prompt_format: PromptFormat = PromptFormat(),
+                 projector: Projector | None = None, lr: float = 1e-3, warmup_steps: int = 0,
+                 total_steps: int = 1000, weight_decay: float = 0.0, meta: dict | None = None):
+        super().__init__()
+        self.llm = llm
+        self.tokenizer = tokenizer
+        hidden = llm.get_input_embeddings().embedding_dim
+        self.projector = projector if projector is not None else Projector(vision_dim, hidden)
+        if (self.projector.vision_dim, self.projector.llm_hidden) != (vision_dim, hidden):
+            raise ValueError(f"projector is {self.projector.vision_dim}->{self.projector.llm_hidden}, "
+                             f"model needs {vision_dim}->{hidden}")
+        self.projector.to(next(llm.parameters()).dtype)
+        self.vision_dim = vision_dim
+        self.prompt_format = prompt_format
+        self.encoder = PromptEncoder(tokenizer, prompt_format)
+        self.lr, self.warmup_steps, self.total_steps, self.weight_decay = lr, warmup_steps, total_steps, weight_decay
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.loss_history: list[float] = []
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token embeddings with the projected visual tokens scattered into their slots."""
+        emb = self.llm.get_input_embeddings()(batch["input_ids"])
+        visual = batch["visual"]  # [R, T, M, D]
+        R, T, M, D = visual.shape
+        if D != self.vision_dim:
+            raise ValueError(f"visual features are {D} wide, the projector expects {self.vision_dim}")
+        if batch["vis_index"].shape != (emb.shape[0], T * M):
+            raise ValueError(f"vis_index {tuple(batch['vis_index'].shape)} does not match {emb.shape[0]} rows "
+                             f"x T*M={T * M} visual tokens")
+        if R != emb.shape[0]:  # one row per (item, option): repeat each item's visual context
+            visual = visual[batch["row_item"]]
+        v = self.projector(visual.to(emb.dtype)).reshape(emb.shape[0], T * M, -1)
+        idx = batch["vis_index"].unsqueeze(-1).expand(-1, -1, emb.shape[-1])
+        return emb.scatter(1, idx, v)
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.llm.base_model(inputs_embeds=self.embed(batch), use_cache=False)
+        return out.last_hidden_state
+
+    def token_nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(NLL of every loss-carrying token, its row), logits only at those positions."""
+        h = self.hidden_states(batch)
+        target = batch["labels"][:, 1:]
+        rows, pos = (target != IGNORE).nonzero(as_tuple=True)
+        logits = self.llm.get_output_embeddings()(h[rows, pos]).float()
+        return F.cross_entropy(logits, target[rows, pos], reduction="none"), rows
+
+    def per_row_nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed NLL, answer-token count) per row."""
+        nll, rows = self.token_nll(batch)
+        n = batch["input_ids"].shape[0]
+        sums = torch.zeros(n, dtype=nll.dtype, device=nll.device).index_add_(0, rows, nll)
+        counts = torch.bincount(rows, minlength=n)
+        return sums, counts
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean NLL per answer token over the batch."""
+        nll, _ = self.token_nll(batch)
+        return nll.mean()
+
+    @torch.no_grad()
+    def score_options(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``logprob`` [B, K] summed over each option's tokens (-inf for absent options) and
+        ``ntokens`` [B, K]; built by :meth:`PromptEncoder.choice_batch`."""
+        if bool(batch["single_token"]):
+            h = self.hidden_states(batch)
+            last = batch["lengths"] - 1
+            logits = self.llm.get_output_embeddings()(h[torch.arange(h.shape[0]), last]).float()
+            logp = logits.log_softmax(-1).gather(1, batch["option_ids"])
+            mask = batch["option_mask"]
+            return {"logprob": logp.masked_fill(~mask, -math.inf), "ntokens": mask.long()}
+        sums, counts = self.per_row_nll(batch)
+        B, K = int(batch["n_items"]), int(batch["n_options"])
+        logprob = torch.full((B, K), -math.inf, device=sums.device)
+        ntokens = torch.zeros((B, K), dtype=torch.long, device=sums.device)
+        logprob[batch["row_item"], batch["row_option"]] = -sums
+        ntokens[batch["row_item"], batch["row_option"]] = counts
+        return {"logprob": logprob, "ntokens": ntokens}
+
+    # -- Lightning -------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self(batch)
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.loss_history.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.warmup_steps, self.total_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def save(self, out_dir: str | Path, **meta: Any) -> Path:
+        """Write the model dir: ``llm/`` (save_pretrained + tokenizer), ``projector.safetensors``,
+        ``model.json`` (dims, prompt format, provenance). Not atomic; see ``train`` for that."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.llm.save_pretrained(out / "llm")
+        self.tokenizer.save_pretrained(out / "llm")
+        save_file({k: v.detach().contiguous() for k, v in self.projector.state_dict().items()},
+                  str(out / "projector.safetensors"))
+        info = {
+            "format": MODEL_FORMAT,
+            "vision_dim": self.vision_dim,
+            "llm_hidden": self.projector.llm_hidden,
+            "projector": "standardize-linear-silu-linear",
+            "prompt_format": asdict(self.prompt_format),
+            **self.meta,
+            **meta,
+        }
+        with open(out / "model.json", "w") as f:
+            json.dump(info, f, indent=2, default=str)
+        return out
+
+    @classmethod
+    def load(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32, **kwargs: Any) -> "VideoLM":
+        from safetensors.torch import load_file
+
+        d = Path(model_dir)
+        try:
+            with open(d / "model.json") as f:
+                info = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"{d}: not a trained model dir (no model.json)") from None
+        for key in ("vision_dim", "llm_hidden"):
+            if key not in info:
+                raise ValueError(f"{d / 'model.json'}: missing key {key!r}")
+        if not (d / "projector.safetensors").is_file():
+            raise ValueError(f"{d}: missing projector.safetensors")
+        llm, tok = load_llm(d / "llm", dtype=dtype)
+        proj = Projector(info["vision_dim"], info["llm_hidden"])
+        state = load_file(str(d / "projector.safetensors"))
+        state.setdefault("in_mean", proj.in_mean)  # a projector saved without standardisation
+        state.setdefault("in_std", proj.in_std)
+        proj.load_state_dict(state)
+        fmt = PromptFormat(**info.get("prompt_format", {}))
+        meta = {k: v for k, v in info.items()
+                if k not in ("format", "vision_dim", "llm_hidden", "projector", "prompt_format")}
+        return cls(llm, tok, info["vision_dim"], fmt, projector=proj.to(dtype), meta=meta, **kwargs)
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """A trained model dir (continue from it) rather than a pretrained LLM (fresh projector)."""
+    return (Path(path) / "projector.safetensors").is_file()
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written ``tmp`` dir to ``final``, replacing what was there."""
+    final = Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

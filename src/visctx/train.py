@@ -1,0 +1,185 @@
+"""One training entry point for the shared base and for each arm's fine-tune.
+
+Why a shared base: on CPU a tiny model trained from scratch for the seconds one arm can afford
+learns nothing (platform notes); a base trained once on the mixture of all the study's arms, then
+a short fine-tune per arm, does. ``init`` decides which: a pretrained LLM (name or dir) gets a fresh
+projector; a trained model dir (has ``projector.safetensors``) is continued.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from visctx.config import Arm
+
+# Lightning warnings that are expected here and only add noise to every job's log.
+QUIET = (
+    ".*Experiment logs directory.*exists and is not empty.*",  # run_config.json lives beside the metrics
+    ".*smaller than the logging interval.*",
+    ".*dataloader is not resumable.*",  # a resumed run restarts its (seeded) epoch
+    ".*isinstance.treespec, LeafSpec.*",
+)
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def train(
+    out_dir: str,
+    train_json: str,
+    features_dir: str,
+    init: str,
+    arms: list[Arm],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int,
+    seed: int,
+    threads: int,
+    log_dir: str,
+    progress_bar: bool = True,
+    weight_decay: float = 0.0,
+    ckpt_every: int = 200,
+    prompt_format: dict | None = None,
+    accelerator: str = "cpu",
+    precision: str = "32-true",
+    arm_sampling: str = "uniform",
+) -> dict:
+    """Train projector + LLM on answer tokens for ``steps`` steps; save the model dir atomically.
+
+    ``arms``: one arm (a fine-tune) or every arm of the study (the base; one arm drawn per batch).
+    An interrupted run resumes from ``<log_dir>/last.ckpt``. ``prompt_format``: PromptFormat
+    fields for a fresh model (a trained model dir keeps its own). ``accelerator``/``precision``:
+    Lightning's (the embedded default runs on CPU in float32). ``arm_sampling`` (several arms):
+    ``uniform`` or ``time`` (each arm about the same compute; see ``data.arm_weights``). Returns the summary that is also
+    written to ``<out_dir>/train_summary.json``.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    from visctx.data import VideoDataModule, feature_stats
+    from visctx.features import FeatureStore
+    from visctx.model import PromptEncoder, PromptFormat, Projector, VideoLM, is_model_dir, replace_dir
+    from visctx.pretrained import load_llm
+
+    if steps < 1 or batch_size < 1 or not arms:
+        raise ValueError(f"train needs steps >= 1, batch_size >= 1 and at least one arm "
+                         f"(got steps={steps}, batch_size={batch_size}, arms={arms})")
+    arms = [a if isinstance(a, Arm) else Arm.from_id(str(a)) for a in arms]
+    torch.set_num_threads(threads)
+    L.seed_everything(seed, workers=True, verbose=False)
+    t0 = time.perf_counter()
+
+    store = FeatureStore(features_dir)
+    if is_model_dir(init):
+        model = VideoLM.load(init)
+        if model.vision_dim != store.dim:
+            raise ValueError(f"{init}: projector expects {model.vision_dim}-wide features, {features_dir} has {store.dim}")
+        init_kind = "model"
+    else:
+        llm, tok = load_llm(init)
+        mean, std = feature_stats(store, seed=seed)
+        model = VideoLM(llm, tok, store.dim, PromptFormat(**(prompt_format or {})),
+                        projector=Projector(store.dim, llm.get_input_embeddings().embedding_dim, mean, std))
+        init_kind = "llm"
+    model.lr, model.warmup_steps, model.total_steps, model.weight_decay = lr, warmup_steps, steps, weight_decay
+    model.train()
+
+    dm = VideoDataModule(train_json, features_dir, PromptEncoder(model.tokenizer, model.prompt_format), arms,
+                         batch_size, seed, store=store, arm_sampling=arm_sampling)
+    log_dir_p = Path(log_dir)
+    log_dir_p.mkdir(parents=True, exist_ok=True)
+    ckpt_cb = ModelCheckpoint(dirpath=log_dir_p, filename="step-{step}", save_last=True, save_top_k=0,
+                              every_n_train_steps=max(1, ckpt_every))
+    callbacks = [ckpt_cb]
+    if progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(50, steps // 20))))
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        strategy="auto",
+        precision=precision,
+        devices=1,
+        max_steps=steps,
+        logger=CSVLogger(str(log_dir_p), name="", version=""),
+        callbacks=callbacks,
+        enable_checkpointing=True,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, min(10, steps)),
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=False,
+    )
+    # Resume only an interrupted run of the same configuration; a finished run removes its checkpoints.
+    last = log_dir_p / "last.ckpt"
+    run_cfg = {"train_json": str(train_json), "features_dir": str(features_dir), "init": str(init),
+               "arms": [a.id for a in arms], "steps": steps, "batch_size": batch_size, "lr": lr,
+               "warmup_steps": warmup_steps, "seed": seed, "weight_decay": weight_decay,
+               "arm_sampling": arm_sampling}
+    cfg_path = log_dir_p / "run_config.json"
+    resumed = last.is_file() and cfg_path.is_file() and json.loads(cfg_path.read_text()) == run_cfg
+    if not resumed:
+        for old in log_dir_p.glob("*.ckpt"):
+            old.unlink()
+        _write_json_atomic(cfg_path, run_cfg)
+    with warnings.catch_warnings():
+        for msg in QUIET:
+            warnings.filterwarnings("ignore", message=msg)
+        trainer.fit(model, datamodule=dm, ckpt_path=str(last) if resumed else None)
+    seconds = time.perf_counter() - t0
+
+    losses = model.loss_history
+    tail = losses[-max(1, len(losses) // 10):] if losses else []
+    summary = {
+        "steps": int(trainer.global_step),
+        "seconds": round(seconds, 3),
+        "final_loss": float(sum(tail) / len(tail)) if tail else None,  # mean over the last 10% of steps
+        "last_loss": losses[-1] if losses else None,
+        "first_loss": losses[0] if losses else None,
+        "arms": [a.id for a in arms],
+        "init": str(init),
+        "init_kind": init_kind,
+        "batch_size": batch_size,
+        "lr": lr,
+        "warmup_steps": warmup_steps,
+        "weight_decay": weight_decay,
+        "arm_sampling": arm_sampling,
+        "seed": seed,
+        "threads": threads,
+        "resumed": resumed,
+    }
+    before = int(model.meta.get("steps_total", 0)) if init_kind == "model" else 0
+    meta = {
+        "arm": arms[0].to_dict() if len(arms) == 1 else "mixture",
+        "arms": [a.id for a in arms],
+        "steps": int(trainer.global_step),  # this run
+        "steps_total": before + int(trainer.global_step),  # including the runs it continued
+        "seed": seed,
+        "init": str(init),
+        "features_dir": str(features_dir),
+        "train_json": str(train_json),
+    }
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.meta = {}
+    model.save(tmp, **meta)
+    _write_json_atomic(tmp / "train_summary.json", summary)
+    replace_dir(tmp, out)
+    for ckpt in log_dir_p.glob("*.ckpt"):  # done: a rerun must start fresh, not "resume" at max_steps
+        ckpt.unlink()
+    return summary

@@ -1,0 +1,158 @@
+"""Records (and their errors), per-batch visual context, the one-arm-per-batch sampler."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from visctx.config import Arm
+from visctx.context import visual_context
+from visctx.data import (ArmBatchSampler, load_context, load_eval_records, load_train_records, train_loader)
+from visctx.features import FeatureStore
+from visctx.model import IGNORE, PromptEncoder
+
+F, G, D = 8, 27, 4
+
+
+def write_features(d, keys, seed=0):
+    """One feature shard in the SPEC format: float16 [n, F, G, G, D] + json."""
+    d.mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(seed).normal(size=(len(keys), F, G, G, D)).astype(np.float16)
+    np.save(d / "shard-000.npy", x)
+    (d / "shard-000.json").write_text(json.dumps({"videos": keys, "frames": F, "grid": G, "dim": D}))
+    return x
+
+
+def rec(i, q="what colour is the ball ?", a="red"):
+    return {"id": f"r{i}", "video": f"train/v{i}.mp4", "task_type": "color",
+            "conversations": [{"from": "human", "value": f"<video>\n{q}"}, {"from": "gpt", "value": a}]}
+
+
+def write(tmp_path, obj, name="c.json"):
+    p = tmp_path / name
+    p.write_text(json.dumps(obj))
+    return p
+
+
+def test_train_records_single_and_multi_turn(tmp_path):
+    multi = rec(1)
+    multi["conversations"] += [{"from": "human", "value": "how many ?"}, {"from": "gpt", "value": "2"}]
+    recs = load_train_records(write(tmp_path, [rec(0), multi]))
+    assert [r.id for r in recs] == ["r0", "r1"]
+    assert recs[0].turns == (("<video>\nwhat colour is the ball ?", "red"),)
+    assert recs[1].turns[1] == ("how many ?", "2") and recs[1].task_type == "color"
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda r: r.pop("video"), r"record 1 \(id 'r1'\): missing field 'video'"),
+    (lambda r: r.update(conversations=[]), r"record 1 .*'conversations'"),
+    (lambda r: r["conversations"].reverse(), r"record 1 .*'conversations'\[0\]"),
+    (lambda r: r["conversations"][0].update(value="no placeholder"), r"record 1 .*<video>"),
+    (lambda r: r.update(video=3), r"record 1 .*field 'video' has type int"),
+])
+def test_malformed_train_record_names_file_record_and_field(tmp_path, mutate, match):
+    bad = rec(1)
+    mutate(bad)
+    with pytest.raises(ValueError, match=r"c\.json: " + match):
+        load_train_records(write(tmp_path, [rec(0), bad]))
+
+
+def test_malformed_files(tmp_path):
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(ValueError, match="x.json: not valid JSON"):
+        load_train_records(tmp_path / "x.json")
+    with pytest.raises(ValueError, match="expected a JSON list"):
+        load_train_records(write(tmp_path, {"a": 1}))
+    with pytest.raises(ValueError, match="not found"):
+        load_eval_records(tmp_path / "missing.json")
+
+
+def test_eval_records_and_their_errors(tmp_path):
+    good = {"id": "e0", "video": "eval/v0.mp4", "question": "q ?", "options": ["a", "b", "c", "d"],
+            "answer": 2, "task_type": "needle"}
+    recs = load_eval_records(write(tmp_path, [good]))
+    assert recs[0].options == ("a", "b", "c", "d") and recs[0].answer == 2
+    for field, value, match in [("answer", 4, "'answer'=4"), ("answer", True, "'answer' has type bool"),
+                                ("options", ["a"], "'options'"), ("question", None, "'question' has type")]:
+        with pytest.raises(ValueError, match=rf"record 1 \(id 'e1'\).*{match}"):
+            load_eval_records(write(tmp_path, [good, {**good, "id": "e1", field: value}]))
+
+
+@pytest.mark.parametrize("arm", [Arm(2, 9, "pool"), Arm(3, 4, "sample"), Arm(2, 49, "pool", 2),
+                                 Arm(2, 1, "sample", 3), Arm(16, 1, "pool")])
+def test_load_context_equals_visual_context_on_all_frames(tmp_path, arm):
+    keys = ["a.mp4", "b.mp4"]
+    x = write_features(tmp_path / "f", keys)
+    got = load_context(FeatureStore(tmp_path / "f"), keys, arm)
+    want = visual_context(torch.from_numpy(x.astype(np.float32)), arm)
+    assert got.dtype == torch.float32 and got.shape == (2, arm.T, arm.M, D)
+    torch.testing.assert_close(got, want)
+
+
+def test_sampler_one_arm_per_batch_balanced_and_seeded():
+    arms = [Arm(1, 1, "pool"), Arm(2, 4, "sample"), Arm(4, 9, "pool")]
+    s = ArmBatchSampler(30, arms, batch_size=4, seed=3)
+    batches = list(s)
+    assert len(batches) == len(s) == 7
+    for b in batches:
+        assert len(b) == 4 and len({arm for _, arm in b}) == 1
+    counts = [sum(b[0][1] == a for b in batches) for a in arms]
+    assert max(counts) - min(counts) <= 1  # balanced rounds
+    assert [len({i for i, _ in b}) for b in batches] == [4] * 7  # no repeats within a batch
+    assert batches == list(ArmBatchSampler(30, arms, 4, seed=3))
+    second = list(s)  # each pass is a new epoch (Lightning never calls set_epoch on a batch sampler)
+    assert second != batches and sorted(i for b in second for i, _ in b) != [i for b in second for i, _ in b]
+    s.set_epoch(0)
+    assert list(s) == batches
+    weighted = list(ArmBatchSampler(400, arms, 1, seed=0, weights=[0.8, 0.2, 0.0]))
+    share = sum(b[0][1] == arms[0] for b in weighted) / len(weighted)
+    assert 0.7 < share < 0.9 and all(b[0][1] != arms[2] for b in weighted)
+
+
+def test_train_loader_batches(tmp_path):
+    from visctx.pretrained import build_tokenizer
+
+    records = [rec(i, a=["red", "dark blue"][i % 2]) for i in range(6)]
+    path = write(tmp_path, records)
+    write_features(tmp_path / "f", [r["video"] for r in records])
+    enc = PromptEncoder(build_tokenizer([path], 8))
+    arms = [Arm(2, 4, "sample"), Arm(4, 1, "pool")]
+    loader = train_loader(load_train_records(path), FeatureStore(tmp_path / "f"), enc, arms, batch_size=3, seed=0)
+    seen = set()
+    for b in loader:
+        B, T, M, _ = b["visual"].shape
+        seen.add((T, M))
+        assert B == 3 and b["vis_index"].shape == (3, T * M)
+        assert ((b["labels"] != IGNORE).sum(1) >= 1).all()
+    assert seen == {(2, 4), (4, 1)}
+    orphan = load_train_records(write(tmp_path, [rec(99)], "o.json"))
+    with pytest.raises(KeyError, match="no cached features.*train/v99.mp4"):
+        train_loader(orphan, FeatureStore(tmp_path / "f"), enc, arms, 3)
+
+
+def test_context_cache_returns_the_same_context_and_respects_its_cap(tmp_path):
+    from visctx.data import ContextCache
+
+    keys = ["a.mp4", "b.mp4", "c.mp4"]
+    write_features(tmp_path / "f", keys)
+    store = FeatureStore(tmp_path / "f")
+    arm = Arm(2, 9, "pool")
+    one = load_context(store, ["a.mp4"], arm)[0]
+    cache = ContextCache(store, max_bytes=2 * one.nbytes)
+    got = cache.get(["a.mp4", "b.mp4", "a.mp4"], arm)
+    torch.testing.assert_close(got, load_context(store, ["a.mp4", "b.mp4", "a.mp4"], arm))
+    cache.get(["c.mp4"], arm)
+    assert cache.bytes <= 2 * one.nbytes and len(cache._items) == 2
+    torch.testing.assert_close(cache.get(["a.mp4", "c.mp4"], Arm(2, 9, "sample")),
+                               load_context(store, ["a.mp4", "c.mp4"], Arm(2, 9, "sample")))
+
+
+def test_feature_stats_are_per_dimension_mean_and_std(tmp_path):
+    from visctx.data import feature_stats
+
+    x = write_features(tmp_path / "f", ["a.mp4", "b.mp4"]).astype(np.float64)
+    mean, std = feature_stats(FeatureStore(tmp_path / "f"), frame_stride=1)
+    flat = x.reshape(-1, D)
+    np.testing.assert_allclose(mean.numpy(), flat.mean(0), atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), flat.std(0), atol=1e-4)

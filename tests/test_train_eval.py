@@ -1,0 +1,115 @@
+"""train() and evaluate() end to end on a trivially learnable feature -> answer mapping."""
+
+import json
+
+import numpy as np
+import pytest
+
+from visctx.config import Arm
+from visctx.evaluate import evaluate
+from visctx.model import VideoLM
+from visctx.pretrained import build_tiny_llm
+from visctx.train import train
+
+F, G, D = 4, 27, 4
+COLOURS = ["red", "green", "blue", "yellow"]
+ARMS = [Arm(2, 4, "pool"), Arm(1, 9, "sample")]
+
+
+def make_split(root, split, n, rng):
+    """Colour c adds +3 to feature channel c everywhere: learnable from any arm."""
+    x = rng.normal(size=(n, F, G, G, D)).astype(np.float32)
+    keys, train_recs, eval_recs = [], [], []
+    for i in range(n):
+        c = int(rng.integers(4))
+        x[i, ..., c] += 3.0
+        key = f"{split}/v{i:03d}.mp4"
+        keys.append(key)
+        task = ["color", "shade"][i % 2]
+        train_recs.append({"id": f"{split}{i}", "video": key, "task_type": task, "conversations": [
+            {"from": "human", "value": f"<video>\nwhat {task} is the ball ?"}, {"from": "gpt", "value": COLOURS[c]}]})
+        eval_recs.append({"id": f"{split}{i}", "video": key, "question": f"what {task} is the ball ?",
+                          "options": COLOURS, "answer": c, "task_type": task})
+    d = root / "features" / split
+    d.mkdir(parents=True)
+    np.save(d / "shard-000.npy", x.astype(np.float16))
+    (d / "shard-000.json").write_text(json.dumps({"videos": keys, "frames": F, "grid": G, "dim": D}))
+    (root / f"{split}.json").write_text(json.dumps(train_recs if split == "train" else eval_recs))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    rng = np.random.default_rng(0)
+    make_split(root, "train", 48, rng)
+    make_split(root, "eval", 16, rng)
+    build_tiny_llm(root / "llm", [root / "train.json", root / "eval.json"], max_frames=4, hidden_size=32,
+                   num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=64)
+    return root
+
+
+def run(root, out, init, arms, steps, log, **kw):
+    args = dict(batch_size=8, lr=3e-3, warmup_steps=3, seed=0, threads=1, progress_bar=False)
+    args.update(kw)
+    return train(str(root / out), str(root / "train.json"), str(root / "features" / "train"), str(init), arms,
+                 steps, log_dir=str(root / log), **args)
+
+
+@pytest.fixture(scope="module")
+def base(setup):
+    summary = run(setup, "base", setup / "llm", ARMS, 60, "logs/base")
+    return setup, summary
+
+
+def test_base_learns_and_saves_a_model_dir(base):
+    root, s = base
+    assert s["steps"] == 60 and s["init_kind"] == "llm" and not s["resumed"]
+    assert s["final_loss"] < 0.5 * s["first_loss"] and s["final_loss"] < np.log(4)  # below the answer prior
+    d = root / "base"
+    assert {"llm", "projector.safetensors", "model.json", "train_summary.json"} <= {p.name for p in d.iterdir()}
+    info = json.loads((d / "model.json").read_text())
+    assert info["arm"] == "mixture" and info["arms"] == [a.id for a in ARMS] and info["steps_total"] == 60
+    assert (root / "logs/base/metrics.csv").is_file()
+    assert not list((root / "logs/base").glob("*.ckpt"))  # finished: nothing to resume
+    assert not [p for p in root.iterdir() if p.name.startswith(".base")]  # no tmp dir left
+
+
+def test_fine_tune_continues_from_the_base_and_evaluate_writes_json(base):
+    root, _ = base
+    arm = ARMS[0]
+    s = run(root, f"arms/{arm.id}/model", root / "base", [arm], 8, f"logs/{arm.id}", lr=1e-3)
+    assert s["init_kind"] == "model"
+    info = json.loads((root / f"arms/{arm.id}/model/model.json").read_text())
+    assert info["arm"]["id"] == arm.id and info["steps"] == 8 and info["steps_total"] == 68
+    out = root / f"arms/{arm.id}/eval/synthetic.json"
+    r = evaluate(str(root / f"arms/{arm.id}/model"), str(root / "eval.json"), str(root / "features/eval"), arm,
+                 str(out), batch_size=5)
+    assert json.loads(out.read_text()) == r
+    assert {"arm", "benchmark", "n", "loss", "accuracy", "per_task", "T", "M", "token_op", "frame_op",
+            "time_kernel"} <= set(r)
+    assert r["arm"] == arm.id and r["n"] == 16 and (r["T"], r["M"], r["frame_op"]) == (2, 4, "sample")
+    assert set(r["per_task"]) == {"color", "shade"}
+    for v in [r, *r["per_task"].values()]:
+        assert 0.0 <= v["accuracy"] <= 1.0 and v["loss"] > 0
+    assert sum(v["n"] for v in r["per_task"].values()) == 16
+    assert r["accuracy"] > 0.5 and r["loss"] < np.log(4)  # learnt, and generalises to new videos
+    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # atomic: no tmp left
+
+
+def test_interrupted_run_resumes_from_last_ckpt(base, monkeypatch):
+    root, _ = base
+    arm = ARMS[1]
+    original = VideoLM.training_step
+
+    def crash(self, batch, batch_idx):
+        if self.global_step == 4:
+            raise KeyboardInterrupt  # Lightning handles it: stops the run, keeps checkpoints
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(VideoLM, "training_step", crash)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        run(root, "resumed", root / "base", [arm], 6, "logs/resume", ckpt_every=3)
+    assert (root / "logs/resume/last.ckpt").is_file() and not (root / "resumed").exists()
+    monkeypatch.setattr(VideoLM, "training_step", original)
+    s = run(root, "resumed", root / "base", [arm], 6, "logs/resume", ckpt_every=3)
+    assert s["resumed"] and s["steps"] == 6
