@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from visctx.model import (IGNORE, QWEN2_CHAT, ChoicePrompt, Projector, PromptEncoder, PromptFormat, VideoLM,
+from visctx.model import (IGNORE, QWEN2_CHAT, Projector, PromptEncoder, PromptFormat, VideoLM,
                           lr_lambda)
 from visctx.pretrained import build_tiny_llm, load_llm
 
