@@ -19,12 +19,13 @@ rule fits:
         budget=ANALYSIS["budget"],
         n_boot=ANALYSIS["n_boot"],
         seed=ANALYSIS["seed"],
+        t_max=CFG["data"]["extract"]["max_frames"],  # the optimum cannot use more frames than are kept
     threads: 2
     log:
         f"{LOGS}/fits.log",
     shell:
         "visctx fits --arms-csv {input.arms} --design-csv {input.design} --budget {params.budget}"
-        " --n-boot {params.n_boot} --seed {params.seed} --out-json {output.json} > {log} 2>&1"
+        " --n-boot {params.n_boot} --seed {params.seed} --t-max {params.t_max} --out-json {output.json} > {log} 2>&1"
 
 
 rule tables:
