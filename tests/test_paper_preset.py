@@ -1,0 +1,73 @@
+"""The paper preset on a SLURM cluster, dry-run: every job of the four studies, GPUs on training."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from visctx.config import load_params, study_points, unique_arms
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> str:
+    """`snakemake -n` with the paper preset and profiles/slurm, on one-record annotation files."""
+    dst = tmp_path_factory.mktemp("paper")
+    for item in ("Snakefile", "params.yaml", "workflow", "profiles", "src"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst / item)
+    ann = dst / "data/instruct"
+    ann.mkdir(parents=True)
+    (ann / "train.json").write_text(json.dumps([{"id": "a", "video": "a.mp4", "conversations": [
+        {"from": "human", "value": "<video>\nq"}, {"from": "gpt", "value": "x"}]}]))
+    (ann / "eval.json").write_text(json.dumps([{"id": "b", "video": "b.mp4", "question": "q",
+                                                "options": ["a", "b", "c", "d"], "answer": 0, "task_type": "t"}]))
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["snakemake", "-n", "--workflow-profile", "profiles/slurm", "--config", "preset=paper"],
+                          cwd=dst, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def jobs(out: str) -> dict[str, list[dict[str, str]]]:
+    """rule -> the resources of each of its jobs, parsed from the dry run's job blocks."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        res = re.search(r"resources: (.*)", block)
+        if m:
+            found.setdefault(m.group(1), []).append(
+                dict(kv.split("=", 1) for kv in res.group(1).split(", ")) if res else {})
+    return found
+
+
+def test_every_job_of_the_paper_is_listed(dry_run):
+    params = load_params(ROOT / "params.yaml", {"preset": "paper"})
+    arms = unique_arms(study_points(params["studies"]))
+    found = jobs(dry_run)
+    assert len(found["train_arm"]) == len(found["evaluate_arm"]) == len(arms) == 44
+    shards = params["data"]["shards"]["train"] + params["data"]["shards"]["eval"]
+    assert len(found["extract_frames"]) == len(found["encode_features"]) == shards
+    assert "train_base" not in found  # train.base.steps = 0: every arm starts from Qwen2-7B, as in the paper
+    for rule in ("collect", "fits", "tables", "figures", "metrics"):
+        assert len(found[rule]) == 1
+
+
+def test_gpu_resources_on_training_and_evaluation(dry_run):
+    found = jobs(dry_run)
+    for res in found["train_arm"]:
+        assert (res["gpu"], res["cpus_per_gpu"], res["tasks_per_gpu"]) == ("8", "8", "1")
+        assert "gpu" in res["slurm_partition"]  # the GPU partition, not the CPU default
+        assert int(res["runtime"]) >= 24 * 60
+    assert all(res["gpu"] == "1" for res in found["evaluate_arm"])
+    assert all("gpu" not in res for res in found["extract_frames"] + found["fits"])
+    assert all("slurm_account" in res for rules in found.values() for res in rules if res)
