@@ -3,42 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 
-import numpy as np
 import pandas as pd
 import pytest
+from synthetic_study import JOINT, STUDIES, write_study
 
 from visctx import report as R
-from visctx.config import study_points, unique_arms
-from visctx.fit import FitError, joint_loss, write_fits
-
-JOINT = {"E": 0.8, "A": 1.5, "alpha": 0.4, "B": 2.0, "beta": 0.6}
-STUDIES = {
-    "tokens": {"frames": 4, "tokens": [1, 4, 9, 16, 25, 36, 49, 81, 196], "methods": ["sample", "pool"]},
-    "frames": {"tokens": 9, "token_method": "pool", "frames": [1, 2, 4, 6, 8, 12, 16, 32],
-               "methods": ["sample", "pool"], "pool_source": 32},
-    "joint": {"token_method": "pool", "tokens": [4, 25], "frames": [8, 12, 16, 24]},
-    "window": {"budget": 160, "token_method": "pool", "combos": [[4, 36], [6, 25], [10, 16], [16, 9], [32, 4]]},
-}
-
-
-def write_study(tmp, studies=STUDIES, noise=0.005, seed=0):
-    rng = np.random.default_rng(seed)
-    pts = study_points(studies)
-    rows = []
-    for a in unique_arms(pts):
-        loss = float(joint_loss(JOINT, a.T, a.M)[0]) + (0.3 * a.M ** -0.3 if a.token_op == "sample" else 0.0)
-        loss *= math.exp(noise * rng.normal())
-        acc = float(np.clip(1.3 - 0.6 * loss, 0, 1))
-        rows.append({"arm": a.id, "T": a.T, "M": a.M, "token_op": a.token_op, "frame_op": a.frame_op,
-                     "time_kernel": a.time_kernel, "tokens": a.tokens, "benchmark": "synthetic", "n": 200,
-                     "loss": loss, "accuracy": acc, "acc_needle": acc * 0.9, "acc_order": acc * 0.7})
-    arms, design = tmp / "arms.csv", tmp / "design.csv"
-    pd.DataFrame(rows).to_csv(arms, index=False)
-    pd.DataFrame([{"study": p.study, "method": p.method, "T": p.T, "M": p.M, "arm": p.arm.id} for p in pts]
-                 ).to_csv(design, index=False)
-    return arms, design
+from visctx.fit import FitError, write_fits
 
 
 def run_all(tmp, studies=STUDIES, n_boot=100):
