@@ -899,15 +899,21 @@ ARMS_REQUIRED = ("arm", "T", "M", "token_op", "frame_op", "benchmark", "loss")
 DESIGN_REQUIRED = ("study", "method", "T", "M", "arm")
 
 
+def _read_csv(path: str | Path, required: Sequence[str], kind: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FitError(f"{path}: no such {kind} file")
+    df = pd.read_csv(path)
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise FitError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
+    return df
+
+
 def load_arms(arms_csv: str | Path, benchmark: str = "synthetic") -> pd.DataFrame:
     """arms.csv rows of one benchmark, indexed by arm id (duplicates are an error)."""
     path = Path(arms_csv)
-    if not path.exists():
-        raise FitError(f"{path}: no such arms file")
-    df = pd.read_csv(path)
-    missing = [c for c in ARMS_REQUIRED if c not in df.columns]
-    if missing:
-        raise FitError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
+    df = _read_csv(path, ARMS_REQUIRED, "arms")
     sub = df[df["benchmark"].astype(str) == benchmark]
     if sub.empty:
         raise FitError(f"{path}: no rows for benchmark {benchmark!r}; available: "
@@ -919,16 +925,12 @@ def load_arms(arms_csv: str | Path, benchmark: str = "synthetic") -> pd.DataFram
 
 
 def load_design(design_csv: str | Path) -> pd.DataFrame:
-    path = Path(design_csv)
-    if not path.exists():
-        raise FitError(f"{path}: no such design file")
-    df = pd.read_csv(path)
-    missing = [c for c in DESIGN_REQUIRED if c not in df.columns]
-    if missing:
-        raise FitError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
-    bad = sorted(set(df["study"]) - {"tokens", "frames", "joint", "window"})
+    from visctx.config import STUDIES
+
+    df = _read_csv(design_csv, DESIGN_REQUIRED, "design")
+    bad = sorted(set(df["study"]) - set(STUDIES))
     if bad:
-        raise FitError(f"{path}: unknown study {bad}; allowed: tokens, frames, joint, window")
+        raise FitError(f"{design_csv}: unknown study {bad}; allowed: {', '.join(STUDIES)}")
     return df
 
 
