@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from visctx.config import (Arm, ParamsError, arm_groups, deep_merge, load_params, resolve_preset, study_points,
+from visctx.config import (Arm, ParamsError, deep_merge, load_params, resolve_preset, study_points,
                            unique_arms, validate)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,21 +50,6 @@ def test_shared_arms_are_trained_once():
     # T1-M4-pool is both a token-study arm and a frame-study arm; T32-M4-pool a frame and a window arm
     assert {pt.study for pt in points if pt.arm.id == "T1-M4-pool"} == {"tokens", "frames"}
     assert {pt.study for pt in points if pt.arm.id == "T32-M4-pool"} == {"frames", "window"}
-
-
-def test_arm_groups_cover_every_arm_once_and_balance_the_work():
-    arms = unique_arms(study_points(load_params(PARAMS)["studies"]))
-    assert arm_groups(arms, 1) == [[a] for a in sorted(arms, key=lambda a: (-a.T * (a.M + 3), a.id))]
-    for per_job in (2, 8, 12, len(arms), 100):
-        groups = arm_groups(arms, per_job)
-        assert sorted(a.id for g in groups for a in g) == sorted(a.id for a in arms)
-        assert len(groups) == -(-len(arms) // per_job) and max(map(len, groups)) <= per_job
-        load = [sum(a.T * (a.M + 3) for a in g) for g in groups]
-        biggest = max(a.T * (a.M + 3) for a in arms)
-        assert max(load) - min(load) <= biggest  # greedy longest-first: within one arm of level
-    assert arm_groups(arms, 8) == arm_groups(list(reversed(arms)), 8)  # order-free: stable jobs
-    with pytest.raises(ValueError, match="arms_per_job"):
-        arm_groups(arms, 0)
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tables": ("visctx.report", "write_tables", "write the paper's tables (md, csv, tex)"),
     "figures": ("visctx.report", "write_figures", "draw the figures"),
     "metrics": ("visctx.report", "write_metrics", "write the metrics file for dvc exp show"),
+    "perf": ("visctx.perf", "perf", "the performance harness: fresh-clone stage times, reruns, overheads"),
 }
+
+# Commands that are quick without torch: never worth a round trip to the preload server.
+IN_PROCESS = {"check", "perf"}
 
 
 def _converter(tp: Any) -> tuple[Callable[[str], Any], bool]:
@@ -87,8 +91,15 @@ def build_parser(name: str, func: Callable) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, preload: bool = True) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if preload and argv and argv[0] in COMMANDS and argv[0] not in IN_PROCESS:
+        from visctx import preload as server
+
+        if server.enabled():
+            code = server.run(argv)
+            if code is not None:
+                return code
     if not argv or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = [f"  {k.ljust(width)}  {h}" for k, (_, _, h) in COMMANDS.items()]

@@ -138,27 +138,6 @@ def unique_arms(points: Iterable[StudyPoint]) -> list[Arm]:
     return list(dict.fromkeys(p.arm for p in points))
 
 
-def arm_groups(arms: Iterable[Arm], per_job: int) -> list[list[Arm]]:
-    """Split arms into jobs of at most ``per_job``, balanced by sequence length T*(M + 3) so
-    side-by-side jobs finish together (longest first onto the lightest job); ``per_job=1``: one
-    arm a job. Scheduling only: an arm's result does not depend on its group.
-
-    Why: on CPU a job pays ~10 s of imports before its first step, more than a tiny arm's whole
-    fine-tune; on a cluster each arm is its own GPU job.
-    """
-    arms = list(arms)
-    if per_job < 1:
-        raise ValueError(f"arms_per_job must be >= 1, got {per_job}")
-    n = -(-len(arms) // per_job)
-    groups: list[list[Arm]] = [[] for _ in range(n)]
-    load = [0.0] * n
-    for arm in sorted(arms, key=lambda a: (-a.T * (a.M + 3), a.id)):
-        i = min((j for j in range(n) if len(groups[j]) < per_job), key=lambda j: (load[j], j))
-        groups[i].append(arm)
-        load[i] += arm.T * (arm.M + 3)
-    return groups
-
-
 # ---------------------------------------------------------------------------------------------
 # Loading and validation
 

@@ -1,14 +1,19 @@
 import hashlib
+import os
 import sys
 from pathlib import Path
 
-from visctx.config import ParamsError, arm_groups, dumps, resolve_preset, study_points, unique_arms, validate
+from visctx.config import ParamsError, dumps, resolve_preset, study_points, unique_arms, validate
 
 # Params are validated before any job starts; a bad value names the key, value and what is allowed.
 try:
     CFG = validate(resolve_preset(config))
 except ParamsError as e:
     sys.exit(f"params.yaml (after preset {config.get('preset')!r} and --config overrides) is invalid:\n{e}")
+
+# Jobs run in children of one warm process instead of each importing torch anew (visctx.preload).
+if CFG["workflow"]["preload"]:
+    os.environ.setdefault("VISCTX_PRELOAD", "1")
 
 RESULTS = "results"
 DATA = f"{RESULTS}/data"

@@ -1,64 +1,32 @@
-# Jobs per (arms, benchmark): adding a benchmark never retrains anything. Arms are grouped like
-# training (`evaluate.arms_per_job`; 1 on a cluster); evaluation never imports Lightning.
-ARM_EVAL = dict(
-    code=code_version("evaluate", "model", "data", "context", "benchmarks"),
-    batch_size=CFG["evaluate"]["batch_size"],
-)
-ARM_EVAL_SHELL = (
-    "visctx evaluate-arms --arms {params.arms} --arms-dir {RESULTS}/arms --eval-json {input.eval}"
-    " --features-dir {params.features} --benchmark {wildcards.benchmark} --batch-size {params.batch_size}"
-    " --threads {threads} > {log} 2>&1"
-)
-
-
+# One job per (arm, benchmark): adding a benchmark never retrains anything, and a changed arm is
+# evaluated again alone. Evaluation never imports Lightning.
 def eval_inputs(wildcards):
     split = eval_split(wildcards.benchmark)
     return {"eval": corpus_json(split), "features": feature_shards(split)}
 
 
-if CFG["evaluate"]["arms_per_job"] == 1:
-
-    rule evaluate_arm:
-        input:
-            unpack(eval_inputs),
-            model=ARM_MODEL,
-        output:
-            json=ARM_EVAL_JSON,
-        params:
-            arms="{arm}",
-            features=lambda w: f"{DATA}/features/{eval_split(w.benchmark)}",
-            **ARM_EVAL,
-        threads: 1
-        log:
-            f"{RESULTS}/arms/{{arm}}/eval/{{benchmark}}.log",
-        shell:
-            ARM_EVAL_SHELL
-
-else:
-    for i, group in enumerate(arm_groups(ARM_LIST, CFG["evaluate"]["arms_per_job"])):
-
-        rule:
-            name:
-                f"evaluate_arms_{i}"
-            input:
-                unpack(eval_inputs),
-                models=[ARM_MODEL.format(arm=a.id) for a in group],
-            output:
-                jsons=[ARM_EVAL_JSON.replace("{arm}", a.id) for a in group],
-            params:
-                arms=" ".join(a.id for a in group),
-                features=lambda w: f"{DATA}/features/{eval_split(w.benchmark)}",
-                **ARM_EVAL,
-            threads: 1
-            log:
-                f"{LOGS}/evaluate_arms/{i}-{{benchmark}}.log",
-            shell:
-                ARM_EVAL_SHELL
+rule evaluate_arm:
+    input:
+        unpack(eval_inputs),
+        model=rules.train_arm.output.model,
+    output:
+        json=ARM_EVAL_JSON,
+    params:
+        code=code_version("evaluate", "model", "data", "context", "benchmarks"),
+        features=lambda w: f"{DATA}/features/{eval_split(w.benchmark)}",
+        batch_size=CFG["evaluate"]["batch_size"],
+    threads: 1
+    log:
+        f"{RESULTS}/arms/{{arm}}/eval/{{benchmark}}.log",
+    shell:
+        "visctx evaluate-arms --arms {wildcards.arm} --arms-dir {RESULTS}/arms --eval-json {input.eval}"
+        " --features-dir {params.features} --benchmark {wildcards.benchmark} --batch-size {params.batch_size}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule collect:
     input:
-        evals=expand(ARM_EVAL_JSON, arm=ARMS, benchmark=BENCHMARKS),
+        evals=expand(rules.evaluate_arm.output.json, arm=ARMS, benchmark=BENCHMARKS),
     output:
         arms=report(f"{RESULTS}/tables/arms.csv", caption="../report/arms.rst", category="Tables"),
         design=f"{RESULTS}/tables/design.csv",
@@ -86,7 +54,7 @@ if NIAH:
 
     rule niah:
         input:
-            models=[ARM_MODEL.format(arm=a) for a in NIAH_ARMS],
+            models=expand(rules.train_arm.output.model, arm=NIAH_ARMS),
             eval=corpus_json("eval"),
             videos=rules.synth_corpus.output.videos,
             features=feature_shards("eval"),

@@ -36,56 +36,25 @@ rule train_base:
         " --log-dir {params.logs} --no-progress-bar > {log} 2>&1"
 
 
-# Each arm is fine-tuned from the base with the same budget. `train.arms_per_job: 1` gives one job
-# per arm (the cluster's shape: profiles/slurm sets train_arm's GPUs); more arms per job share one
-# process's start-up (~10 s of imports, more than a tiny arm's fine-tune on CPU), in jobs balanced
-# by sequence length.
-ARM_TRAIN = dict(
-    code=code_version("train", "model", "data", "context", "pretrained"),
-    optim=cli_options(TRAIN["arm"]),
-    init=f"{RESULTS}/base/model" if BASE else pretrained_llm(),
-    seed=CFG["seed"],
-    prompt=dumps(CFG["model"]["prompt"]),
-)
-ARM_TRAIN_SHELL = (
-    "visctx train-arms --arms {params.arms} --arms-dir {RESULTS}/arms --train-json {input.train}"
-    " --features-dir {DATA}/features/train --init {params.init} {params.optim} --seed {params.seed}"
-    " --threads {threads} --prompt-format {params.prompt:q} --no-progress-bar > {log} 2>&1"
-)
-
-if TRAIN["arms_per_job"] == 1:
-
-    rule train_arm:
-        input:
-            unpack(train_inputs),
-            base=rules.train_base.output.model if BASE else [],
-        output:
-            model=directory(ARM_MODEL),
-        params:
-            arms="{arm}",
-            **ARM_TRAIN,
-        threads: TRAIN["threads"]
-        log:
-            f"{RESULTS}/arms/{{arm}}/train.log",
-        shell:
-            ARM_TRAIN_SHELL
-
-else:
-    for i, group in enumerate(arm_groups(ARM_LIST, TRAIN["arms_per_job"])):
-
-        rule:
-            name:
-                f"train_arms_{i}"
-            input:
-                unpack(train_inputs),
-                base=rules.train_base.output.model if BASE else [],
-            output:
-                models=[directory(ARM_MODEL.format(arm=a.id)) for a in group],
-            params:
-                arms=" ".join(a.id for a in group),
-                **ARM_TRAIN,
-            threads: TRAIN["threads"]
-            log:
-                f"{LOGS}/train_arms/{i}.log",
-            shell:
-                ARM_TRAIN_SHELL
+# Each arm is fine-tuned from the base with the same budget, one job per arm: a change to one arm
+# retrains that arm only. On a laptop the preload server (workflow.preload) spares each job the
+# ~7 s of imports that used to dominate a tiny arm; on a cluster profiles/slurm sets the GPUs.
+rule train_arm:
+    input:
+        unpack(train_inputs),
+        base=rules.train_base.output.model if BASE else [],
+    output:
+        model=directory(ARM_MODEL),
+    params:
+        code=code_version("train", "model", "data", "context", "pretrained"),
+        optim=cli_options(TRAIN["arm"]),
+        init=f"{RESULTS}/base/model" if BASE else pretrained_llm(),
+        seed=CFG["seed"],
+        prompt=dumps(CFG["model"]["prompt"]),
+    threads: TRAIN["threads"]
+    log:
+        f"{RESULTS}/arms/{{arm}}/train.log",
+    shell:
+        "visctx train-arms --arms {wildcards.arm} --arms-dir {RESULTS}/arms --train-json {input.train}"
+        " --features-dir {DATA}/features/train --init {params.init} {params.optim} --seed {params.seed}"
+        " --threads {threads} --prompt-format {params.prompt:q} --no-progress-bar > {log} 2>&1"

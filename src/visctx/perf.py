@@ -1,0 +1,226 @@
+"""The performance harness: what the default study costs and what it recomputes (run on demand,
+``bash scripts/perf.sh``; never a timed test).
+
+It measures, in a fresh clone of the repository (install included, as a newcomer runs it):
+the wall time of each DVC stage; the no-op rerun of ``snakemake`` and of ``dvc repro``; which jobs
+a one-key change would rerun (an analysis-only key must rerun analysis only, a study key only the
+arms it adds); decord's throughput reading 1-fps frames with sorted indices against decoding every
+frame; how many times each video frame goes through the vision encoder (must be once); and the
+start-up overhead of one training job, plain and through the preload server. The figures go to
+``results/perf/perf.{json,md}``; the README quotes them with date and machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ANALYSIS_RULES = {"fits", "figures", "tables", "metrics", "all", "analysis_all"}
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB, {platform.system()} {platform.release()}"
+
+
+class _Runner:
+    def __init__(self, root: Path, log: Path) -> None:
+        self.root, self.log = root, log
+        self.env = dict(os.environ, PATH=f"{root / '.venv/bin'}{os.pathsep}{os.environ['PATH']}")
+        self.env.pop("VIRTUAL_ENV", None)
+
+    def __call__(self, cmd: list[str], check: bool = True, **extra_env: str) -> tuple[float, str]:
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=self.root, env={**self.env, **extra_env}, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        with open(self.log, "a") as f:
+            f.write(f"$ {' '.join(cmd)}  # {seconds:.1f} s, exit {proc.returncode}\n{proc.stdout}{proc.stderr}\n")
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {self.log}:\n"
+                               f"{proc.stderr[-2000:]}")
+        return seconds, proc.stdout
+
+
+def _job_counts(dry_run_stdout: str) -> dict[str, int]:
+    """Snakemake's 'Job stats' table from ``snakemake -n --quiet rules``."""
+    counts = {}
+    for line in dry_run_stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def rerun_sets(run: _Runner, params: dict, tmp: Path) -> dict[str, Any]:
+    """Jobs a dry run schedules after one analysis-only and one study change (the rest is done)."""
+    from visctx.config import resolve_preset, study_points, unique_arms
+
+    cfg = resolve_preset(copy.deepcopy(params))
+    analysis = copy.deepcopy(params)
+    analysis["analysis"]["budget"] = int(cfg["analysis"]["budget"]) * 2
+    study = copy.deepcopy(params)
+    combos = study["studies"]["window"]["combos"]
+    known = {a.id for a in unique_arms(study_points(cfg["studies"]))}
+    T, M = combos[-1]
+    combos[-1] = [T - 1, M]  # one new window arm: T-1 frames at the same M
+    new = {a.id for a in unique_arms(study_points(resolve_preset(copy.deepcopy(study))["studies"]))} - known
+    n_bench = len(cfg["evaluate"]["benchmarks"])
+    out = {}
+    for name, changed, expect in (
+        ("analysis.budget x2", analysis, lambda c: set(c) <= ANALYSIS_RULES),
+        (f"studies.window.combos[-1] = [{T - 1}, {M}]", study,
+         lambda c: c.get("train_arm") == len(new) and c.get("evaluate_arm") == len(new) * n_bench),
+    ):
+        path = tmp / "changed.yaml"
+        path.write_text(yaml.safe_dump(changed, sort_keys=False))
+        _, stdout = run(["snakemake", "-n", "--quiet", "rules", "--configfile", str(path)])
+        counts = _job_counts(stdout)
+        out[name] = {"jobs": counts, "as_expected": bool(expect(counts))}
+    out["new arms"] = sorted(new)
+    return out
+
+
+def decode_throughput(videos: list[Path], fps: float, max_frames: int, size: int) -> dict[str, float]:
+    """Frames the study keeps per second of decoding: 1 fps + sorted ``get_batch`` vs every frame."""
+    import decord
+
+    from visctx.video import read_video
+
+    t0 = time.perf_counter()
+    kept = sum(len(read_video(v, fps, max_frames, size)[1]) for v in videos)
+    selective = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    decoded = 0
+    for v in videos:
+        vr = decord.VideoReader(str(v), ctx=decord.cpu(0), width=size, height=size)
+        decoded += len(vr.get_batch(list(range(len(vr)))).asnumpy())
+    full = time.perf_counter() - t0
+    return {"videos": len(videos), "frames_kept": kept, "frames_in_videos": decoded,
+            "selective_s": round(selective, 3), "full_decode_s": round(full, 3),
+            "selective_videos_per_s": round(len(videos) / selective, 1),
+            "full_videos_per_s": round(len(videos) / full, 1), "speedup": round(full / selective, 2)}
+
+
+def encoder_passes(data_dir: Path) -> dict[str, Any]:
+    """Encoded frames over distinct (video file, frame) pairs across every features shard: every
+    arm reads the cache, so anything above 1.0 is a frame encoded twice."""
+    encoded, distinct = 0, set()
+    for meta_path in sorted((data_dir / "features").glob("*/shard-*.json")):
+        meta = json.loads(meta_path.read_text())
+        frames_meta = json.loads((data_dir / "frames" / meta_path.parent.name / meta_path.name).read_text())
+        root = frames_meta.get("video_root", meta_path.parent.name)
+        for video in meta["videos"]:
+            encoded += meta["frames"]
+            distinct.update((str(root), video, i) for i in range(meta["frames"]))
+    return {"encoded_frames": encoded, "distinct_frames": len(distinct),
+            "passes_per_frame": round(encoded / max(1, len(distinct)), 3)}
+
+
+def startup_overhead(run: _Runner, tmp: Path) -> dict[str, float]:
+    """Wall time of a 1-step arm fine-tune minus the time its training loop reports."""
+    from visctx.config import load_params, study_points, unique_arms
+
+    cfg = load_params(run.root / "params.yaml")
+    arm = unique_arms(study_points(cfg["studies"]))[0].id
+    args = ["visctx", "train-arms", "--arms", arm, "--train-json", "results/data/corpus/train.json",
+            "--features-dir", "results/data/features/train", "--init", "results/base/model", "--steps", "1",
+            "--batch-size", "4", "--lr", "1e-4", "--warmup-steps", "0", "--seed", "0", "--threads", "1",
+            "--no-progress-bar"]
+    out = {}
+    for name, preload in (("plain", "0"), ("preload_cold", "1"), ("preload_warm", "1")):
+        arms_dir = tmp / f"startup-{name}"
+        wall, _ = run([*args, "--arms-dir", str(arms_dir)], VISCTX_PRELOAD=preload, VISCTX_PRELOAD_IDLE="30")
+        inner = json.loads((arms_dir / arm / "model/train_summary.json").read_text())["seconds"]
+        out[f"{name}_wall_s"] = round(wall, 2)
+        out[f"{name}_overhead_s"] = round(wall - inner, 2)
+    return out
+
+
+def perf(out_dir: str = "results/perf", repo: str = ".", fresh: bool = True, keep: bool = False) -> dict:
+    """Run the harness; ``fresh``: clone ``repo`` into a temporary directory and run the whole
+    study there (install included); otherwise measure the finished study in ``repo`` itself."""
+    repo_p = Path(repo).resolve()
+    tmp = Path(tempfile.mkdtemp(prefix="visctx-perf-"))
+    root = tmp / "clone" if fresh else repo_p
+    out_p = (repo_p / out_dir).resolve()
+    out_p.mkdir(parents=True, exist_ok=True)
+    log = out_p / "perf.log"
+    log.write_text("")
+    report: dict[str, Any] = {"date": dt.date.today().isoformat(), "machine": _machine()}
+    try:
+        if fresh:
+            subprocess.run(["git", "clone", "--quiet", str(repo_p), str(root)], check=True)
+            report["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                                              capture_output=True, text=True).stdout.strip()
+        run = _Runner(root, log)
+        stages: dict[str, float] = {}
+        if fresh:
+            stages["install"], _ = run(["bash", "scripts/setup.sh"])
+            for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"]:
+                stages[stage], _ = run(["dvc", "repro", stage])
+            stages["total"] = sum(stages.values())
+            report["fresh_clone_s"] = {k: round(v, 1) for k, v in stages.items()}
+        report["noop_s"] = {
+            "snakemake": round(run(["snakemake", "--nolock", "--quiet", "all"])[0], 2),
+            "dvc repro": round(run(["dvc", "repro"])[0], 2),
+            "dvc status": round(run(["dvc", "status"])[0], 2),
+        }
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        report["reruns"] = rerun_sets(run, params, tmp)
+        extract = params["data"]["extract"]
+        videos = sorted((root / "results/data/videos/train").glob("*.mp4"))[:16]
+        if videos:
+            report["decode"] = decode_throughput(videos, extract["fps"], extract["max_frames"], extract["size"])
+        report["encoder"] = encoder_passes(root / "results/data")
+        report["startup"] = startup_overhead(run, tmp)
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    (out_p / "perf.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out_p / "perf.md").write_text(to_markdown(report))
+    return report
+
+
+def to_markdown(r: dict) -> str:
+    lines = [f"Measured {r['date']} on {r['machine']}" + (f", commit {r['commit']}" if "commit" in r else "") + ".", ""]
+    if "fresh_clone_s" in r:
+        lines += ["| fresh clone, stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in r["fresh_clone_s"].items()] + [""]
+    lines += ["| no-op rerun | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in r["noop_s"].items()] + [""]
+    lines += ["| change | jobs a dry run schedules | as expected |", "|---|---|---|"]
+    for k, v in r["reruns"].items():
+        if isinstance(v, dict):
+            jobs = ", ".join(f"{rule} {n}" for rule, n in v["jobs"].items()) or "none"
+            lines.append(f"| {k} | {jobs} | {'yes' if v['as_expected'] else 'NO'} |")
+    lines.append("")
+    if "decode" in r:
+        d = r["decode"]
+        lines += [f"Decoding {d['videos']} videos: 1 fps with sorted indices {d['selective_s']} s "
+                  f"({d['frames_kept']} frames kept), every frame {d['full_decode_s']} s "
+                  f"({d['frames_in_videos']} frames): {d['speedup']}x.", ""]
+    e = r["encoder"]
+    lines += [f"Vision encoder: {e['encoded_frames']} frames encoded for {e['distinct_frames']} distinct frames "
+              f"= {e['passes_per_frame']} passes per frame.", ""]
+    s = r["startup"]
+    lines += ["| one training job (1 step) | wall s | start-up overhead s |", "|---|---|---|"]
+    lines += [f"| {k} | {s[f'{k}_wall_s']} | {s[f'{k}_overhead_s']} |" for k in ("plain", "preload_cold", "preload_warm")]
+    return "\n".join(lines) + "\n"
