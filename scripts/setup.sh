@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create or refresh .venv with the pinned dependencies (requirements.lock); a no-op in a second
 # when nothing changed. torch is pinned to 2.13.0 (a CPU build here, the CUDA build on a cluster).
+# uv installs the lock in ~25 s where pip takes ~2 min; it reads pip's index settings (find-links,
+# index URLs) from pip's own config, and pip is the fallback (VISCTX_INSTALLER=pip forces it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,7 +12,21 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c requirements.lock -e . ${VISCTX_EXTRAS:+".[$VISCTX_EXTRAS]"}
+target=(-c requirements.lock -e ".${VISCTX_EXTRAS:+[$VISCTX_EXTRAS]}")
+pipcfg() { .venv/bin/python -m pip config get "global.$1" 2>/dev/null || true; }
+with_uv() {
+  .venv/bin/python -m pip install --quiet uv 2>/dev/null || return 1
+  local args=(--index-strategy unsafe-best-match) u
+  index=${PIP_INDEX_URL:-$(pipcfg index-url)}
+  [ -z "$index" ] || args+=(--index-url "$index")
+  for u in ${PIP_FIND_LINKS:-$(pipcfg find-links)}; do args+=(--find-links "$u"); done
+  for u in ${PIP_EXTRA_INDEX_URL:-$(pipcfg extra-index-url)}; do args+=(--extra-index-url "$u"); done
+  .venv/bin/uv pip install --quiet --python .venv/bin/python "${args[@]}" "${target[@]}"
+}
+if [ "${VISCTX_INSTALLER:-uv}" = pip ] || ! with_uv; then
+  [ "${VISCTX_INSTALLER:-uv}" = pip ] || echo "setup: uv failed, installing with pip" >&2
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet "${target[@]}"
+fi
 echo "$want" > "$stamp"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
