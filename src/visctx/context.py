@@ -18,10 +18,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch is imported where it is used: the workflow and `visctx check` import this
+    import torch  # module for the pure arithmetic below, and torch alone costs ~2 s
 
-if TYPE_CHECKING:
     from visctx.config import Arm
 
 GRID = 27  # SigLIP-so400m-patch14-384: 384 / 14 -> 27 x 27 patches
@@ -57,6 +56,8 @@ def poolable_token_counts(grid: int = GRID) -> list[int]:
 
 def sample_tokens(grid_feats: torch.Tensor, M: int) -> torch.Tensor:
     """``[..., G, G, D] -> [..., M, D]``: the centred m x m sub-grid at uniform stride."""
+    import torch
+
     G = grid_feats.shape[-2]
     m = math.isqrt(M)
     if m * m != M or m > G:
@@ -72,6 +73,8 @@ def pool_grid(x: torch.Tensor, k: int, kt: int = 1) -> torch.Tensor:
     The grid is zero-padded at its far edges up to a multiple of k and the zeros count in the
     mean (as in Opt-Visor's projector); F must be a multiple of kt.
     """
+    import torch.nn.functional as F
+
     *batch, Fr, G, G2, D = x.shape
     if G != G2:
         raise ValueError(f"patch grid must be square, got {G}x{G2}")
@@ -89,6 +92,8 @@ def pool_grid(x: torch.Tensor, k: int, kt: int = 1) -> torch.Tensor:
 
 def visual_context(features: torch.Tensor, arm: "Arm") -> torch.Tensor:
     """``[..., F, G, G, D]`` cached per-frame patch features -> ``[..., T, M, D]`` for one arm."""
+    import torch
+
     Fr, G = features.shape[-4], features.shape[-3]
     n_frames = arm.T * arm.time_kernel
     frames = features.index_select(-4, torch.tensor(uniform_indices(Fr, n_frames), device=features.device))
