@@ -13,7 +13,7 @@ ARM_EVAL_SHELL = (
 
 def eval_inputs(wildcards):
     split = eval_split(wildcards.benchmark)
-    return {"eval": corpus_json(split), "features": feature_shards(split)}
+    return {"eval": corpus_json(split), "features": feature_shards(split), "quarantine": quarantine_json(split)}
 
 
 if CFG["evaluate"]["arms_per_job"] == 1:
@@ -90,6 +90,7 @@ if NIAH:
             eval=corpus_json("eval"),
             videos=rules.synth_corpus.output.videos,
             features=feature_shards("eval"),
+            quarantine=quarantine_json("eval"),
         output:
             csv=f"{RESULTS}/niah/niah.csv",
             png=report(f"{RESULTS}/niah/niah_heatmap.png", caption="../report/niah.rst", category="Figures"),
