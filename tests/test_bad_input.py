@@ -177,6 +177,23 @@ def test_truncated_frame_shard_is_an_error_before_encoding(tmp_path):
     assert not (tmp_path / "out.npy").exists()
 
 
+def test_encode_carries_the_quarantine_over_even_for_an_all_bad_shard(tmp_path):
+    from visctx.features import FeatureStore, build_tiny_vision_tower, encode_shard
+
+    tower = build_tiny_vision_tower(tmp_path / "tower", hidden_size=8, num_layers=1, num_heads=1,
+                                    intermediate_size=16)
+    frames = {"s0": (["v0"], ["bad0"], ["v0"]), "s1": ([], ["bad1"], [])}  # s1: every video quarantined
+    for name, (keys, bad, short) in frames.items():
+        np.save(tmp_path / f"{name}.npy", np.zeros((len(keys), 2, 54, 54, 3), np.uint8))
+        _shard_json(tmp_path / f"{name}.json", keys, bad, short)
+        meta = encode_shard(tmp_path / f"{name}.npy", tmp_path / f"{name}.json", tower,
+                            tmp_path / "f" / f"shard-{name[1]:0>3}.npy", tmp_path / "f" / f"shard-{name[1]:0>3}.json")
+        assert [q["video"] for q in meta["quarantined"]] == bad and [s["video"] for s in meta["short"]] == short
+    store = FeatureStore(tmp_path / "f")
+    assert store.keys() == ["v0"] and sorted(store.quarantined) == ["bad0", "bad1"]
+    assert [s["video"] for s in store.short] == ["v0"] and store.get("v0").shape == (2, 27, 27, 8)
+
+
 def test_load_npy_matches_np_load_and_reads_empty_shards(tmp_path):
     a = np.arange(24, dtype=np.float16).reshape(2, 3, 4)
     np.save(tmp_path / "a.npy", a)
