@@ -387,9 +387,11 @@ def test_write_items_round_trips_and_names_missing_videos(tmp_path):
     out = tmp_path / "items.json"
     assert write_items("longvideobench", str(ann), str(out), str(root))["items"] == len(items)
     assert read_items(out) == items  # the pipeline's JSON keeps what the official rule needs
-    (root / items[-1].video).unlink()
-    with pytest.raises(ValueError, match=re.escape(items[-1].video)):
-        write_items("longvideobench", str(ann), str(tmp_path / "again.json"), str(root))
+    (root / items[-1].video).unlink()  # one missing video: reported, then quarantined at extraction
+    again = write_items("longvideobench", str(ann), str(tmp_path / "again.json"), str(root))
+    assert again["missing_videos"] == 1 and read_items(tmp_path / "again.json") == items
+    with pytest.raises(ValueError, match=re.escape(f"none of the {again['videos']} videos") + ".*nowhere"):
+        write_items("longvideobench", str(ann), str(tmp_path / "again.json"), str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="unknown benchmark 'nope'"):
         write_items("nope", str(ann), str(out))
     # the synthetic suite is scored like MLVU: the mean of per-task accuracies

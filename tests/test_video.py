@@ -145,9 +145,9 @@ def test_extract_shard_eval_format_and_errors(tmp_path, clip):
         corpus_videos(corpus)
     corpus.write_text(json.dumps([{"id": "e0", "video": "c.mp4", "question": "q", "options": list("abcd"),
                                    "answer": 0}]))
-    with pytest.raises(VideoError, match="c.mp4"):
-        extract_shard(corpus, tmp_path, 0, 1, tmp_path / "f.npy", tmp_path / "f.json")
-    assert not (tmp_path / "f.npy").exists() and not list(tmp_path.glob("*.tmp"))
+    meta = extract_shard(corpus, tmp_path, 0, 1, tmp_path / "f.npy", tmp_path / "f.json", max_frames=4, size=8)
+    assert meta["videos"] == [] and meta["quarantined"][0]["video"] == "c.mp4"  # the missing video is left out
+    assert np.load(tmp_path / "f.npy").shape == (0, 4, 8, 8, 3) and not list(tmp_path.glob("*.tmp"))
     (tmp_path / "c.mp4").write_bytes(clip.read_bytes())
     meta = extract_shard(corpus, tmp_path, 0, 1, tmp_path / "f.npy", tmp_path / "f.json", max_frames=4, size=8)
     assert meta["videos"] == ["c.mp4"] and np.load(tmp_path / "f.npy").shape == (1, 4, 8, 8, 3)

@@ -15,6 +15,7 @@ import json
 import numbers
 import random
 import re
+import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -475,20 +476,29 @@ def write_items(benchmark: str, annotations: str, out_json: str, video_root: str
     """Convert ``benchmark``'s published ``annotations`` into the pipeline's evaluation JSON: one
     multiple-choice record per asked item (``id, video, question, options, answer, task_type``,
     plus ``duration_group, group, try_index`` for the official rule). Video paths stay relative
-    to ``video_root`` (the frame extraction joins them), so the JSON moves with the data."""
+    to ``video_root`` (the frame extraction joins them), so the JSON moves with the data.
+
+    Videos missing under ``video_root`` are reported (stderr and the returned ``missing_videos``)
+    but kept: frame extraction quarantines them with the corpus's other unreadable videos, where
+    ``data.extract.max_quarantined`` decides whether the benchmark is still usable. Only a root
+    holding none of the videos (surely the wrong one) is an error here."""
     if benchmark not in LOADERS:
         raise ValueError(f"unknown benchmark {benchmark!r}; allowed: {', '.join(sorted(LOADERS))}")
     items = LOADERS[benchmark](annotations)
-    missing = [it.video for it in items if video_root and not (Path(video_root) / it.video).is_file()]
-    if missing:
-        raise ValueError(f"{benchmark}: {len(missing)} videos of {annotations} are not under {video_root}, "
+    videos = sorted({it.video for it in items})
+    missing = [v for v in videos if video_root and not (Path(video_root) / v).is_file()]
+    if missing and len(missing) == len(videos):
+        raise ValueError(f"{benchmark}: none of the {len(videos)} videos of {annotations} is under {video_root}, "
                          f"e.g. {missing[0]!r}")
+    if missing:
+        print(f"{benchmark}: {len(missing)} of {len(videos)} videos of {annotations} are not under {video_root} "
+              f"(they will be quarantined), e.g. {missing[0]!r}", file=sys.stderr, flush=True)
     out = Path(out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps([{**asdict(it), "options": list(it.options)} for it in items], indent=1))
     tmp.replace(out)
-    return {"benchmark": benchmark, "items": len(items), "videos": len({it.video for it in items})}
+    return {"benchmark": benchmark, "items": len(items), "videos": len(videos), "missing_videos": len(missing)}
 
 
 def read_items(path: str | Path) -> list[BenchItem]:

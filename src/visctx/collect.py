@@ -28,6 +28,25 @@ def read_evaluation(path: str | Path) -> dict:
     return rec
 
 
+def check_same_videos(evaluations: list[dict]) -> None:
+    """Every arm of a benchmark must have been scored on the same videos (``videos_sha``).
+
+    All arms read one feature store, but an arm evaluated before a re-extraction quarantined (or
+    recovered) a video would otherwise be compared on a different item set without a trace.
+    Evaluations without a fingerprint (written before it existed) are not checked.
+    """
+    first: dict[str, tuple[str, str]] = {}
+    for rec in evaluations:
+        sha = rec.get("videos_sha")
+        if sha is None:
+            continue
+        arm0, sha0 = first.setdefault(rec["benchmark"], (rec["arm"], sha))
+        if sha != sha0:
+            raise ValueError(f"benchmark {rec['benchmark']!r}: arms {arm0} and {rec['arm']} were evaluated on "
+                             f"different video sets (videos_sha {sha0} vs {sha}); re-run the evaluation of "
+                             f"the stale arm(s)")
+
+
 def tidy_rows(evaluations: list[dict]) -> pd.DataFrame:
     rows = []
     for rec in evaluations:
@@ -51,7 +70,9 @@ def design_table(studies: dict) -> pd.DataFrame:
 
 def collect(evals: list[str], studies: dict, out_arms: str, out_design: str) -> dict:
     """Write the tidy per-arm table and the study design; every designed arm must be evaluated."""
-    df = tidy_rows([read_evaluation(p) for p in evals])
+    evaluations = [read_evaluation(p) for p in evals]
+    check_same_videos(evaluations)
+    df = tidy_rows(evaluations)
     design = design_table(studies)
     missing = sorted(set(design["arm"]) - set(df["arm"]))
     if missing:

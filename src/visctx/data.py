@@ -8,11 +8,13 @@ arm per batch, so one base sees the study's whole mixture of arms.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -130,6 +132,40 @@ def load_eval_records(path: str | Path) -> list[EvalRecord]:
             raise ValueError(f"{where}: field 'answer'={answer} is not an index into {len(options)} options")
         out.append(EvalRecord(rid, video, question, tuple(options), answer, str(rec.get("task_type", ""))))
     return out
+
+
+def videos_sha(videos: Iterable[str]) -> str:
+    """Fingerprint of a set of video keys (sha256 of the sorted unique keys, 12 hex digits).
+
+    Written beside every evaluation so that arms scored on different video sets -- e.g. one
+    evaluated before a video was quarantined, one after -- cannot end up side by side in a table.
+    """
+    return hashlib.sha256("\n".join(sorted(set(videos))).encode()).hexdigest()[:12]
+
+
+R = TypeVar("R")  # TrainRecord, EvalRecord or benchmarks.BenchItem: anything with .video
+
+
+def usable_records(records: Sequence[R], store: FeatureSource, source: str = "records") -> list[R]:
+    """``records`` whose video has cached features; those whose video was quarantined at
+    extraction (``store.quarantined``) are dropped with a one-line count on stderr.
+
+    A video that is neither in the store nor quarantined means the features belong to another
+    corpus (or a shard is missing): a ``KeyError`` naming it, never a silent drop.
+    """
+    quarantined = getattr(store, "quarantined", None) or {}
+    missing = sorted({r.video for r in records if r.video not in store and r.video not in quarantined})
+    if missing:
+        raise KeyError(f"{source}: {len(missing)} videos have no cached features and were not quarantined at "
+                       f"extraction, e.g. {missing[0]!r}")
+    kept = [r for r in records if r.video in store]
+    if len(kept) < len(records):
+        bad = sorted({r.video for r in records if r.video not in store})
+        print(f"{source}: skipping {len(records) - len(kept)} records of {len(bad)} quarantined videos "
+              f"(e.g. {bad[0]!r}: {quarantined[bad[0]]})", file=sys.stderr, flush=True)
+    if not kept:
+        raise ValueError(f"{source}: every record's video is quarantined ({len(records)} records)")
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,9 +374,7 @@ class ArmBatchSampler(Sampler):
 def train_loader(records: Sequence[TrainRecord], store: FeatureSource, encoder: PromptEncoder,
                  arms: Sequence[Arm], batch_size: int, seed: int = 0, source: str = "train",
                  arm_sampling: str = "uniform") -> DataLoader:
-    missing = [r.video for r in records if r.video not in store]
-    if missing:
-        raise KeyError(f"{len(missing)} training videos have no cached features, e.g. {missing[0]!r}")
+    records = usable_records(records, store, source)
     ds = TrainDataset(records, encoder, source)
     sampler = ArmBatchSampler(len(ds), arms, batch_size, seed, weights=arm_weights(arms, arm_sampling))
     return DataLoader(ds, batch_sampler=sampler, collate_fn=TrainCollator(store, encoder), num_workers=0)

@@ -45,25 +45,25 @@ def evaluate(
 
 def _open(eval_json: str, features_dir: str):
     """The evaluation items (read and checked once per job, however many arms it scores) and the
-    feature store that must hold every item's video."""
+    feature store that must hold every item's video; items of quarantined videos are dropped
+    (the same ones for every arm: they all read this store)."""
     from visctx.benchmarks import read_items
     from visctx.features import FeatureStore
 
     items = read_items(eval_json)
     if not items:
         raise ValueError(f"{eval_json}: no records to evaluate")
+    from visctx.data import usable_records
+
     store = FeatureStore(features_dir)
-    missing = [it.video for it in items if it.video not in store]
-    if missing:
-        raise KeyError(f"{len(missing)} eval videos have no features in {features_dir}, e.g. {missing[0]!r}")
-    return items, store
+    return usable_records(items, store, f"{eval_json} (features in {features_dir})"), store
 
 
 def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_size: int = 32,
                    benchmark: str = "synthetic", model_dir: str = "", source: str = "eval") -> dict:
     """:func:`evaluate` for an already loaded ``VideoModel`` on items from :func:`_open`."""
     from visctx.benchmarks import score
-    from visctx.data import EvalRecord, choice_loader
+    from visctx.data import EvalRecord, choice_loader, videos_sha
 
     arm = arm if isinstance(arm, Arm) else Arm.from_id(str(arm))
     t0 = time.perf_counter()
@@ -100,6 +100,7 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
         "arm": arm.id,
         "benchmark": benchmark,
         "n": overall["n"],
+        "videos_sha": videos_sha(r.video for r in records),  # collect refuses arms scored on different videos
         "loss": overall["loss"],
         "accuracy": overall["accuracy"],
         "score": official["overall"],  # the benchmark's own rule (synthetic: mean of per-task accuracies)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from visctx.video import atomic_path, write_json_atomic
+from visctx.video import atomic_path, load_npy, write_json_atomic
 
 
 def build_tiny_vision_tower(out_dir: str | os.PathLike, image_size: int = 54, patch_size: int = 2,
@@ -137,18 +137,24 @@ def encode_frames(model, processor, frames: np.ndarray | torch.Tensor, layer: in
 def encode_shard(frames_npy: str | os.PathLike, frames_json: str | os.PathLike, vision_tower: str | os.PathLike,
                  out_npy: str | os.PathLike, out_json: str | os.PathLike, layer: int = -2,
                  batch_size: int = 64, threads: int = 1, device: str = "cpu") -> dict[str, Any]:
-    """Encode a frame shard ``[n, F, S, S, 3]`` to ``float16 [n, F, G, G, D]`` + its index json."""
+    """Encode a frame shard ``[n, F, S, S, 3]`` to ``float16 [n, F, G, G, D]`` + its index json.
+
+    The frame shard's ``quarantined`` and ``short`` lists are carried over, so the feature store
+    every arm reads knows which videos were left out and why. A shard whose videos were all
+    quarantined gives an empty feature shard (the grid is probed on a blank frame).
+    """
     torch.set_num_threads(threads)
     with open(frames_json) as f:
         meta = json.load(f)
-    frames = np.load(frames_npy, mmap_mode="r")
+    frames = load_npy(frames_npy, mmap_mode="r")
     if frames.ndim != 5 or len(frames) != len(meta["videos"]):
         raise ValueError(f"{frames_npy}: shape {frames.shape} does not match {len(meta['videos'])} videos "
                          f"in {frames_json}")
     model, processor = load_vision_tower(vision_tower, device=device)
     n, F = frames.shape[:2]
     flat = frames.reshape(n * F, *frames.shape[2:])
-    probe = encode_frames(model, processor, flat[:1], layer)
+    probe = encode_frames(model, processor, flat[:1] if len(flat) else np.zeros((1, *frames.shape[2:]), np.uint8),
+                          layer)
     G, D = probe.shape[1], probe.shape[3]
     with atomic_path(out_npy) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, F, G, G, D))
@@ -160,13 +166,19 @@ def encode_shard(frames_npy: str | os.PathLike, frames_json: str | os.PathLike, 
         arr.flush()
         del arr
     out = {"videos": list(meta["videos"]), "frames": int(F), "grid": int(G), "dim": int(D),
-           "layer": int(layer), "vision_tower": str(vision_tower)}
+           "layer": int(layer), "vision_tower": str(vision_tower),
+           "quarantined": list(meta.get("quarantined", [])), "short": list(meta.get("short", []))}
     write_json_atomic(out_json, out)
     return out
 
 
 class FeatureStore:
-    """Read-only view of every feature shard in a dir, memory-mapped; lookup by video key."""
+    """Read-only view of every feature shard in a dir, memory-mapped; lookup by video key.
+
+    ``quarantined`` maps each video that frame extraction left out to its reason, so readers can
+    tell a known-bad video (skip it) from one that was never extracted (an error); ``short``
+    lists the videos whose frames were repeated to reach ``frames``.
+    """
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.dir = Path(directory)
@@ -175,14 +187,18 @@ class FeatureStore:
             raise FileNotFoundError(f"{self.dir}: no feature shards (shard-*.json with .npy) found")
         self._arrays: list[np.ndarray] = []
         self._index: dict[str, tuple[int, int]] = {}
+        self.quarantined: dict[str, str] = {}
+        self.short: list[dict] = []
         shape = None
         for mpath in metas:
-            with open(mpath) as f:
-                meta = json.load(f)
+            try:
+                meta = json.loads(mpath.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{mpath}: not valid JSON, truncated? ({e})") from None
             npy = mpath.with_suffix(".npy")
             if not npy.is_file():
                 raise FileNotFoundError(f"{mpath}: its features {npy.name} are missing")
-            arr = np.load(npy, mmap_mode="r")
+            arr = load_npy(npy, mmap_mode="r")
             this = (meta["frames"], meta["grid"], meta["dim"])
             if arr.shape[1:] != (this[0], this[1], this[1], this[2]) or len(arr) != len(meta["videos"]):
                 raise ValueError(f"{npy}: shape {arr.shape} disagrees with {mpath.name} "
@@ -195,6 +211,8 @@ class FeatureStore:
                     raise ValueError(f"{self.dir}: video {key!r} is in two shards")
                 self._index[key] = (len(self._arrays), row)
             self._arrays.append(arr)
+            self.quarantined.update({q["video"]: q["reason"] for q in meta.get("quarantined", [])})
+            self.short += meta.get("short", [])
         self.frames, self.grid, self.dim = shape
 
     def __contains__(self, key: object) -> bool:

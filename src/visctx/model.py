@@ -356,14 +356,21 @@ class VideoModel(nn.Module):
                 info = json.load(f)
         except FileNotFoundError:
             raise ValueError(f"{d}: not a trained model dir (no model.json)") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{d / 'model.json'}: not valid JSON, truncated? ({e})") from None
         for key in ("vision_dim", "llm_hidden"):
             if key not in info:
                 raise ValueError(f"{d / 'model.json'}: missing key {key!r}")
         if not (d / "projector.safetensors").is_file():
             raise ValueError(f"{d}: missing projector.safetensors")
+        for f in sorted(d.rglob("*.safetensors")):  # a short file must not load as garbage or fail deep down
+            check_safetensors(f)
         llm, tok = load_llm(d / "llm", dtype=dtype)
         proj = Projector(info["vision_dim"], info["llm_hidden"])
-        state = load_file(str(d / "projector.safetensors"))
+        try:
+            state = load_file(str(d / "projector.safetensors"))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+            raise ValueError(f"{d / 'projector.safetensors'}: cannot be read ({type(e).__name__}: {e})") from None
         state.setdefault("in_mean", proj.in_mean)  # a projector saved without standardisation
         state.setdefault("in_std", proj.in_std)
         proj.load_state_dict(state)
@@ -371,6 +378,47 @@ class VideoModel(nn.Module):
         meta = {k: v for k, v in info.items()
                 if k not in ("format", "vision_dim", "llm_hidden", "projector", "prompt_format")}
         return cls(llm, tok, info["vision_dim"], fmt, projector=proj.to(dtype), meta=meta)
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Raise ``ValueError`` naming ``path`` unless its header parses and the file holds every
+    tensor byte the header promises (a truncated copy of a model dir is otherwise caught, if at
+    all, by an opaque error deep inside safetensors or transformers)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise ValueError(f"header of {n} bytes")
+            header = json.loads(f.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
+        raise ValueError(f"{path}: not a valid safetensors file, truncated? ({e})") from None
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        raise ValueError(f"{path}: truncated: {size} bytes, expected {expected}")
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Raise ``ValueError`` naming ``path`` if the (Lightning) checkpoint cannot be loaded whole.
+
+    For resuming: a checkpoint cut short by a killed job or a full disk must be reported (and
+    can then be discarded) rather than crash the resume with torch's zip-reader error. Loads
+    the file once on the CPU, with ``weights_only=False`` (Lightning stores more than tensors).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: checkpoint is empty (0 bytes)")
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise ValueError(f"{path}: unreadable checkpoint, truncated? ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
 
 
 def is_model_dir(path: str | Path) -> bool:

@@ -62,7 +62,7 @@ def niah(
     ``eval_json`` at every depth; writes the table (``out_csv``) and the heatmap (``out_png``)."""
     import pandas as pd
 
-    from visctx.data import load_eval_records
+    from visctx.data import load_eval_records, usable_records
     from visctx.features import FeatureStore
     from visctx.model import VideoModel
     from visctx.synth import load_videos_json
@@ -76,7 +76,7 @@ def niah(
     store = FeatureStore(features_dir)
     specs = {v["video"]: v for v in load_videos_json(videos_json)["videos"]}
     items = []
-    for r in load_eval_records(eval_json):
+    for r in usable_records(load_eval_records(eval_json), store, str(eval_json)):
         if r.task_type == "needle" and r.video in specs:
             j = needle_frame(specs[r.video], extract_fps, store.frames)
             if j is not None:

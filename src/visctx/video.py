@@ -86,6 +86,36 @@ def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
             np.save(f, array)
 
 
+def load_npy(path: str | os.PathLike, mmap_mode: str | None = "r") -> np.ndarray:
+    """``np.load`` that first checks the file holds all the bytes its header promises.
+
+    A copied or half-synced shard otherwise fails deep inside numpy ("mmap length is greater than
+    file size", "cannot reshape") or, read without a memmap, not at all where it is short; the
+    error here names the file and both sizes. Zero-row arrays are returned in memory (an empty
+    file region cannot be memory-mapped).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)  # 3.0 differs only in the text encoding
+            shape, _, dtype = read(f)
+            offset = f.tell()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such .npy file") from None
+    except (ValueError, OSError, SyntaxError) as e:
+        raise ValueError(f"{path}: not a valid .npy file ({e})") from None
+    expected = offset + math.prod(shape) * dtype.itemsize
+    actual = path.stat().st_size
+    if actual < expected:
+        raise ValueError(f"{path}: truncated: {actual} bytes, expected {expected} "
+                         f"(shape {tuple(shape)}, {dtype})")
+    if math.prod(shape) == 0:
+        return np.empty(shape, dtype)
+    return np.load(path, mmap_mode=mmap_mode)
+
+
 # ---------------------------------------------------------------------------------------------
 # Frame selection and decoding
 
@@ -216,7 +246,10 @@ def read_video(path: str | os.PathLike, fps: float | None = 1.0, max_frames: int
         native_fps = float(vr.get_avg_fps())
     except _decord_errors() as e:
         raise VideoError(f"{path}: could not read the frame rate ({_first_line(e)})") from e
-    idx = frame_indices(len(vr), native_fps, fps, max_frames)
+    try:
+        idx = frame_indices(len(vr), native_fps, fps, max_frames)
+    except ValueError as e:  # e.g. a frame rate of 0 in the container
+        raise VideoError(f"{path}: cannot select frames ({e})") from e
     return _decode(vr, path, idx, size, num_threads), idx
 
 
@@ -253,17 +286,45 @@ def extract_shard(corpus_json: str | os.PathLike, video_root: str | os.PathLike,
                   max_frames: int = 32, size: int = 54, num_threads: int = 1) -> dict:
     """Decode the shard's videos to ``uint8 [n, F, S, S, 3]`` (.npy) plus its index (.json).
 
-    Rows follow the shard's slice of the corpus's sorted unique video keys. Written straight into
-    a temporary memmap (a shard need not fit in memory twice) and renamed when complete.
+    Rows follow the shard's slice of the corpus's sorted unique video keys, minus the videos that
+    cannot be read: one bad file must not cost the whole shard (nor a corpus of thousands), so
+    each :class:`VideoError` is recorded under ``"quarantined": [{video, path, reason}]`` and the
+    video left out (whether that many losses are acceptable is decided per split, by
+    :func:`visctx.quarantine.split_report`). Videos with fewer distinct frames than ``max_frames``
+    are kept (frames repeated: the paper's "sampling forced") and listed under ``"short"``.
+    Written straight into a temporary memmap (a shard need not fit in memory twice) and renamed
+    when complete; only when videos were quarantined are the good rows copied into a smaller one.
     """
     keys = shard_slice(corpus_videos(corpus_json), n_shards, shard)
-    meta = {"videos": keys, "frames": int(max_frames), "size": int(size), "fps": fps}
+    good: list[str] = []
+    quarantined: list[dict] = []
+    short: list[dict] = []
+    shape = (max_frames, size, size, 3)
     with atomic_path(out_npy) as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                        shape=(len(keys), max_frames, size, size, 3))
-        for row, (key, frames) in enumerate(iter_video_frames(keys, video_root, fps, max_frames, size, num_threads)):
-            arr[row] = frames
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keys), *shape))
+        for key in keys:
+            path = Path(video_root) / key
+            try:
+                frames, idx = read_video(path, fps, max_frames, size, num_threads)
+            except VideoError as e:
+                quarantined.append({"video": key, "path": str(path), "reason": str(e)})
+                print(f"quarantined {key}: {e}", flush=True)
+                continue
+            arr[len(good)] = frames
+            good.append(key)
+            if len(set(idx)) < max_frames:
+                short.append({"video": key, "path": str(path), "frames_available": len(set(idx)),
+                              "frames_requested": int(max_frames)})
         arr.flush()
+        if len(good) < len(keys):
+            with atomic_path(tmp) as tmp2:  # replaces tmp with the good rows only
+                kept = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8, shape=(len(good), *shape))
+                for row in range(len(good)):
+                    kept[row] = arr[row]
+                kept.flush()
+                del kept
         del arr
+    meta = {"videos": good, "frames": int(max_frames), "size": int(size), "fps": fps,
+            "quarantined": quarantined, "short": short}
     write_json_atomic(out_json, meta)
     return meta

@@ -70,6 +70,12 @@ def feature_shards(split):
     return expand(f"{DATA}/features/{split}/shard-{{shard}}.npy", shard=shards(split))
 
 
+def quarantine_json(split):
+    """The split's quarantine report: an input of whatever reads its features, so that nothing
+    trains or evaluates on a split that lost too many videos (see rule quarantine_split)."""
+    return f"{DATA}/quarantine/{split}.json"
+
+
 def vision_tower():
     return f"{RESULTS}/models/pretrained/vision" if TINY else CFG["model"]["vision_tower"]
 

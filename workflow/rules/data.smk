@@ -64,12 +64,45 @@ rule extract_frames:
         code=code_version("video", "context"),
         root=lambda w: video_root(w.split),
         n_shards=lambda w: n_shards(w.split),
-        options=cli_options(CFG["data"]["extract"]),
+        options=cli_options({k: v for k, v in CFG["data"]["extract"].items() if k != "max_quarantined"}),
     log:
         f"{LOGS}/extract_frames/{{split}}-{{shard}}.log",
     shell:
         "visctx extract --corpus-json {input.corpus} --video-root {params.root} --shard {wildcards.shard}"
         " --n-shards {params.n_shards} {params.options} --out-npy {output.npy} --out-json {output.json} > {log} 2>&1"
+
+
+# Unreadable videos are left out of their shard and listed in its JSON; per split they are gathered
+# here, and a split that lost more than data.extract.max_quarantined of its videos fails (training
+# and evaluation take the split's report as input, so they never run on it).
+rule quarantine_split:
+    input:
+        frames=lambda w: expand(rules.extract_frames.output.json, split=w.split, shard=shards(w.split)),
+    output:
+        json=f"{DATA}/quarantine/{{split}}.json",
+    params:
+        code=code_version("quarantine"),
+        max_quarantined=CFG["data"]["extract"]["max_quarantined"],
+    log:
+        f"{LOGS}/quarantine/{{split}}.log",
+    shell:
+        "visctx quarantine-split --frames-jsons {input.frames} --split {wildcards.split}"
+        " --max-quarantined {params.max_quarantined} --out-json {output.json} > {log} 2>&1"
+
+
+rule quarantine_report:
+    input:
+        splits=expand(rules.quarantine_split.output.json, split=SPLITS),
+    output:
+        json=f"{DATA}/quarantine.json",
+        tsv=f"{DATA}/quarantine.tsv",
+    params:
+        code=code_version("quarantine"),
+    log:
+        f"{LOGS}/quarantine_report.log",
+    shell:
+        "visctx quarantine-report --split-jsons {input.splits} --out-json {output.json}"
+        " --out-tsv {output.tsv} > {log} 2>&1"
 
 
 rule init_vision_tower:
@@ -128,4 +161,5 @@ rule encode_features:
 rule data_all:
     input:
         [feature_shards(split) for split in SPLITS],
+        rules.quarantine_report.output,
         rules.init_llm.output if TINY else [],

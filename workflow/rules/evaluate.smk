@@ -2,7 +2,7 @@
 # evaluated again alone. Evaluation never imports Lightning.
 def eval_inputs(wildcards):
     split = eval_split(wildcards.benchmark)
-    return {"eval": corpus_json(split), "features": feature_shards(split)}
+    return {"eval": corpus_json(split), "features": feature_shards(split), "quarantine": quarantine_json(split)}
 
 
 rule evaluate_arm:
@@ -58,6 +58,7 @@ if NIAH:
             eval=corpus_json("eval"),
             videos=rules.synth_corpus.output.videos,
             features=feature_shards("eval"),
+            quarantine=quarantine_json("eval"),
         output:
             csv=f"{RESULTS}/niah/niah.csv",
             png=report(f"{RESULTS}/niah/niah_heatmap.png", caption="../report/niah.rst", category="Figures"),

@@ -9,6 +9,7 @@ def train_inputs(wildcards=None):
     return {
         "train": corpus_json("train"),
         "features": feature_shards("train"),
+        "quarantine": quarantine_json("train"),
         "llm": rules.init_llm.output if TINY else [],
     }
 
