@@ -19,8 +19,9 @@ rule train_base:
     output:
         model=directory(f"{RESULTS}/base/model"),
     params:
-        code=code_version("train", "model", "data", "context", "pretrained"),
+        code=code_version("train", "model", "data", "context", "pretrained", "strategy"),
         optim=cli_options(TRAIN["base"]),
+        scale=cli_options(TRAIN["scale"]),
         init=pretrained_llm(),
         arms=" ".join(ARMS),
         seed=CFG["seed"],
@@ -31,7 +32,8 @@ rule train_base:
         f"{RESULTS}/base/train.log",
     shell:
         "visctx train --out-dir {output.model} --train-json {input.train} --features-dir {DATA}/features/train"
-        " --init {params.init} --arms {params.arms} {params.optim} --seed {params.seed} --threads {threads}"
+        " --init {params.init} --arms {params.arms} {params.optim} {params.scale} --seed {params.seed}"
+        " --threads {threads}"
         " --prompt-format {params.prompt:q}"
         " --log-dir {params.logs} --no-progress-bar > {log} 2>&1"
 
@@ -41,15 +43,16 @@ rule train_base:
 # process's start-up (~10 s of imports, more than a tiny arm's fine-tune on CPU), in jobs balanced
 # by sequence length.
 ARM_TRAIN = dict(
-    code=code_version("train", "model", "data", "context", "pretrained"),
+    code=code_version("train", "model", "data", "context", "pretrained", "strategy"),
     optim=cli_options(TRAIN["arm"]),
+    scale=cli_options(TRAIN["scale"]),
     init=f"{RESULTS}/base/model" if BASE else pretrained_llm(),
     seed=CFG["seed"],
     prompt=dumps(CFG["model"]["prompt"]),
 )
 ARM_TRAIN_SHELL = (
     "visctx train-arms --arms {params.arms} --arms-dir {RESULTS}/arms --train-json {input.train}"
-    " --features-dir {DATA}/features/train --init {params.init} {params.optim} --seed {params.seed}"
+    " --features-dir {DATA}/features/train --init {params.init} {params.optim} {params.scale} --seed {params.seed}"
     " --threads {threads} --prompt-format {params.prompt:q} --no-progress-bar > {log} 2>&1"
 )
 
