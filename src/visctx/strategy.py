@@ -226,10 +226,14 @@ def configure_llm(llm, gradient_checkpointing: bool = False, attn_implementation
     attn = resolve_attn_implementation(attn_implementation, accelerator)
     if getattr(llm.config, "_attn_implementation", None) != attn:
         llm.set_attn_implementation(attn)
+    if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.23 renamed gradient_checkpointing_*
+        enable, disable, on = llm.activation_checkpointing_enable, llm.activation_checkpointing_disable, "is_activation_checkpointing"
+    else:
+        enable, disable, on = llm.gradient_checkpointing_enable, llm.gradient_checkpointing_disable, "is_gradient_checkpointing"
     if gradient_checkpointing:
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif llm.is_gradient_checkpointing:
-        llm.gradient_checkpointing_disable()
+        enable({"use_reentrant": False})
+    elif getattr(llm, on):
+        disable()
     return attn
 
 

@@ -92,3 +92,25 @@ else:
                 f"{LOGS}/train_arms/{i}.log",
             shell:
                 ARM_TRAIN_SHELL
+
+
+# A DeepSpeed run checkpoints into directories of ZeRO shards (<arm>/train/*.ckpt/); this collates
+# one into a model dir that evaluation reads, e.g. to evaluate a preempted run's last step:
+#   snakemake results/arms/<arm>/collated/last
+rule collate_checkpoint:
+    input:
+        ckpt=f"{RESULTS}/arms/{{arm}}/train/{{ckpt}}.ckpt",
+    output:
+        model=directory(f"{RESULTS}/arms/{{arm}}/collated/{{ckpt}}"),
+    wildcard_constraints:
+        arm="[^/]+",
+        ckpt="[^/]+",
+    params:
+        code=code_version("strategy", "model", "pretrained"),
+        init=ARM_TRAIN["init"],
+        prompt=ARM_TRAIN["prompt"],
+    log:
+        f"{RESULTS}/arms/{{arm}}/collated/{{ckpt}}.log",
+    shell:
+        "visctx collate --ckpt-dir {input.ckpt} --out-dir {output.model} --init {params.init}"
+        " --prompt-format {params.prompt:q} > {log} 2>&1"
