@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("visctx.features", "encode_shard", "encode one shard of frames with the vision tower"),
     "train": ("visctx.train", "train", "train the shared base (or one model on any arms)"),
     "train-arms": ("visctx.train", "train_arms", "fine-tune each of several arms, one after another"),
+    "collate": ("visctx.strategy", "collate_checkpoint", "collate a DeepSpeed checkpoint (ZeRO shards) into a model dir"),
     "evaluate": ("visctx.evaluate", "evaluate", "evaluate one model on one benchmark"),
     "evaluate-arms": ("visctx.evaluate", "evaluate_arms", "evaluate each of several arms on one benchmark"),
     "niah": ("visctx.niah", "niah", "needle-in-a-haystack accuracy over (haystack frames, depth)"),

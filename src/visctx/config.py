@@ -225,6 +225,14 @@ def semantic_errors(params: dict) -> list[str]:
         if budget is not None and T * M > budget:
             errs.append(f"studies.window.combos[{i}]=[{T}, {M}]: T*M={T * M} is above the window "
                         f"studies.window.budget={budget}; allowed: T*M <= {budget}")
+    scale = params.get("train", {}).get("scale")
+    if scale:  # impossible combinations, before any job starts (hardware is not probed here)
+        from visctx.strategy import check_scale
+
+        try:
+            check_scale(**scale)
+        except ValueError as e:
+            errs.append(str(e))
     for name in params.get("evaluate", {}).get("benchmarks", []):
         for key in ("annotations", "video_root"):
             if name != "synthetic" and not params.get("benchmarks", {}).get(name, {}).get(key):

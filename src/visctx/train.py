@@ -128,6 +128,9 @@ def train(
     accelerator: str = "cpu",
     precision: str = "32-true",
     arm_sampling: str = "uniform",
+    strategy: str = "auto", zero_stage: int = 2, offload_optimizer: bool = False, offload_params: bool = False,
+    gradient_checkpointing: bool = False, attn_implementation: str = "sdpa", devices: int = 1, num_nodes: int = 1,
+    gradient_clipping: float = 0.0,
 ) -> dict:
     """Train projector + LLM on answer tokens for ``steps`` steps; save the model dir atomically.
 
@@ -136,7 +139,8 @@ def train(
     fields for a fresh model (a trained model dir keeps its own). ``accelerator``/``precision``:
     Lightning's (the embedded default runs on CPU in float32). ``arm_sampling`` (several arms):
     ``uniform`` or ``time`` (each arm about the same compute; see ``data.arm_weights``). Returns the summary that is also
-    written to ``<out_dir>/train_summary.json``.
+    written to ``<out_dir>/train_summary.json``. ``strategy`` .. ``gradient_clipping``: ``train.scale``
+    (:mod:`visctx.strategy`; the defaults are the CPU path).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -150,6 +154,9 @@ def train(
         raise ValueError(f"train needs steps >= 1, batch_size >= 1 and at least one arm "
                          f"(got steps={steps}, batch_size={batch_size}, arms={arms})")
     arms = [a if isinstance(a, Arm) else Arm.from_id(str(a)) for a in arms]
+    from visctx.strategy import build_strategy, configure_llm, full_weights
+    scale = build_strategy(strategy, zero_stage, offload_optimizer, offload_params, precision, gradient_checkpointing,
+                           attn_implementation, accelerator, devices, num_nodes, gradient_clipping, batch_size)
     torch.set_num_threads(threads)
     L.seed_everything(seed, workers=True, verbose=False)
     t0 = time.perf_counter()
@@ -166,6 +173,7 @@ def train(
         model = VideoModel(llm, tok, store.dim, PromptFormat(**(prompt_format or {})),
                            projector=Projector(store.dim, llm.get_input_embeddings().embedding_dim, mean, std))
         init_kind = "llm"
+    configure_llm(model.llm, gradient_checkpointing, attn_implementation, accelerator)
     module = VideoLM(model, lr, warmup_steps, steps, weight_decay)
     module.train()
 
@@ -179,10 +187,7 @@ def train(
     if progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(50, steps // 20))))
     trainer = L.Trainer(
-        accelerator=accelerator,
-        strategy="auto",
-        precision=precision,
-        devices=1,
+        **scale,
         max_steps=steps,
         logger=CSVLogger(str(log_dir_p), name="", version=""),
         callbacks=callbacks,
@@ -249,7 +254,8 @@ def train(
     if tmp.exists():
         shutil.rmtree(tmp)
     model.meta = {}
-    model.save(tmp, **meta)
+    with full_weights(model):  # ZeRO-3 partitions parameters
+        model.save(tmp, **meta)
     _write_json_atomic(tmp / "train_summary.json", summary)
     replace_dir(tmp, out)
     for ckpt in log_dir_p.glob("*.ckpt"):  # done: a rerun must start fresh, not "resume" at max_steps
@@ -274,6 +280,9 @@ def train_arms(
     prompt_format: dict | None = None,
     accelerator: str = "cpu",
     precision: str = "32-true",
+    strategy: str = "auto", zero_stage: int = 2, offload_optimizer: bool = False, offload_params: bool = False,
+    gradient_checkpointing: bool = False, attn_implementation: str = "sdpa", devices: int = 1, num_nodes: int = 1,
+    gradient_clipping: float = 0.0,
 ) -> dict:
     """Fine-tune each arm separately from ``init``, one after another in this process, into
     ``<arms_dir>/<arm>/model`` (logs in ``<arms_dir>/<arm>/train``).
@@ -291,7 +300,10 @@ def train_arms(
         out[arm.id] = train(str(root / "model"), train_json, features_dir, init, [arm], steps, batch_size, lr,
                             warmup_steps, seed, threads, str(root / "train"), progress_bar=progress_bar,
                             weight_decay=weight_decay, prompt_format=prompt_format, accelerator=accelerator,
-                            precision=precision)
+                            precision=precision, strategy=strategy, zero_stage=zero_stage,
+                            offload_optimizer=offload_optimizer, offload_params=offload_params,
+                            gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
+                            devices=devices, num_nodes=num_nodes, gradient_clipping=gradient_clipping)
         print(f"{arm.id}: {out[arm.id]['steps']} steps, {out[arm.id]['seconds']} s, "
               f"final loss {out[arm.id]['final_loss']:.4f}", flush=True)
     return out

@@ -85,8 +85,13 @@ def pretrained_llm():
 
 
 def cli_options(options):
-    """{'hidden_size': 32} -> '--hidden-size 32' for a thin `visctx` call."""
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
+    """{'hidden_size': 32, 'flag': False} -> '--hidden-size 32 --no-flag' for a thin `visctx` call."""
+
+    def option(k, v):
+        flag = k.replace("_", "-")
+        return (f"--{flag}" if v else f"--no-{flag}") if isinstance(v, bool) else f"--{flag} {v}"
+
+    return " ".join(option(k, v) for k, v in options.items())
 
 
 def code_version(*modules):

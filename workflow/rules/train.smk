@@ -20,8 +20,9 @@ rule train_base:
     output:
         model=directory(f"{RESULTS}/base/model"),
     params:
-        code=code_version("train", "model", "data", "context", "pretrained"),
+        code=code_version("train", "model", "data", "context", "pretrained", "strategy"),
         optim=cli_options(TRAIN["base"]),
+        scale=cli_options(TRAIN["scale"]),
         init=pretrained_llm(),
         arms=" ".join(ARMS),
         seed=CFG["seed"],
@@ -32,7 +33,8 @@ rule train_base:
         f"{RESULTS}/base/train.log",
     shell:
         "visctx train --out-dir {output.model} --train-json {input.train} --features-dir {DATA}/features/train"
-        " --init {params.init} --arms {params.arms} {params.optim} --seed {params.seed} --threads {threads}"
+        " --init {params.init} --arms {params.arms} {params.optim} {params.scale} --seed {params.seed}"
+        " --threads {threads}"
         " --prompt-format {params.prompt:q}"
         " --log-dir {params.logs} --no-progress-bar > {log} 2>&1"
 
@@ -47,8 +49,9 @@ rule train_arm:
     output:
         model=directory(ARM_MODEL),
     params:
-        code=code_version("train", "model", "data", "context", "pretrained"),
+        code=code_version("train", "model", "data", "context", "pretrained", "strategy"),
         optim=cli_options(TRAIN["arm"]),
+        scale=cli_options(TRAIN["scale"]),
         init=f"{RESULTS}/base/model" if BASE else pretrained_llm(),
         seed=CFG["seed"],
         prompt=dumps(CFG["model"]["prompt"]),
@@ -57,5 +60,28 @@ rule train_arm:
         f"{RESULTS}/arms/{{arm}}/train.log",
     shell:
         "visctx train-arms --arms {wildcards.arm} --arms-dir {RESULTS}/arms --train-json {input.train}"
-        " --features-dir {DATA}/features/train --init {params.init} {params.optim} --seed {params.seed}"
+        " --features-dir {DATA}/features/train --init {params.init} {params.optim} {params.scale}"
+        " --seed {params.seed}"
         " --threads {threads} --prompt-format {params.prompt:q} --no-progress-bar > {log} 2>&1"
+
+
+# A DeepSpeed run checkpoints into directories of ZeRO shards (<arm>/train/*.ckpt/); this collates
+# one into a model dir that evaluation reads, e.g. to evaluate a preempted run's last step:
+#   snakemake results/arms/<arm>/collated/last
+rule collate_checkpoint:
+    input:
+        ckpt=f"{RESULTS}/arms/{{arm}}/train/{{ckpt}}.ckpt",
+    output:
+        model=directory(f"{RESULTS}/arms/{{arm}}/collated/{{ckpt}}"),
+    wildcard_constraints:
+        arm="[^/]+",
+        ckpt="[^/]+",
+    params:
+        code=code_version("strategy", "model", "pretrained"),
+        init=rules.train_arm.params.init,
+        prompt=rules.train_arm.params.prompt,
+    log:
+        f"{RESULTS}/arms/{{arm}}/collated/{{ckpt}}.log",
+    shell:
+        "visctx collate --ckpt-dir {input.ckpt} --out-dir {output.model} --init {params.init}"
+        " --prompt-format {params.prompt:q} > {log} 2>&1"
