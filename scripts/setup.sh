@@ -3,16 +3,20 @@
 # when nothing changed. torch is pinned to 2.13.0 (a CPU build here, the CUDA build on a cluster).
 # uv installs the lock in ~25 s where pip takes ~2 min; it reads pip's index settings (find-links,
 # index URLs) from pip's own config, and pip is the fallback (VISCTX_INSTALLER=pip forces it).
+# VISCTX_EXTRAS=cluster adds DeepSpeed in a second pass: an sdist that imports torch to build, so it
+# is built against the installed torch (no build isolation, DS_BUILD_OPS=0: no CUDA ops here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 stamp=.venv/.visctx-installed
-want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$( (cat requirements.lock pyproject.toml; echo "extras=${VISCTX_EXTRAS:-}") | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-target=(-c requirements.lock -e ".${VISCTX_EXTRAS:+[$VISCTX_EXTRAS]}")
+target=(-c requirements.lock -e .)
+extras=(-c requirements.lock -e ".[${VISCTX_EXTRAS:-}]")
+export DS_BUILD_OPS=0
 pipcfg() { .venv/bin/python -m pip config get "global.$1" 2>/dev/null || true; }
 with_uv() {
   .venv/bin/python -m pip install --quiet uv 2>/dev/null || return 1
@@ -21,12 +25,15 @@ with_uv() {
   [ -z "$index" ] || args+=(--index-url "$index")
   for u in ${PIP_FIND_LINKS:-$(pipcfg find-links)}; do args+=(--find-links "$u"); done
   for u in ${PIP_EXTRA_INDEX_URL:-$(pipcfg extra-index-url)}; do args+=(--extra-index-url "$u"); done
-  .venv/bin/uv pip install --quiet --python .venv/bin/python "${args[@]}" "${target[@]}"
+  .venv/bin/uv pip install --quiet --python .venv/bin/python "${args[@]}" "${target[@]}" || return 1
+  [ -z "${VISCTX_EXTRAS:-}" ] || .venv/bin/uv pip install --quiet --python .venv/bin/python "${args[@]}" \
+    --no-build-isolation "${extras[@]}"
 }
 if [ "${VISCTX_INSTALLER:-uv}" = pip ] || ! with_uv; then
   [ "${VISCTX_INSTALLER:-uv}" = pip ] || echo "setup: uv failed, installing with pip" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet "${target[@]}"
+  [ -z "${VISCTX_EXTRAS:-}" ] || .venv/bin/python -m pip install --quiet --no-build-isolation "${extras[@]}"
 fi
 echo "$want" > "$stamp"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
