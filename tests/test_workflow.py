@@ -1,7 +1,8 @@
 """The workflow itself: rules run on a micro configuration, then the whole DAG through DVC.
 
 One copy of the project is made per module; rule-level tests run single Snakemake targets in it
-and check what they wrote; the smoke test runs `dvc repro` end to end, checks that a second
+and check what they wrote; the smoke test kills a first `dvc repro` halfway, runs it again end to
+end, checks that a second
 `dvc repro` is a no-op and that `dvc exp run -S analysis.budget=...` moves the optimum without
 retraining any arm.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -138,8 +141,26 @@ def test_data_rules_write_frames_and_features(project):
 
 @pytest.fixture(scope="module")
 def repro(project):
-    """The whole micro study through DVC, as the README's main command runs it."""
+    """The whole micro study through DVC, as the README's main command runs it -- after a first
+    `dvc repro` was killed (SIGKILL to DVC, Snakemake and every job) in the middle of training the
+    arms: the rerun must not be blocked by a lock and must finish the work, redoing only what was
+    not done (the finished base model is kept)."""
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    killed = subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    arms = project / "results/arms"
+    deadline = time.monotonic() + 900
+    while killed.poll() is None and time.monotonic() < deadline:
+        if arms.is_dir() and any(arms.glob("*/train.log")):  # arm jobs are running
+            break
+        time.sleep(0.2)
+    assert killed.poll() is None, "dvc repro ended before the arms were trained: nothing was killed"
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    base = project / "results/base/model/model.json"
+    base_mtime = base.stat().st_mtime_ns
     run(["dvc", "repro"], project, timeout=1500)
+    assert base.stat().st_mtime_ns == base_mtime  # finished work is kept, not redone
     return project
 
 
