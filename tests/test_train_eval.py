@@ -145,3 +145,37 @@ def test_arms_sharing_a_process_train_and_score_exactly_as_alone(base):
     with pytest.raises(ValueError, match="twice"):
         train_arms([ARMS[0], ARMS[0]], str(root / "dup"), str(root / "train.json"), str(root / "features/train"),
                    str(root / "base"), 1, **args)
+
+
+def test_generation_mode_decodes_and_parses_letters(setup, tmp_path):
+    """answer_mode=generate: lettered prompt, greedy decoding, parse_letter; batching (left
+    padding) changes nothing; the held-out loss is still the log-likelihood one."""
+    from visctx.benchmarks import parse_letter, prompt_letters
+
+    root = setup
+    recs = json.loads((root / "eval.json").read_text())
+    for i, r in enumerate(recs):  # prompts of different lengths, so a batch needs padding
+        r["question"] = r["question"] + " , please" * (i % 3)
+    evals = tmp_path / "eval.json"
+    evals.write_text(json.dumps(recs))
+    letters = [{"id": "l", "video": recs[0]["video"], "question": prompt_letters(recs[0]["question"], COLOURS),
+                "options": [*COLOURS, "a", "b", "c", "d"], "answer": 0}]
+    (tmp_path / "letters.json").write_text(json.dumps(letters))
+    build_tiny_llm(tmp_path / "llm", [root / "train.json", evals, tmp_path / "letters.json"], max_frames=4,
+                   hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=64)
+    arm = ARMS[0]
+    run(root, tmp_path / "model", tmp_path / "llm", [arm], 2, tmp_path / "logs")
+    args = (str(tmp_path / "model"), str(evals), str(root / "features/eval"), arm)
+    gen = evaluate(*args, str(tmp_path / "gen.json"), batch_size=5, answer_mode="generate", max_new_tokens=3)
+    one = evaluate(*args, str(tmp_path / "one.json"), batch_size=1, answer_mode="generate", max_new_tokens=3)
+    ll = evaluate(*args, str(tmp_path / "ll.json"), batch_size=5)
+    assert gen["answer_mode"] == "generate" and len(gen["generations"]) == gen["n"] == 16
+    assert all(g for g in gen["generations"])  # something was decoded for every item
+    assert gen["generations"] == one["generations"]  # left padding and batching do not change the text
+    assert gen["predictions"] == [parse_letter(t, 4) for t in gen["generations"]]
+    assert gen["unparsed"] == sum(p is None for p in gen["predictions"])
+    truth = [r["answer"] for r in recs]
+    assert gen["accuracy"] == pytest.approx(np.mean([p == t for p, t in zip(gen["predictions"], truth)]))
+    assert gen["loss"] == pytest.approx(ll["loss"]) and "generations" not in ll
+    with pytest.raises(ValueError, match="answer_mode"):
+        evaluate(*args, str(tmp_path / "bad.json"), answer_mode="vote")

@@ -1,11 +1,14 @@
 """Evaluate one arm on one multiple-choice benchmark: option log-likelihood accuracy, the
 benchmark's official score, and held-out loss.
 
-The answer is the option with the highest summed log-likelihood (the tiny model cannot be asked
-to emit a letter). Each option is scored as a continuation of a prompt that does not list the
-options, so option order cannot matter and circular orderings (Event-Bench) give the same answer
-every time; the official rule (:func:`visctx.benchmarks.score`) still decides how items, tries
-and tasks are averaged. The held-out LM loss is the study's y-axis: mean NLL per answer token of
+Two answering modes (``evaluate.answer_mode``). ``loglik`` (the default; the tiny model cannot be
+asked to emit a letter): the answer is the option with the highest summed log-likelihood, each
+option scored as a continuation of a prompt that does not list the options, so option order cannot
+matter and circular orderings (Event-Bench) give the same answer every time. ``generate`` (what the
+official harnesses do): the prompt lists the options as ``A. ...`` lines with the instruction to
+answer with the letter, the model decodes greedily, and :func:`visctx.benchmarks.parse_letter`
+reads the letter; an unparsable answer is ``None`` for the official rule to handle. Either way the
+official rule (:func:`visctx.benchmarks.score`) decides how items, tries and tasks are averaged. The held-out LM loss is the study's y-axis: mean NLL per answer token of
 the correct option, with the same layout and answer tokens as in training.
 """
 
@@ -31,6 +34,8 @@ def evaluate(
     batch_size: int = 32,
     threads: int = 1,
     benchmark: str = "synthetic",
+    answer_mode: str = "loglik",
+    max_new_tokens: int = 16,
 ) -> dict:
     """Score every item of ``eval_json`` with the model in ``model_dir`` under ``arm``; write
     ``{"arm", "benchmark", "n", "loss", "accuracy", "score", "official", "predictions", "per_task", "T",
@@ -40,7 +45,8 @@ def evaluate(
     torch.set_num_threads(threads)
     items, store = _open(eval_json, features_dir)
     return evaluate_model(VideoModel.load(model_dir), items, store, arm, out_json, batch_size, benchmark,
-                          model_dir=str(model_dir), source=str(eval_json))
+                          model_dir=str(model_dir), source=str(eval_json), answer_mode=answer_mode,
+                          max_new_tokens=max_new_tokens)
 
 
 def _open(eval_json: str, features_dir: str):
@@ -59,9 +65,15 @@ def _open(eval_json: str, features_dir: str):
     return usable_records(items, store, f"{eval_json} (features in {features_dir})"), store
 
 
+ANSWER_MODES = ("loglik", "generate")
+
+
 def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_size: int = 32,
-                   benchmark: str = "synthetic", model_dir: str = "", source: str = "eval") -> dict:
+                   benchmark: str = "synthetic", model_dir: str = "", source: str = "eval",
+                   answer_mode: str = "loglik", max_new_tokens: int = 16) -> dict:
     """:func:`evaluate` for an already loaded ``VideoModel`` on items from :func:`_open`."""
+    if answer_mode not in ANSWER_MODES:
+        raise ValueError(f"answer_mode={answer_mode!r}; allowed: {', '.join(ANSWER_MODES)}")
     from visctx.benchmarks import score
     from visctx.data import EvalRecord, choice_loader, videos_sha
 
@@ -86,6 +98,12 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
             nll[idx] = -s["logprob"][rows, ans].double()
             ntok[idx] = s["ntokens"][rows, ans]
 
+    preds: list[int | None] = pred.tolist()
+    texts = None
+    if answer_mode == "generate":
+        texts, preds = generate_answers(model, records, store, arm, batch_size, max_new_tokens, source)
+        correct = torch.tensor([p == r.answer for p, r in zip(preds, records)])
+
     def summarise(sel: list[int]) -> dict:
         ii = torch.tensor(sel)
         return {"n": len(sel), "loss": float(nll[ii].sum() / ntok[ii].sum()),
@@ -95,7 +113,7 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
     for i, r in enumerate(records):
         by_task[r.task_type].append(i)
     overall = summarise(list(range(len(records))))
-    official = score(benchmark, items, pred.tolist())
+    official = score(benchmark, items, preds)
     result = {
         "arm": arm.id,
         "benchmark": benchmark,
@@ -105,7 +123,9 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
         "accuracy": overall["accuracy"],
         "score": official["overall"],  # the benchmark's own rule (synthetic: mean of per-task accuracies)
         "official": official,
-        "predictions": pred.tolist(),  # per item, in eval_json order: any rule can be re-applied
+        "answer_mode": answer_mode,
+        "predictions": preds,  # per item, in eval_json order (None: unparsable): any rule can be re-applied
+        **({"generations": texts, "unparsed": sum(p is None for p in preds)} if texts is not None else {}),
         "per_task": {t: summarise(sel) for t, sel in sorted(by_task.items())},
         "T": arm.T,
         "M": arm.M,
@@ -124,6 +144,27 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
     return result
 
 
+def generate_answers(model, records: list, store, arm: Arm, batch_size: int, max_new_tokens: int,
+                     source: str = "eval") -> tuple[list[str], list[int | None]]:
+    """(generated texts, parsed option indices) for the records in order, prompts with lettered options."""
+    from visctx.benchmarks import parse_letter, prompt_letters
+    from visctx.data import ContextCache
+
+    enc = model.encoder
+    cache = ContextCache(store)
+    texts: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(records), batch_size):
+            chunk = records[start:start + batch_size]
+            prompts = [enc.choice_prompt(prompt_letters(r.question, r.options), r.options, r.answer,
+                                         where=f"{source}: record {start + i} (id {r.id!r})")
+                       for i, r in enumerate(chunk)]
+            batch = enc.generation_batch(prompts, arm.T, arm.M)
+            batch["visual"] = cache.get([r.video for r in chunk], arm)
+            texts += model.generate(batch, max_new_tokens)
+    return texts, [parse_letter(t, len(r.options)) for t, r in zip(texts, records)]
+
+
 def evaluate_arms(
     arms: list[Arm],
     arms_dir: str,
@@ -132,6 +173,8 @@ def evaluate_arms(
     benchmark: str = "synthetic",
     batch_size: int = 32,
     threads: int = 1,
+    answer_mode: str = "loglik",
+    max_new_tokens: int = 16,
 ) -> dict:
     """:func:`evaluate` for each arm's ``<arms_dir>/<arm>/model`` into
     ``<arms_dir>/<arm>/eval/<benchmark>.json``, in one process (items and features opened once)."""
@@ -145,7 +188,8 @@ def evaluate_arms(
         root = Path(arms_dir) / arm.id
         r = evaluate_model(VideoModel.load(root / "model"), items, store, arm,
                            str(root / "eval" / f"{benchmark}.json"), batch_size, benchmark,
-                           model_dir=str(root / "model"), source=str(eval_json))
+                           model_dir=str(root / "model"), source=str(eval_json), answer_mode=answer_mode,
+                           max_new_tokens=max_new_tokens)
         out[arm.id] = {k: r[k] for k in ("n", "loss", "accuracy", "seconds")}
         print(f"{arm.id}: loss {r['loss']:.4f}, accuracy {r['accuracy']:.3f} ({r['seconds']} s)", flush=True)
     return out

@@ -175,6 +175,13 @@ class PromptEncoder:
         ids, labels, vis, lengths = self._assemble([(p.pre, p.post, p.post_labels) for p in prompts], T, M)
         return {"input_ids": ids, "labels": labels, "vis_index": vis, "lengths": lengths}
 
+    def generation_batch(self, prompts: Sequence[ChoicePrompt], T: int, M: int) -> dict[str, torch.Tensor]:
+        """``pre`` + visual block + ``context`` per item (the options are not appended): the prompt
+        a model continues in generation mode."""
+        ids, labels, vis, lengths = self._assemble([(p.pre, p.context, (IGNORE,) * len(p.context)) for p in prompts],
+                                                   T, M)
+        return {"input_ids": ids, "labels": labels, "vis_index": vis, "lengths": lengths}
+
     def choice_batch(self, prompts: Sequence[ChoicePrompt], T: int, M: int) -> dict[str, torch.Tensor]:
         """Single-token options of all items: one row per item, read the next-token distribution.
         Otherwise one row per (item, option), with labels on the option's tokens."""
@@ -319,6 +326,26 @@ class VideoModel(nn.Module):
         logprob[batch["row_item"], batch["row_option"]] = -sums
         ntokens[batch["row_item"], batch["row_option"]] = counts
         return {"logprob": logprob, "ntokens": ntokens}
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int = 16) -> list[str]:
+        """Greedy continuations of a :meth:`PromptEncoder.generation_batch`, decoded to text.
+
+        The rows are right-padded; generation appends after each row's last token, so they are
+        moved to the right end (left padding) with the mask and positions following them."""
+        emb = self.embed(batch)
+        B, L, _ = emb.shape
+        lengths = batch["lengths"].tolist()
+        left = torch.zeros_like(emb)
+        mask = torch.zeros((B, L), dtype=torch.long, device=emb.device)
+        for r, n in enumerate(lengths):
+            left[r, L - n:] = emb[r, :n]
+            mask[r, L - n:] = 1
+        pad = self.encoder.pad_id
+        eos = self.tokenizer.eos_token_id
+        out = self.llm.generate(inputs_embeds=left, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     # -- persistence -----------------------------------------------------------------------------
 

@@ -15,13 +15,14 @@ rule evaluate_arm:
         code=code_version("evaluate", "model", "data", "context", "benchmarks"),
         features=lambda w: f"{DATA}/features/{eval_split(w.benchmark)}",
         batch_size=CFG["evaluate"]["batch_size"],
+        answer=cli_options({k: CFG["evaluate"][k] for k in ("answer_mode", "max_new_tokens")}),
     threads: 1
     log:
         f"{RESULTS}/arms/{{arm}}/eval/{{benchmark}}.log",
     shell:
         "visctx evaluate-arms --arms {wildcards.arm} --arms-dir {RESULTS}/arms --eval-json {input.eval}"
         " --features-dir {params.features} --benchmark {wildcards.benchmark} --batch-size {params.batch_size}"
-        " --threads {threads} > {log} 2>&1"
+        " {params.answer} --threads {threads} > {log} 2>&1"
 
 
 rule collect:
