@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 import warnings
@@ -28,6 +27,7 @@ from visctx.data import FeatureSource, TrainRecord, arm_weights, load_train_reco
 from visctx.model import PromptEncoder, VideoModel
 
 log = logging.getLogger(__name__)
+
 # Lightning warnings that are expected here and only add noise to every job's log.
 QUIET = (
     ".*Experiment logs directory.*exists and is not empty.*",  # run_config.json lives beside the metrics
@@ -78,7 +78,7 @@ class VideoLM(L.LightningModule):
         if state is None:  # a checkpoint from before these were saved
             return
         self.loss_history = [float(x) for x in state["loss_history"]]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
