@@ -242,7 +242,7 @@ def test_check_checkpoint_detects_truncated_and_empty_files(tmp_path):
 
     ckpt = tmp_path / "last.ckpt"
     torch.save({"state_dict": {"w": torch.randn(64, 64)}, "global_step": 7, "loops": {"x": [1, 2]}}, ckpt)
-    check_checkpoint(ckpt)
+    assert check_checkpoint(ckpt) == 7
     _truncate(ckpt)
     with pytest.raises(ValueError, match="last.ckpt: unreadable checkpoint, truncated"):
         check_checkpoint(ckpt)

@@ -41,6 +41,15 @@ def test_paper_preset_values():
     assert all(T * M <= 6000 for T, M in p["studies"]["window"]["combos"])
 
 
+def test_the_base_mixture_is_every_study_arm_or_a_pinned_list():
+    from visctx.config import base_arms
+
+    params = load_params(PARAMS)
+    assert base_arms(params) == unique_arms(study_points(params["studies"]))
+    params["train"]["base"]["arms"] = ["T2-M4-pool", "T1-M9-sample"]
+    assert [a.id for a in base_arms(params)] == ["T2-M4-pool", "T1-M9-sample"]
+
+
 def test_shared_arms_are_trained_once():
     p = load_params(PARAMS)
     points = study_points(p["studies"])
@@ -67,6 +76,9 @@ def test_shared_arms_are_trained_once():
         ({"data": {"source": "youtube"}}, ["data.source", "'youtube'"]),
         ({"analysis": {"budget": 0}}, ["analysis.budget"]),
         ({"preset": "huge"}, ["preset", "'huge'", "paper"]),
+        ({"train": {"base": {"arms": ["T1-M4-pool", "T64-M4-pool"]}}}, ["train.base.arms[1] T=64", "max_frames=32"]),
+        ({"train": {"base": {"arms": ["frames-4"]}}}, ["train.base.arms[0]", "'frames-4'"]),
+        ({"train": {"arm": {"arms": "studies"}}}, ["train.arm.arms"]),
         ({"studies": {"tokenz": {}}}, ["tokenz"]),
     ],
 )

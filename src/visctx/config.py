@@ -133,6 +133,15 @@ def study_points(studies: dict[str, Any]) -> list[StudyPoint]:
     return points
 
 
+def base_arms(params: dict) -> list[Arm]:
+    """The arms the shared base is trained on: every study arm (``train.base.arms: studies``), or
+    a pinned list, so that changing a study retrains only the arms it adds or changes."""
+    pinned = params["train"]["base"].get("arms", "studies")
+    if pinned == "studies":
+        return unique_arms(study_points(params["studies"]))
+    return [Arm.from_id(str(a)) for a in pinned]
+
+
 def unique_arms(points: Iterable[StudyPoint]) -> list[Arm]:
     """Arms in first-requested order, each once."""
     return list(dict.fromkeys(p.arm for p in points))
@@ -225,6 +234,17 @@ def semantic_errors(params: dict) -> list[str]:
         if budget is not None and T * M > budget:
             errs.append(f"studies.window.combos[{i}]=[{T}, {M}]: T*M={T * M} is above the window "
                         f"studies.window.budget={budget}; allowed: T*M <= {budget}")
+    if "arms" in params.get("train", {}).get("arm", {}):
+        errs.append("train.arm.arms: only train.base has a mixture of arms (each arm trains on itself)")
+    base_arms = params.get("train", {}).get("base", {}).get("arms", "studies")
+    if isinstance(base_arms, list):
+        for i, arm_id in enumerate(base_arms):
+            try:
+                arm = Arm.from_id(str(arm_id))
+            except ValueError as e:
+                errs.append(f"train.base.arms[{i}]={arm_id!r}: not an arm id ({e})")
+                continue
+            frames_ok(f"train.base.arms[{i}] T", arm.T * arm.time_kernel)
     scale = params.get("train", {}).get("scale")
     if scale:  # impossible combinations, before any job starts (hardware is not probed here)
         from visctx.strategy import check_scale

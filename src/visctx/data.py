@@ -334,33 +334,44 @@ def arm_weights(arms: Sequence[Arm], mode: str = "uniform") -> list[float] | Non
 class ArmBatchSampler(Sampler):
     """Shuffled batches, each tagged with one arm. Without ``weights`` arms cycle in reshuffled
     rounds (a balanced mixture); with weights each batch's arm is drawn with those probabilities.
-    Deterministic in (seed, epoch). Each pass over the sampler is a new epoch: Lightning calls
-    ``set_epoch`` only on a loader's ``sampler`` / ``batch_sampler.sampler``, never on a batch
+
+    Batch ``k`` of a run is a pure function of (seed, k): epoch ``k // len``, position ``k % len``,
+    so a run resumed at global step ``k`` (``start=k``) sees exactly the batches an uninterrupted
+    run sees from there on. Each pass over the sampler continues with the next epoch: Lightning
+    calls ``set_epoch`` only on a loader's ``sampler`` / ``batch_sampler.sampler``, never on a batch
     sampler, and without reshuffling every epoch repeats the same (record, arm) pairs, which the
     tiny model memorises (measured: train loss 1.49 vs held-out 1.75)."""
 
     def __init__(self, n: int, arms: Sequence[Arm], batch_size: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True, weights: Sequence[float] | None = None):
+                 drop_last: bool = True, weights: Sequence[float] | None = None, start: int = 0):
         if n < 1 or not arms or batch_size < 1:
             raise ValueError(f"need records, arms and batch_size >= 1 (n={n}, arms={len(arms)}, batch_size={batch_size})")
         if weights is not None and (len(weights) != len(arms) or min(weights) < 0 or sum(weights) <= 0):
             raise ValueError(f"weights must be {len(arms)} non-negative numbers, got {weights}")
+        if start < 0:
+            raise ValueError(f"start={start}: the first batch index cannot be negative")
         self.weights = None if weights is None else np.asarray(weights, dtype=float) / float(sum(weights))
         self.n, self.arms, self.batch_size = n, list(arms), batch_size
-        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        self.seed, self.shuffle = seed, shuffle
         self.drop_last = drop_last and n >= batch_size
+        self.start = start  # global index of the batch the next pass begins with
+
+    @property
+    def epoch(self) -> int:
+        return self.start // len(self)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.start = epoch * len(self)
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[tuple[int, Arm]]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
+    def epoch_batches(self, epoch: int) -> list[list[tuple[int, Arm]]]:
+        """Every batch of ``epoch``, in order: deterministic in (seed, epoch)."""
+        rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         arm_order: list[int] = []
+        out = []
         for b in range(len(self)):
             if self.weights is not None:
                 arm = self.arms[int(rng.choice(len(self.arms), p=self.weights))]
@@ -368,15 +379,25 @@ class ArmBatchSampler(Sampler):
                 if not arm_order:
                     arm_order = list(rng.permutation(len(self.arms)))
                 arm = self.arms[arm_order.pop()]
-            yield [(int(i), arm) for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+            out.append([(int(i), arm) for i in order[b * self.batch_size:(b + 1) * self.batch_size]])
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, Arm]]]:
+        # A pass started mid-epoch (a resumed run) yields the rest of that epoch; len() stays the
+        # full epoch, as Lightning adds the batches it restored to its own count. A generator: the
+        # pass starts (and moves ``start`` on) at the first batch drawn, not at iter().
+        epoch, pos = divmod(self.start, len(self))
+        self.start = (epoch + 1) * len(self)
+        yield from self.epoch_batches(epoch)[pos:]
 
 
 def train_loader(records: Sequence[TrainRecord], store: FeatureSource, encoder: PromptEncoder,
                  arms: Sequence[Arm], batch_size: int, seed: int = 0, source: str = "train",
-                 arm_sampling: str = "uniform") -> DataLoader:
+                 arm_sampling: str = "uniform", start: int = 0) -> DataLoader:
+    """Batches of one arm each, seeded; ``start``: the global step to begin at (a resumed run)."""
     records = usable_records(records, store, source)
     ds = TrainDataset(records, encoder, source)
-    sampler = ArmBatchSampler(len(ds), arms, batch_size, seed, weights=arm_weights(arms, arm_sampling))
+    sampler = ArmBatchSampler(len(ds), arms, batch_size, seed, weights=arm_weights(arms, arm_sampling), start=start)
     return DataLoader(ds, batch_sampler=sampler, collate_fn=TrainCollator(store, encoder), num_workers=0)
 
 

@@ -429,21 +429,34 @@ def check_safetensors(path: str | Path) -> None:
         raise ValueError(f"{path}: truncated: {size} bytes, expected {expected}")
 
 
-def check_checkpoint(path: str | Path) -> None:
-    """Raise ``ValueError`` naming ``path`` if the (Lightning) checkpoint cannot be loaded whole.
+def check_checkpoint(path: str | Path) -> int:
+    """The global step saved in a Lightning checkpoint; ``ValueError`` naming ``path`` if the file
+    is missing, empty, truncated or overwritten.
 
-    For resuming: a checkpoint cut short by a killed job or a full disk must be reported (and
-    can then be discarded) rather than crash the resume with torch's zip-reader error. Loads
-    the file once on the CPU, with ``weights_only=False`` (Lightning stores more than tensors).
+    For resuming: a checkpoint cut short by a killed job or a full disk must be reported (and then
+    discarded) rather than loaded as garbage or crash the resume in torch's zip reader. The zip
+    CRCs catch damage anywhere in the file; the load is memory-mapped (tensors are not read). A
+    DeepSpeed checkpoint is a directory of ZeRO shards (checked by DeepSpeed when it loads): its
+    step is the one in its name (``step=N``), -1 for ``last.ckpt``, so a numbered one is preferred.
     """
+    import re
+    import zipfile
+
     path = Path(path)
+    if path.is_dir():
+        m = re.search(r"step=(\d+)", path.name)
+        return int(m[1]) if m else -1
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: checkpoint is empty (0 bytes)")
     try:
-        torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        if bad is not None:
+            raise ValueError(f"member {bad} fails its CRC")
+        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
+    except Exception as e:  # noqa: BLE001 - zipfile, torch and a missing key each raise their own
         raise ValueError(f"{path}: unreadable checkpoint, truncated? ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
 

@@ -9,6 +9,7 @@ projector; a trained model dir (has ``projector.safetensors``) is continued.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -24,11 +25,14 @@ from visctx.config import Arm
 from visctx.data import FeatureSource, TrainRecord, arm_weights, load_train_records, train_loader
 from visctx.model import PromptEncoder, VideoModel
 
+log = logging.getLogger(__name__)
+
 # Lightning warnings that are expected here and only add noise to every job's log.
 QUIET = (
     ".*Experiment logs directory.*exists and is not empty.*",  # run_config.json lives beside the metrics
+    ".*Checkpoint directory.*exists and is not empty.*",  # the same directory, or a resumed run's checkpoints
     ".*smaller than the logging interval.*",
-    ".*dataloader is not resumable.*",  # a resumed run restarts its (seeded) epoch
+    ".*dataloader is not resumable.*",  # it is: ArmBatchSampler starts at the restored global step
     ".*isinstance.treespec, LeafSpec.*",
 )
 
@@ -60,6 +64,22 @@ class VideoLM(L.LightningModule):
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self.loss_history.append(float(loss.detach()))
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The summary's losses cover the whole run, and anything random in a step (dropout in a
+        # pretrained LLM's config) must continue its stream, so a resumed run ends as an
+        # uninterrupted one would. Tensors and floats only: loadable with weights_only=True.
+        checkpoint["visctx"] = {"loss_history": list(self.loss_history), "torch_rng": torch.get_rng_state(),
+                                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("visctx")
+        if state is None:  # a checkpoint from before these were saved
+            return
+        self.loss_history = [float(x) for x in state["loss_history"]]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -96,9 +116,42 @@ class VideoDataModule(L.LightningDataModule):
             self.store = FeatureStore(self.features_dir)
 
     def train_dataloader(self) -> DataLoader:
+        # Lightning restores the checkpoint's global step before it asks for the loader (Trainer._run:
+        # restore_training_state, then fit_loop.run -> setup_data), so a resumed run starts at the
+        # batch the interrupted one would have drawn next.
         self.setup()
+        start = self.trainer.global_step if self.trainer is not None else 0
         return train_loader(self.records, self.store, self.encoder, self.arms, self.batch_size, self.seed,
-                            source=str(self.train_json), arm_sampling=self.arm_sampling)
+                            source=str(self.train_json), arm_sampling=self.arm_sampling, start=start)
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The global step saved in ``path``, or None (with a one-line warning, and the file removed)
+    when it is not a complete checkpoint (:func:`visctx.model.check_checkpoint`)."""
+    from visctx.model import check_checkpoint
+
+    try:
+        return check_checkpoint(path)
+    except ValueError as e:
+        log.warning("%s; removed, resuming from an older checkpoint if any", e)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _resume_point(log_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step in ``log_dir`` (``last.ckpt`` or one of the
+    two newest ``step=N.ckpt``), or None."""
+    best: tuple[int, bool, Path] | None = None
+    for path in sorted(log_dir.glob("*.ckpt")):
+        step = _checkpoint_step(path)
+        if step is not None and (best is None or (step, path.name == "last.ckpt") > best[:2]):
+            best = (step, path.name == "last.ckpt", path)
+    return None if best is None else best[2]
+
+
+def _remove(ckpt: Path) -> None:
+    """A checkpoint is a file, or under DeepSpeed a directory of shards."""
+    shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink(missing_ok=True)
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
@@ -135,7 +188,9 @@ def train(
     """Train projector + LLM on answer tokens for ``steps`` steps; save the model dir atomically.
 
     ``arms``: one arm (a fine-tune) or every arm of the study (the base; one arm drawn per batch).
-    An interrupted run resumes from ``<log_dir>/last.ckpt``. ``prompt_format``: PromptFormat
+    An interrupted run resumes exactly (same batches, same final weights and losses as an
+    uninterrupted run) from its newest readable checkpoint in ``log_dir`` (``last.ckpt`` and the
+    two newest ``step=N.ckpt``, every ``ckpt_every`` steps). ``prompt_format``: PromptFormat
     fields for a fresh model (a trained model dir keeps its own). ``accelerator``/``precision``:
     Lightning's (the embedded default runs on CPU in float32). ``arm_sampling`` (several arms):
     ``uniform`` or ``time`` (each arm about the same compute; see ``data.arm_weights``). Returns the summary that is also
@@ -181,8 +236,11 @@ def train(
                          batch_size, seed, store=store, arm_sampling=arm_sampling)
     log_dir_p = Path(log_dir)
     log_dir_p.mkdir(parents=True, exist_ok=True)
-    ckpt_cb = ModelCheckpoint(dirpath=log_dir_p, filename="step-{step}", save_last=True, save_top_k=0,
-                              every_n_train_steps=max(1, ckpt_every))
+    # last.ckpt plus the two newest step checkpoints: a damaged newest file still leaves one to
+    # resume from. No version counter: a damaged file removed on resume is rewritten by its name.
+    ckpt_cb = ModelCheckpoint(dirpath=log_dir_p, filename="{step}", save_last=True, save_top_k=2,
+                              monitor="step", mode="max", every_n_train_steps=max(1, ckpt_every),
+                              enable_version_counter=False)
     callbacks = [ckpt_cb]
     if progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(50, steps // 20))))
@@ -200,21 +258,25 @@ def train(
         deterministic=False,
     )
     # Resume only an interrupted run of the same configuration; a finished run removes its checkpoints.
-    last = log_dir_p / "last.ckpt"
     run_cfg = {"train_json": str(train_json), "features_dir": str(features_dir), "init": str(init),
                "arms": [a.id for a in arms], "steps": steps, "batch_size": batch_size, "lr": lr,
                "warmup_steps": warmup_steps, "seed": seed, "weight_decay": weight_decay,
                "arm_sampling": arm_sampling}
     cfg_path = log_dir_p / "run_config.json"
-    resumed = last.is_file() and cfg_path.is_file() and json.loads(cfg_path.read_text()) == run_cfg
+    try:
+        same_run = json.loads(cfg_path.read_text()) == run_cfg
+    except (OSError, ValueError):  # none, or unreadable: start fresh
+        same_run = False
+    ckpt = _resume_point(log_dir_p) if same_run else None
+    resumed = ckpt is not None
     if not resumed:
         for old in log_dir_p.glob("*.ckpt"):
-            old.unlink()
+            _remove(old)
         _write_json_atomic(cfg_path, run_cfg)
     with warnings.catch_warnings():
         for msg in QUIET:
             warnings.filterwarnings("ignore", message=msg)
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if resumed else None)
     seconds = time.perf_counter() - t0
 
     losses = module.loss_history
@@ -259,7 +321,7 @@ def train(
     _write_json_atomic(tmp / "train_summary.json", summary)
     replace_dir(tmp, out)
     for ckpt in log_dir_p.glob("*.ckpt"):  # done: a rerun must start fresh, not "resume" at max_steps
-        ckpt.unlink()
+        _remove(ckpt)
     return summary
 
 

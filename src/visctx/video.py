@@ -325,6 +325,7 @@ def extract_shard(corpus_json: str | os.PathLike, video_root: str | os.PathLike,
                 del kept
         del arr
     meta = {"videos": good, "frames": int(max_frames), "size": int(size), "fps": fps,
+            "video_root": str(video_root),  # which files: a video shared by two splits is visible as such
             "quarantined": quarantined, "short": short}
     write_json_atomic(out_json, meta)
     return meta

@@ -3,7 +3,7 @@ import os
 import sys
 from pathlib import Path
 
-from visctx.config import ParamsError, dumps, resolve_preset, study_points, unique_arms, validate
+from visctx.config import ParamsError, base_arms, dumps, resolve_preset, study_points, unique_arms, validate
 
 # Params are validated before any job starts; a bad value names the key, value and what is allowed.
 try:

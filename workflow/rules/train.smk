@@ -21,10 +21,10 @@ rule train_base:
         model=directory(f"{RESULTS}/base/model"),
     params:
         code=code_version("train", "model", "data", "context", "pretrained", "strategy"),
-        optim=cli_options(TRAIN["base"]),
+        optim=cli_options({k: v for k, v in TRAIN["base"].items() if k != "arms"}),
         scale=cli_options(TRAIN["scale"]),
         init=pretrained_llm(),
-        arms=" ".join(ARMS),
+        arms=" ".join(a.id for a in base_arms(CFG)),
         seed=CFG["seed"],
         prompt=dumps(CFG["model"]["prompt"]),
         logs=f"{RESULTS}/base/logs",

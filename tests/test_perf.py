@@ -1,0 +1,42 @@
+"""The performance harness's own arithmetic (the harness itself runs on demand, not in CI)."""
+
+import json
+
+from visctx.perf import _job_counts, encoder_passes, to_markdown
+
+DRY_RUN = """Job stats:
+job             count
+------------  -------
+train_arm           2
+evaluate_arm        4
+all                 1
+total               7
+"""
+
+
+def test_job_counts_read_snakemakes_job_stats():
+    assert _job_counts(DRY_RUN) == {"train_arm": 2, "evaluate_arm": 4, "all": 1}
+    assert _job_counts("Nothing to be done.") == {}
+
+
+def test_a_frame_encoded_twice_is_counted(tmp_path):
+    def shard(split, name, videos, root):
+        for kind in ("frames", "features"):
+            d = tmp_path / kind / split
+            d.mkdir(parents=True, exist_ok=True)
+            (d / name).write_text(json.dumps({"videos": videos, "frames": 4, "video_root": root}))
+
+    shard("train", "shard-000.json", ["a.mp4", "b.mp4"], "/v")
+    shard("eval", "shard-000.json", ["c.mp4"], "/v")
+    assert encoder_passes(tmp_path) == {"encoded_frames": 12, "distinct_frames": 12, "passes_per_frame": 1.0}
+    shard("eval", "shard-001.json", ["a.mp4"], "/v")  # the same file in a second shard: encoded again
+    assert encoder_passes(tmp_path)["passes_per_frame"] == round(16 / 12, 3)
+
+
+def test_report_renders_every_measurement():
+    r = {"date": "2026-11-21", "machine": "2 cores", "fresh_clone_s": {"install": 30.0, "total": 30.0},
+         "noop_s": {"dvc repro": 2.0}, "reruns": {"x": {"jobs": {"fits": 1}, "as_expected": True}, "new arms": []},
+         "encoder": {"encoded_frames": 8, "distinct_frames": 8, "passes_per_frame": 1.0},
+         "startup": {f"{k}_{m}": 1.0 for k in ("plain", "preload_cold", "preload_warm") for m in ("wall_s", "overhead_s")}}
+    md = to_markdown(r)
+    assert "| install | 30.0 |" in md and "| x | fits 1 | yes |" in md and "1.0 passes per frame" in md
