@@ -17,6 +17,7 @@ import torch
 
 from visctx.synth import write_mp4
 from visctx.video import extract_shard, load_npy
+from tiny_llm import tiny_llm
 
 SIZE, MAX_FRAMES = 16, 32
 GOOD = ["a.mp4", "b.mp4", "c.mp4"]
@@ -207,14 +208,11 @@ def test_load_npy_matches_np_load_and_reads_empty_shards(tmp_path):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from visctx.model import VideoModel
-    from visctx.pretrained import build_tiny_llm, load_llm
+    from visctx.pretrained import load_llm
 
     d = tmp_path_factory.mktemp("model")
-    corpus = d / "corpus.json"
-    corpus.write_text(json.dumps([{"id": "x", "video": "v", "conversations": [
-        {"from": "human", "value": "<video>\nwhat colour ?"}, {"from": "gpt", "value": "red"}]}]))
-    llm_dir = build_tiny_llm(str(d / "llm"), [str(corpus)], max_frames=4, hidden_size=16, num_layers=1, num_heads=2,
-                             num_kv_heads=1, intermediate_size=32)
+    llm_dir = tiny_llm(d, "what colour ?", max_frames=4, hidden_size=16, num_layers=1, num_heads=2,
+                       num_kv_heads=1, intermediate_size=32)
     llm, tok = load_llm(llm_dir)
     return VideoModel(llm, tok, vision_dim=4).save(d / "m")
 

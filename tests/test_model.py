@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from visctx.model import IGNORE, QWEN2_CHAT, Projector, PromptEncoder, PromptFormat, VideoModel
-from visctx.pretrained import build_tiny_llm, load_llm
+from visctx.pretrained import load_llm
 from visctx.train import lr_lambda
+from tiny_llm import tiny_llm
 
 D = 8  # vision feature width in these tests
 WORDS = "what colour is the ball ? how many times did bar flash red green blue yellow dark light 1 2 3 4"
@@ -15,12 +16,7 @@ WORDS = "what colour is the ball ? how many times did bar flash red green blue y
 
 @pytest.fixture(scope="module")
 def llm_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("llm")
-    corpus = d / "corpus.json"
-    corpus.write_text(json.dumps([{"id": "x", "video": "v", "conversations": [
-        {"from": "human", "value": "<video>\n" + WORDS}, {"from": "gpt", "value": "red"}]}]))
-    return build_tiny_llm(d / "llm", [corpus], max_frames=8, hidden_size=32, num_layers=2, num_heads=4,
-                          num_kv_heads=2, intermediate_size=64)
+    return tiny_llm(tmp_path_factory.mktemp("llm"), WORDS, max_frames=8)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ it initialises a process group). The ``gpu`` test trains, checkpoints and resume
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import torch
 from visctx.config import load_params
 from visctx.strategy import (build_strategy, check_scale, configure_llm, deepspeed_config,
                              resolve_attn_implementation, validate_strategy)
+from tiny_llm import tiny_llm
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 8  # vision feature width
@@ -30,14 +30,7 @@ WORDS = "what colour is the ball ? red green blue yellow"
 
 @pytest.fixture(scope="module")
 def llm_dir(tmp_path_factory):
-    from visctx.pretrained import build_tiny_llm
-
-    d = tmp_path_factory.mktemp("llm")
-    corpus = d / "corpus.json"
-    corpus.write_text(json.dumps([{"id": "x", "video": "v", "conversations": [
-        {"from": "human", "value": "<video>\n" + WORDS}, {"from": "gpt", "value": "red"}]}]))
-    return build_tiny_llm(d / "llm", [corpus], max_frames=4, hidden_size=32, num_layers=2, num_heads=4,
-                          num_kv_heads=2, intermediate_size=64)
+    return tiny_llm(tmp_path_factory.mktemp("llm"), WORDS, max_frames=4)
 
 
 def shipped_scales() -> dict[str, dict]:

@@ -5,18 +5,13 @@ import json
 
 import pytest
 
-from visctx.pretrained import build_tiny_llm
 from visctx.throughput import flops_per_token, throughput
+from tiny_llm import tiny_llm
 
 
 @pytest.fixture(scope="module")
 def llm_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("llm")
-    corpus = d / "corpus.json"
-    corpus.write_text(json.dumps([{"id": "x", "video": "v", "conversations": [
-        {"from": "human", "value": "<video>\nwhat happens in the video"}, {"from": "gpt", "value": "yes"}]}]))
-    return build_tiny_llm(d / "llm", [corpus], max_frames=8, hidden_size=32, num_layers=2, num_heads=4,
-                          num_kv_heads=2, intermediate_size=64)
+    return tiny_llm(tmp_path_factory.mktemp("llm"), "what happens in the video yes", max_frames=8)
 
 
 def test_flops_per_token_is_the_standard_estimate():
