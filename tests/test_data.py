@@ -110,6 +110,22 @@ def test_sampler_one_arm_per_batch_balanced_and_seeded():
     assert 0.7 < share < 0.9 and all(b[0][1] != arms[2] for b in weighted)
 
 
+def test_ranks_share_each_global_batch():
+    """On 2 GPUs each rank keeps half of the same global batch: one arm per step, and together
+    exactly the records one rank alone would see."""
+    arms = [Arm(1, 1, "pool"), Arm(2, 4, "sample")]
+    alone = list(ArmBatchSampler(30, arms, batch_size=4, seed=3, start=2))
+    ranks = [list(ArmBatchSampler(30, arms, batch_size=4, seed=3, start=2, rank=r, world=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(alone)
+    for b, b0, b1 in zip(alone, *ranks):
+        assert len(b0) == len(b1) == 2 and sorted(b0 + b1) == sorted(b)
+        assert {a for _, a in b0} == {a for _, a in b1} == {b[0][1]}
+    with pytest.raises(ValueError, match="split evenly"):
+        ArmBatchSampler(30, arms, batch_size=5, rank=0, world=2)
+    with pytest.raises(ValueError, match="rank 2 of 2"):
+        ArmBatchSampler(30, arms, batch_size=4, rank=2, world=2)
+
+
 def test_train_loader_batches(tmp_path):
     from visctx.pretrained import build_tokenizer
 

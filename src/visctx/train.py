@@ -120,9 +120,11 @@ class VideoDataModule(L.LightningDataModule):
         # restore_training_state, then fit_loop.run -> setup_data), so a resumed run starts at the
         # batch the interrupted one would have drawn next.
         self.setup()
-        start = self.trainer.global_step if self.trainer is not None else 0
+        t = self.trainer
         return train_loader(self.records, self.store, self.encoder, self.arms, self.batch_size, self.seed,
-                            source=str(self.train_json), arm_sampling=self.arm_sampling, start=start)
+                            source=str(self.train_json), arm_sampling=self.arm_sampling,
+                            start=t.global_step if t is not None else 0,
+                            rank=t.global_rank if t is not None else 0, world=t.world_size if t is not None else 1)
 
 
 def _checkpoint_step(path: Path) -> int | None:
@@ -210,8 +212,13 @@ def train(
                          f"(got steps={steps}, batch_size={batch_size}, arms={arms})")
     arms = [a if isinstance(a, Arm) else Arm.from_id(str(a)) for a in arms]
     from visctx.strategy import build_strategy, configure_llm, full_weights
+
+    world = devices * num_nodes  # batch_size is the global batch, split over the ranks
+    if batch_size % world:
+        raise ValueError(f"batch_size={batch_size} (train.*.batch_size, the global batch) does not split evenly "
+                         f"over {world} ranks (train.scale.devices x num_nodes)")
     scale = build_strategy(strategy, zero_stage, offload_optimizer, offload_params, precision, gradient_checkpointing,
-                           attn_implementation, accelerator, devices, num_nodes, gradient_clipping, batch_size)
+                           attn_implementation, accelerator, devices, num_nodes, gradient_clipping, batch_size // world)
     torch.set_num_threads(threads)
     L.seed_everything(seed, workers=True, verbose=False)
     t0 = time.perf_counter()
@@ -256,12 +263,14 @@ def train(
         num_sanity_val_steps=0,
         limit_val_batches=0,
         deterministic=False,
+        use_distributed_sampler=False,  # ArmBatchSampler gives each rank its share of the global batch
     )
     # Resume only an interrupted run of the same configuration; a finished run removes its checkpoints.
     run_cfg = {"train_json": str(train_json), "features_dir": str(features_dir), "init": str(init),
                "arms": [a.id for a in arms], "steps": steps, "batch_size": batch_size, "lr": lr,
                "warmup_steps": warmup_steps, "seed": seed, "weight_decay": weight_decay,
-               "arm_sampling": arm_sampling}
+               "arm_sampling": arm_sampling, "strategy": strategy, "zero_stage": zero_stage, "world": world,
+               "precision": precision}
     cfg_path = log_dir_p / "run_config.json"
     try:
         same_run = json.loads(cfg_path.read_text()) == run_cfg
@@ -316,12 +325,14 @@ def train(
     if tmp.exists():
         shutil.rmtree(tmp)
     model.meta = {}
-    with full_weights(model):  # ZeRO-3 partitions parameters
-        model.save(tmp, **meta)
-    _write_json_atomic(tmp / "train_summary.json", summary)
-    replace_dir(tmp, out)
-    for ckpt in log_dir_p.glob("*.ckpt"):  # done: a rerun must start fresh, not "resume" at max_steps
-        _remove(ckpt)
+    with full_weights(model):  # ZeRO-3 partitions parameters: every rank takes part in the gather
+        if trainer.is_global_zero:  # one writer
+            model.save(tmp, **meta)
+            _write_json_atomic(tmp / "train_summary.json", summary)
+            replace_dir(tmp, out)
+            for ckpt in log_dir_p.glob("*.ckpt"):  # done: a rerun must start fresh, not "resume" at max_steps
+                _remove(ckpt)
+    trainer.strategy.barrier("saved")
     return summary
 
 
