@@ -46,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "perf": ("visctx.perf", "perf", "the performance harness: fresh-clone stage times, reruns, overheads"),
 }
 
-# Commands that are quick without torch: never worth a round trip to the preload server.
+# Commands that gain nothing from the preload server: quick without torch, or running other processes.
 IN_PROCESS = {"check", "perf"}
 
 

@@ -99,7 +99,8 @@ def run(argv: list[str]) -> int | None:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            socket.send_fds(sock, [_HEADER.pack(len(msg)) + msg], [0, 1, 2])
+            socket.send_fds(sock, [_HEADER.pack(len(msg))], [0, 1, 2])  # one sendmsg may not take it all
+            sock.sendall(msg)
             reply = _recv_exact(sock, 4)
         except OSError as e:
             print(f"visctx: lost the preload server ({e})", file=sys.stderr)
