@@ -336,3 +336,17 @@ def test_the_global_batch_must_split_over_the_ranks(tmp_path):
     with pytest.raises(ValueError, match=r"batch_size=6 .* 4 ranks \(train.scale.devices"):
         train(str(tmp_path / "o"), "t.json", "f", "i", ["T1-M1-pool"], 1, batch_size=6, lr=1e-3, warmup_steps=0,
               seed=0, threads=1, log_dir=str(tmp_path / "l"), devices=4)
+
+
+def test_a_slurm_job_with_one_task_lets_lightning_launch_a_process_per_gpu():
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+
+    from visctx.strategy import cluster_plugins
+
+    assert cluster_plugins(8, 1, {}) == []  # not under SLURM: Lightning decides
+    assert cluster_plugins(1, 1, {"SLURM_NTASKS": "1"}) == []  # one GPU: nothing to launch
+    assert cluster_plugins(8, 1, {"SLURM_NTASKS": "8"}) == []  # SLURM started a task per GPU
+    (env,) = cluster_plugins(8, 1, {"SLURM_NTASKS": "1"})  # srun -n1, as Snakemake's SLURM jobs run
+    assert isinstance(env, LightningEnvironment)
+    with pytest.raises(ValueError, match="train.scale.num_nodes=2: a multi-node run needs one SLURM task per GPU"):
+        cluster_plugins(8, 2, {"SLURM_NTASKS": "1"})

@@ -137,6 +137,25 @@ def _deepspeed_available() -> bool:
     return importlib.util.find_spec("deepspeed") is not None
 
 
+def cluster_plugins(devices: int, num_nodes: int, env: dict | None = None) -> list:
+    """Who starts the processes of a multi-GPU run. A Snakemake SLURM job runs its rule as one
+    task (``srun -n1``, platform notes), and Lightning's SLURM detection would then refuse
+    ``devices > 1``: with fewer SLURM tasks than GPUs on one node, Lightning launches one process
+    per GPU itself (``LightningEnvironment``). With a task per GPU (``ntasks = devices``) SLURM has
+    started them and Lightning's own detection is right."""
+    env = os.environ if env is None else env
+    world = devices * num_nodes
+    ntasks = env.get("SLURM_NTASKS")
+    if world == 1 or ntasks is None or int(ntasks) >= world:
+        return []
+    if num_nodes > 1:
+        raise _bad("num_nodes", num_nodes, f"a multi-node run needs one SLURM task per GPU ({world}), "
+                   f"this job has SLURM_NTASKS={ntasks}")
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+
+    return [LightningEnvironment()]
+
+
 def build_strategy(strategy: str = "auto", zero_stage: int = 2, offload_optimizer: bool = False,
                    offload_params: bool = False, precision: str = "32-true", gradient_checkpointing: bool = False,
                    attn_implementation: str = "sdpa", accelerator: str = "cpu", devices: int = 1, num_nodes: int = 1,
@@ -153,6 +172,8 @@ def build_strategy(strategy: str = "auto", zero_stage: int = 2, offload_optimize
                 attn_implementation, accelerator, devices, num_nodes, gradient_clipping, validate_only)
     kwargs: dict[str, Any] = {"accelerator": accelerator, "precision": precision, "devices": devices,
                               "num_nodes": num_nodes}
+    if plugins := cluster_plugins(devices, num_nodes):
+        kwargs["plugins"] = plugins
     if strategy == "auto":
         kwargs["strategy"] = "auto"
         if gradient_clipping > 0:
