@@ -233,3 +233,39 @@ def test_new_window_budget_moves_the_optimum_without_retraining(repro):
     assert {p: p.stat().st_mtime for p in models} == models  # no arm retrained
     show = run(["dvc", "exp", "show", "--md"], repro).stdout
     assert "optimum" in show and "400" in show
+
+
+def rule_modules() -> dict[str, set[str]]:
+    """rule -> the library modules its ``code=code_version(...)`` digest covers (from the .smk text)."""
+    import re
+
+    out: dict[str, set[str]] = {}
+    for smk in (ROOT / "workflow/rules").glob("*.smk"):
+        for block in re.split(r"\n\s*rule ", smk.read_text())[1:]:
+            name = block.split(":", 1)[0].strip()
+            m = re.search(r"code=code_version\(([^)]*)\)", block)
+            if m:
+                out[name] = set(re.findall(r'"(\w+)"', m[1]))
+    return out
+
+
+def test_each_dvc_stage_depends_on_the_code_its_rules_digest(project):
+    """Snakemake reruns a job when a module in its code digest changes; DVC only calls Snakemake
+    when a stage's deps change. A module missing from the deps would leave DVC saying 'up to date'
+    over stale results. Rules an upstream stage runs are that stage's business."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    modules = rule_modules()
+    assert {"train_arm", "evaluate_arm", "extract_frames", "fits"} <= set(modules)
+    seen: set[str] = set()
+    for name, stage in stages.items():  # in order: upstream first
+        target = stage["cmd"].split()[-1]
+        if target.endswith(".html"):
+            continue
+        out = run(["snakemake", "-n", "--quiet", "rules", "--forceall", target], project).stdout
+        rules = {line.split()[0] for line in out.splitlines()
+                 if len(line.split()) == 2 and line.split()[1].isdigit() and line.split()[0] != "total"}
+        deps = set(stage["deps"])
+        for rule in sorted(rules - seen):
+            missing = {f"src/visctx/{m}.py" for m in modules.get(rule, ())} - deps
+            assert not missing, f"dvc.yaml stage {name!r} runs rule {rule!r} but does not depend on {sorted(missing)}"
+        seen |= rules
