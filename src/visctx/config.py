@@ -236,9 +236,9 @@ def semantic_errors(params: dict) -> list[str]:
                         f"studies.window.budget={budget}; allowed: T*M <= {budget}")
     if "arms" in params.get("train", {}).get("arm", {}):
         errs.append("train.arm.arms: only train.base has a mixture of arms (each arm trains on itself)")
-    base_arms = params.get("train", {}).get("base", {}).get("arms", "studies")
-    if isinstance(base_arms, list):
-        for i, arm_id in enumerate(base_arms):
+    pinned = params.get("train", {}).get("base", {}).get("arms", "studies")
+    if isinstance(pinned, list):
+        for i, arm_id in enumerate(pinned):
             try:
                 arm = Arm.from_id(str(arm_id))
             except ValueError as e:

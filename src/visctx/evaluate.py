@@ -8,14 +8,13 @@ matter and circular orderings (Event-Bench) give the same answer every time. ``g
 official harnesses do): the prompt lists the options as ``A. ...`` lines with the instruction to
 answer with the letter, the model decodes greedily, and :func:`visctx.benchmarks.parse_letter`
 reads the letter; an unparsable answer is ``None`` for the official rule to handle. Either way the
-official rule (:func:`visctx.benchmarks.score`) decides how items, tries and tasks are averaged. The held-out LM loss is the study's y-axis: mean NLL per answer token of
-the correct option, with the same layout and answer tokens as in training.
+official rule (:func:`visctx.benchmarks.score`) decides how items, tries and tasks are averaged.
+The held-out LM loss is the study's y-axis: mean NLL per answer token of the correct option, with
+the same layout and answer tokens as in training.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from visctx.config import Arm
+from visctx.video import write_json_atomic
 
 
 def evaluate(
@@ -135,12 +135,7 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
         "model_dir": str(model_dir),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    out = Path(out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, out)
+    write_json_atomic(out_json, result, indent=2)
     return result
 
 

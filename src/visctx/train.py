@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from visctx.config import Arm
 from visctx.data import FeatureSource, TrainRecord, arm_weights, load_train_records, train_loader
 from visctx.model import PromptEncoder, VideoModel
+from visctx.video import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +157,6 @@ def _remove(ckpt: Path) -> None:
     shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink(missing_ok=True)
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 def train(
     out_dir: str,
     train_json: str,
@@ -281,7 +275,7 @@ def train(
     if not resumed:
         for old in log_dir_p.glob("*.ckpt"):
             _remove(old)
-        _write_json_atomic(cfg_path, run_cfg)
+        write_json_atomic(cfg_path, run_cfg)
     with warnings.catch_warnings():
         for msg in QUIET:
             warnings.filterwarnings("ignore", message=msg)
@@ -328,7 +322,7 @@ def train(
     with full_weights(model):  # ZeRO-3 partitions parameters: every rank takes part in the gather
         if trainer.is_global_zero:  # one writer
             model.save(tmp, **meta)
-            _write_json_atomic(tmp / "train_summary.json", summary)
+            write_json_atomic(tmp / "train_summary.json", summary)
             replace_dir(tmp, out)
             for ckpt in log_dir_p.glob("*.ckpt"):  # done: a rerun must start fresh, not "resume" at max_steps
                 _remove(ckpt)

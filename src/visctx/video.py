@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
 
@@ -272,13 +272,6 @@ def corpus_videos(corpus_json: str | os.PathLike) -> list[str]:
             raise ValueError(f"{corpus_json}: record {i} (id={rid!r}) has no 'video' field")
         keys.add(video)
     return sorted(keys)
-
-
-def iter_video_frames(keys: Sequence[str], video_root: str | os.PathLike, fps: float | None,
-                      max_frames: int, size: int, num_threads: int = 1) -> Iterator[tuple[str, np.ndarray]]:
-    for key in keys:
-        frames, _ = read_video(Path(video_root) / key, fps, max_frames, size, num_threads)
-        yield key, frames
 
 
 def extract_shard(corpus_json: str | os.PathLike, video_root: str | os.PathLike, shard: int, n_shards: int,
