@@ -73,10 +73,21 @@ def test_every_job_of_the_paper_is_listed(dry_run):
     assert len(found["benchmark_items"]) == 5
     shards = params["data"]["shards"]["train"] + params["data"]["shards"]["eval"]
     shards += sum(params["benchmarks"][b]["shards"] for b in benches if b != "synthetic")
-    assert len(found["extract_frames"]) == len(found["encode_features"]) == shards
+    assert len(found["extract_frames"]) == shards
+    # model.vision_features: forward -- the tower runs in the model, no feature cache is written
+    assert params["model"]["vision_features"] == "forward" and "encode_features" not in found
     assert "train_base" not in found  # train.base.steps = 0: every arm starts from Qwen2-7B, as in the paper
     for rule in ("collect", "fits", "tables", "figures", "metrics"):
         assert len(found[rule]) == 1
+
+
+def test_training_and_evaluation_read_frames_and_name_the_tower(dry_run):
+    blocks = {m.group(1): block for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run)
+              if (m := re.match(r"(?:local)?rule (\w+):", block))}
+    assert "results/data/frames/train/shard-000.npy" in blocks["train_arm"]
+    assert "results/data/features/" not in dry_run
+    params = load_params(ROOT / "params.yaml", {"preset": "paper"})
+    assert params["model"]["vision_trainable"] is False  # frozen, as in the paper
 
 
 def test_gpu_resources_on_training_and_evaluation(dry_run):

@@ -245,6 +245,10 @@ def semantic_errors(params: dict) -> list[str]:
                 errs.append(f"train.base.arms[{i}]={arm_id!r}: not an arm id ({e})")
                 continue
             frames_ok(f"train.base.arms[{i}] T", arm.T * arm.time_kernel)
+    model = params.get("model", {})
+    if model.get("vision_trainable") and model.get("vision_features") != "forward":
+        errs.append(f"model.vision_trainable=true: a trainable tower runs in the forward; set "
+                    f"model.vision_features=forward (got {model.get('vision_features')!r})")
     scale = params.get("train", {}).get("scale")
     if scale:  # impossible combinations, before any job starts (hardware is not probed here)
         from visctx.strategy import check_scale

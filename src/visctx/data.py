@@ -14,7 +14,7 @@ import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -27,11 +27,11 @@ from visctx.pretrained import VIDEO_PLACEHOLDER
 
 
 class FeatureSource(Protocol):
-    """What batches need from ``visctx.features.FeatureStore``."""
+    """What batches need from ``visctx.features.FeatureStore`` (or ``FrameStore``: ``kind ==
+    "frame"``, the model encodes them)."""
 
     frames: int
-    grid: int
-    dim: int
+    kind: str
 
     def get(self, key: str) -> np.ndarray: ...
     def __contains__(self, key: str) -> bool: ...
@@ -173,7 +173,8 @@ def usable_records(records: Sequence[R], store: FeatureSource, source: str = "re
 
 
 def load_context(store: FeatureSource, keys: Sequence[str], arm: Arm) -> torch.Tensor:
-    """``[B, T, M, D]`` float32 visual context of ``keys`` for ``arm``.
+    """``[B, T, M, D]`` float32 visual context of ``keys`` for ``arm``; from a frame store the
+    arm's uint8 frames ``[B, T * time_kernel, S, S, 3]``, which the model's tower encodes.
 
     Only the frames the arm uses are read from the memory-mapped cache (``T * time_kernel``
     uniform indices), then ``visual_context`` pools/samples them; on that subset its own frame
@@ -181,6 +182,8 @@ def load_context(store: FeatureSource, keys: Sequence[str], arm: Arm) -> torch.T
     """
     idx = uniform_indices(store.frames, arm.T * arm.time_kernel)
     arr = np.stack([np.asarray(store.get(k)[idx]) for k in keys])
+    if is_frames(store):
+        return torch.from_numpy(arr)
     feats = torch.from_numpy(arr.astype(np.float32, copy=False))
     ctx = visual_context(feats, arm)
     expect = (len(keys), arm.T, arm.M, store.dim)
@@ -188,6 +191,21 @@ def load_context(store: FeatureSource, keys: Sequence[str], arm: Arm) -> torch.T
         raise ValueError(f"arm {arm.id} on a {store.grid}x{store.grid} feature grid gives context "
                          f"{tuple(ctx.shape)}, expected {expect} (token counts assume a 27x27 grid)")
     return ctx
+
+
+def is_frames(store: FeatureSource) -> bool:
+    """Frames to encode in the forward (``model.vision_features: forward``), not cached features."""
+    return getattr(store, "kind", "feature") == "frame"
+
+
+def add_context(batch: dict[str, Any], context: torch.Tensor, store: FeatureSource, arm: Arm) -> dict[str, Any]:
+    """Cached features go in as ``visual``; frames as ``frames`` with the arm whose operators the
+    model applies after its tower (:meth:`visctx.model.VideoModel.embed`)."""
+    if is_frames(store):
+        batch["frames"], batch["arm"] = context, arm.id
+    else:
+        batch["visual"] = context
+    return batch
 
 
 class ContextCache:
@@ -222,21 +240,23 @@ class ContextCache:
         return torch.stack(out)
 
 
-def feature_stats(store: FeatureSource, max_videos: int = 64, frame_stride: int = 4, seed: int = 0
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def feature_stats(store: FeatureSource, max_videos: int = 64, frame_stride: int = 4, seed: int = 0,
+                  encode: Callable[[np.ndarray], Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and std of the cached patch features (a seeded sample of videos, every
-    ``frame_stride``-th frame, all patches): the projector's fixed input standardisation."""
+    ``frame_stride``-th frame, all patches): the projector's fixed input standardisation.
+    ``encode``: frames -> features, for a frame store (the tower runs in the forward)."""
     keys = sorted(store.keys())
     if not keys:
         raise ValueError("feature_stats: the feature store is empty")
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(keys), min(max_videos, len(keys)), replace=False))
-    total = np.zeros(store.dim)
-    total_sq = np.zeros(store.dim)
+    total = total_sq = 0.0
     n = 0
     for i in pick:
-        x = np.asarray(store.get(keys[i])[::frame_stride], dtype=np.float64).reshape(-1, store.dim)
-        total += x.sum(0)
+        x = store.get(keys[i])[::frame_stride]
+        x = np.asarray(x if encode is None else encode(np.asarray(x)), dtype=np.float64)
+        x = x.reshape(-1, x.shape[-1])
+        total = total + x.sum(0)
         total_sq += (x * x).sum(0)
         n += len(x)
     mean = total / n
@@ -290,8 +310,7 @@ class TrainCollator:
         if any(it[2] != arm for it in items):
             raise ValueError("a batch must share one arm (same T, M): use ArmBatchSampler")
         batch: dict[str, Any] = self.encoder.train_batch([it[0] for it in items], arm.T, arm.M)
-        batch["visual"] = self.cache.get([it[1] for it in items], arm)
-        return batch
+        return add_context(batch, self.cache.get([it[1] for it in items], arm), self.store, arm)
 
 
 class ChoiceCollator:
@@ -301,7 +320,7 @@ class ChoiceCollator:
 
     def __call__(self, items: list[tuple[ChoicePrompt, str, int]]) -> dict[str, Any]:
         batch: dict[str, Any] = self.encoder.choice_batch([it[0] for it in items], self.arm.T, self.arm.M)
-        batch["visual"] = self.cache.get([it[1] for it in items], self.arm)
+        add_context(batch, self.cache.get([it[1] for it in items], self.arm), self.store, self.arm)
         batch["index"] = torch.tensor([it[2] for it in items])
         return batch
 

@@ -54,15 +54,15 @@ def _open(eval_json: str, features_dir: str):
     feature store that must hold every item's video; items of quarantined videos are dropped
     (the same ones for every arm: they all read this store)."""
     from visctx.benchmarks import read_items
-    from visctx.features import FeatureStore
+    from visctx.features import open_store
 
     items = read_items(eval_json)
     if not items:
         raise ValueError(f"{eval_json}: no records to evaluate")
     from visctx.data import usable_records
 
-    store = FeatureStore(features_dir)
-    return usable_records(items, store, f"{eval_json} (features in {features_dir})"), store
+    store = open_store(features_dir)
+    return usable_records(items, store, f"{eval_json} ({store.kind}s in {features_dir})"), store
 
 
 ANSWER_MODES = ("loglik", "generate")
@@ -75,9 +75,13 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
     if answer_mode not in ANSWER_MODES:
         raise ValueError(f"answer_mode={answer_mode!r}; allowed: {', '.join(ANSWER_MODES)}")
     from visctx.benchmarks import score
-    from visctx.data import EvalRecord, choice_loader, videos_sha
+    from visctx.data import EvalRecord, choice_loader, is_frames, videos_sha
 
     arm = arm if isinstance(arm, Arm) else Arm.from_id(str(arm))
+    if is_frames(store) != (model.vision is not None):
+        raise ValueError(f"{model_dir or 'the model'}: a model {'with' if model.vision else 'without'} its own vision "
+                         f"tower cannot be evaluated on {store.kind}s ({store.dir}); "
+                         f"model.vision_features must be the one it was trained with")
     t0 = time.perf_counter()
     # data.EvalRecord is benchmarks.BenchItem without the scoring fields (one type: next data.py change)
     records = [EvalRecord(it.id, it.video, it.question, it.options, it.answer, it.task_type) for it in items]
@@ -143,7 +147,7 @@ def generate_answers(model, records: list, store, arm: Arm, batch_size: int, max
                      source: str = "eval") -> tuple[list[str], list[int | None]]:
     """(generated texts, parsed option indices) for the records in order, prompts with lettered options."""
     from visctx.benchmarks import parse_letter, prompt_letters
-    from visctx.data import ContextCache
+    from visctx.data import ContextCache, add_context
 
     enc = model.encoder
     cache = ContextCache(store)
@@ -155,7 +159,7 @@ def generate_answers(model, records: list, store, arm: Arm, batch_size: int, max
                                          where=f"{source}: record {start + i} (id {r.id!r})")
                        for i, r in enumerate(chunk)]
             batch = enc.generation_batch(prompts, arm.T, arm.M)
-            batch["visual"] = cache.get([r.video for r in chunk], arm)
+            add_context(batch, cache.get([r.video for r in chunk], arm), store, arm)
             texts += model.generate(batch, max_new_tokens)
     return texts, [parse_letter(t, len(r.options)) for t, r in zip(texts, records)]
 

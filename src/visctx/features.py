@@ -1,9 +1,13 @@
-"""The frozen vision tower and the per-frame feature cache every arm reads.
+"""The vision tower: the per-frame feature cache every arm reads, or the tower in the forward.
 
 The vision encoder is frozen in the study (paper-notes §2), so each (video, frame) is encoded once
 and its full ``G x G x D`` patch grid cached; the visual-context operators then cut any (T, M) out
 of the cache (:mod:`visctx.context`). The same loader serves the tiny random SigLIP of the
 embedded default and ``google/siglip-so400m-patch14-384`` (penultimate layer) of the paper preset.
+
+At paper scale the cache does not fit (1.7 MB per frame); ``model.vision_features: forward`` then
+keeps only the decoded frames (:class:`FrameStore`) and runs the tower in the model's forward
+(:class:`VisionEncoder`, frozen or trainable), with the same operators on its output.
 """
 
 from __future__ import annotations
@@ -112,26 +116,88 @@ def _hidden_state(model, pixel_values: torch.Tensor, idx: int) -> torch.Tensor:
     return h
 
 
-def encode_frames(model, processor, frames: np.ndarray | torch.Tensor, layer: int = -2,
-                  batch_size: int = 64) -> torch.Tensor:
-    """Patch features ``float32 [N, G, G, D]`` from ``hidden_states[layer]`` (-2 = penultimate)."""
+def _layer_index(model, layer: int) -> int:
     n_layers = model.config.num_hidden_layers
     idx = layer if layer >= 0 else n_layers + 1 + layer  # hidden_states[0] is the embeddings
     if not 0 <= idx <= n_layers:
         raise ValueError(f"layer={layer}: the tower has hidden states 0..{n_layers} (or -1..-{n_layers + 1})")
+    return idx
+
+
+def _patch_grid(model, processor, frames, idx: int) -> torch.Tensor:
+    """uint8 frames ``[N, S, S, 3]`` -> ``[N, G, G, D]`` in the tower's dtype, on its device."""
     param = next(model.parameters())
+    hs = _hidden_state(model, preprocess(frames, processor, param.dtype, param.device), idx)
+    g = math.isqrt(hs.shape[1])
+    if g * g != hs.shape[1]:
+        raise ValueError(f"{hs.shape[1]} patch tokens do not form a square grid")
+    return hs.reshape(hs.shape[0], g, g, hs.shape[-1])
+
+
+def encode_frames(model, processor, frames: np.ndarray | torch.Tensor, layer: int = -2,
+                  batch_size: int = 64) -> torch.Tensor:
+    """Patch features ``float32 [N, G, G, D]`` from ``hidden_states[layer]`` (-2 = penultimate)."""
+    idx = _layer_index(model, layer)
     out = []
     with torch.inference_mode():
         for start in range(0, len(frames), batch_size):
-            x = preprocess(frames[start:start + batch_size], processor, param.dtype, param.device)
-            hs = _hidden_state(model, x, idx)
-            g = math.isqrt(hs.shape[1])
-            if g * g != hs.shape[1]:
-                raise ValueError(f"{hs.shape[1]} patch tokens do not form a square grid")
-            out.append(hs.float().reshape(hs.shape[0], g, g, hs.shape[-1]).cpu())
+            out.append(_patch_grid(model, processor, frames[start:start + batch_size], idx).float().cpu())
     if not out:
         raise ValueError("encode_frames got no frames")
     return torch.cat(out)
+
+
+class VisionEncoder(torch.nn.Module):
+    """The vision tower inside the model's forward: frames in, patch grids out.
+
+    For the paper preset, where a full-grid feature cache does not fit on disk (27 x 27 x 1152
+    float16 is 1.7 MB per frame, 3.8x the frame itself) and for a trainable tower, whose features
+    change every step. Frozen (the paper's setting) it runs without gradients and stays in eval
+    mode whatever Lightning's ``train()`` says; trainable it is fine-tuned with the rest.
+    """
+
+    def __init__(self, tower, processor, layer: int = -2, trainable: bool = False, chunk: int = 64):
+        super().__init__()
+        self.tower, self.processor, self.layer, self.chunk = tower, processor, layer, chunk
+        self._idx = _layer_index(tower, layer)
+        self.dim = int(tower.config.hidden_size)
+        self.set_trainable(trainable)
+
+    def set_trainable(self, trainable: bool) -> None:
+        self.trainable = bool(trainable)
+        self.tower.requires_grad_(self.trainable)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.tower.train(mode and self.trainable)
+        return self
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[..., S, S, 3]`` -> ``[..., G, G, D]``, ``chunk`` frames at a time."""
+        lead = frames.shape[:-3]
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            out = torch.cat([_patch_grid(self.tower, self.processor, flat[i:i + self.chunk], self._idx)
+                             for i in range(0, len(flat), self.chunk)])
+        return out.reshape(*lead, *out.shape[1:])
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike, layer: int = -2, trainable: bool = False,
+             dtype: torch.dtype = torch.float32) -> "VisionEncoder":
+        """From a tower dir or hub name (``load_vision_tower``), or a dir written by :meth:`save`
+        (its ``vision.json`` keeps the layer)."""
+        info = Path(name_or_path) / "vision.json"
+        if info.is_file():
+            layer = int(json.loads(info.read_text())["layer"])
+        tower, processor = load_vision_tower(name_or_path, dtype=dtype)
+        return cls(tower, processor, layer, trainable)
+
+    def save(self, out_dir: str | os.PathLike) -> None:
+        out = Path(out_dir)
+        self.tower.save_pretrained(out)
+        self.processor.save_pretrained(out)
+        write_json_atomic(out / "vision.json", {"layer": self.layer})
 
 
 def encode_shard(frames_npy: str | os.PathLike, frames_json: str | os.PathLike, vision_tower: str | os.PathLike,
@@ -172,19 +238,26 @@ def encode_shard(frames_npy: str | os.PathLike, frames_json: str | os.PathLike, 
     return out
 
 
-class FeatureStore:
-    """Read-only view of every feature shard in a dir, memory-mapped; lookup by video key.
+class ShardStore:
+    """Read-only view of every shard (``shard-*.npy`` + ``.json``) in a dir, memory-mapped; lookup
+    by video key. One row per video: ``[F, *item]`` (features or frames, see the subclasses).
 
     ``quarantined`` maps each video that frame extraction left out to its reason, so readers can
     tell a known-bad video (skip it) from one that was never extracted (an error); ``short``
     lists the videos whose frames were repeated to reach ``frames``.
     """
 
+    kind = ""
+
+    def _layout(self, meta: dict) -> tuple[int, ...]:
+        """``(frames, *item shape)`` of one video as the shard's json describes it."""
+        raise NotImplementedError
+
     def __init__(self, directory: str | os.PathLike) -> None:
         self.dir = Path(directory)
         metas = sorted(self.dir.glob("shard-*.json")) if self.dir.is_dir() else []
         if not metas:
-            raise FileNotFoundError(f"{self.dir}: no feature shards (shard-*.json with .npy) found")
+            raise FileNotFoundError(f"{self.dir}: no {self.kind} shards (shard-*.json with .npy) found")
         self._arrays: list[np.ndarray] = []
         self._index: dict[str, tuple[int, int]] = {}
         self.quarantined: dict[str, str] = {}
@@ -197,14 +270,17 @@ class FeatureStore:
                 raise ValueError(f"{mpath}: not valid JSON, truncated? ({e})") from None
             npy = mpath.with_suffix(".npy")
             if not npy.is_file():
-                raise FileNotFoundError(f"{mpath}: its features {npy.name} are missing")
+                raise FileNotFoundError(f"{mpath}: its {self.kind} array {npy.name} is missing")
             arr = load_npy(npy, mmap_mode="r")
-            this = (meta["frames"], meta["grid"], meta["dim"])
-            if arr.shape[1:] != (this[0], this[1], this[1], this[2]) or len(arr) != len(meta["videos"]):
+            try:
+                this = self._layout(meta)
+            except KeyError as e:
+                raise ValueError(f"{mpath}: no key {e} (not a {self.kind} shard?)") from None
+            if arr.shape[1:] != this or len(arr) != len(meta["videos"]):
                 raise ValueError(f"{npy}: shape {arr.shape} disagrees with {mpath.name} "
-                                 f"({len(meta['videos'])} videos, frames/grid/dim {this})")
+                                 f"({len(meta['videos'])} videos of {this})")
             if shape is not None and this != shape:
-                raise ValueError(f"{mpath}: frames/grid/dim {this} differ from other shards' {shape}")
+                raise ValueError(f"{mpath}: {self.kind}s of shape {this} differ from other shards' {shape}")
             shape = this
             for row, key in enumerate(meta["videos"]):
                 if key in self._index:
@@ -213,7 +289,8 @@ class FeatureStore:
             self._arrays.append(arr)
             self.quarantined.update({q["video"]: q["reason"] for q in meta.get("quarantined", [])})
             self.short += meta.get("short", [])
-        self.frames, self.grid, self.dim = shape
+        self.shape: tuple[int, ...] = shape
+        self.frames = shape[0]
 
     def __contains__(self, key: object) -> bool:
         return key in self._index
@@ -225,14 +302,53 @@ class FeatureStore:
         return list(self._index)
 
     def get(self, key: str) -> np.ndarray:
-        """``float16 [F, G, G, D]`` (a memory-mapped view)."""
+        """One video's ``[F, ...]`` row (a memory-mapped view)."""
         try:
             a, row = self._index[key]
         except KeyError:
-            raise KeyError(f"video {key!r} is not in the feature store {self.dir}") from None
+            raise KeyError(f"video {key!r} is not in the {self.kind} store {self.dir}") from None
         return self._arrays[a][row]
+
+
+class FeatureStore(ShardStore):
+    """Patch features ``float16 [F, G, G, D]`` per video (rule encode_features): what every arm
+    reads when the tower is frozen and its outputs are cached (``model.vision_features: cache``)."""
+
+    kind = "feature"
+
+    def _layout(self, meta: dict) -> tuple[int, ...]:
+        return (meta["frames"], meta["grid"], meta["grid"], meta["dim"])
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        super().__init__(directory)
+        self.grid, self.dim = self.shape[1], self.shape[3]
 
     def get_many(self, keys: Sequence[str]) -> np.ndarray:
         """``float16 [B, F, G, G, D]`` (a copy)."""
-        return np.stack([self.get(k) for k in keys]) if keys else np.zeros(
-            (0, self.frames, self.grid, self.grid, self.dim), np.float16)
+        return np.stack([self.get(k) for k in keys]) if keys else np.zeros((0, *self.shape), np.float16)
+
+
+class FrameStore(ShardStore):
+    """Decoded frames ``uint8 [F, S, S, 3]`` per video (rule extract_frames): what a model that runs
+    its vision tower in the forward reads (``model.vision_features: forward``)."""
+
+    kind = "frame"
+
+    def _layout(self, meta: dict) -> tuple[int, ...]:
+        return (meta["frames"], meta["size"], meta["size"], 3)
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        super().__init__(directory)
+        self.size = self.shape[1]
+
+
+def open_store(directory: str | os.PathLike) -> FeatureStore | FrameStore:
+    """The feature or frame store in ``directory``, told apart by its shards' json."""
+    first = next(iter(sorted(Path(directory).glob("shard-*.json"))), None) if Path(directory).is_dir() else None
+    if first is None:
+        raise FileNotFoundError(f"{directory}: no feature or frame shards (shard-*.json with .npy) found")
+    try:
+        meta = json.loads(first.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{first}: not valid JSON, truncated? ({e})") from None
+    return FeatureStore(directory) if "dim" in meta else FrameStore(directory)

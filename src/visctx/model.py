@@ -247,11 +247,18 @@ class Projector(nn.Module):
 
 
 class VideoModel(nn.Module):
-    """Projector + causal LLM: answer-token NLL for training, option log-likelihoods for scoring."""
+    """Projector + causal LLM: answer-token NLL for training, option log-likelihoods for scoring.
+
+    Batches carry either cached patch features already cut to the arm (``visual``) or, for a
+    model with its own tower (``vision``, :class:`visctx.features.VisionEncoder`), the arm's raw
+    frames (``frames`` + ``arm``) that the tower encodes and the operators cut in the forward."""
 
     def __init__(self, llm, tokenizer, vision_dim: int, prompt_format: PromptFormat = PromptFormat(),
-                 projector: Projector | None = None, meta: dict | None = None):
+                 projector: Projector | None = None, meta: dict | None = None, vision: nn.Module | None = None):
         super().__init__()
+        if vision is not None and vision.dim != vision_dim:
+            raise ValueError(f"the vision tower gives {vision.dim}-wide features, the projector expects {vision_dim}")
+        self.vision = vision
         self.llm = llm
         self.tokenizer = tokenizer
         hidden = llm.get_input_embeddings().embedding_dim
@@ -267,10 +274,26 @@ class VideoModel(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
 
+    def visual_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        """``[B, T, M, D]``: the batch's cached context, or its frames through the tower and the
+        arm's operators (the same :func:`visctx.context.visual_context` as on the cache)."""
+        if "frames" not in batch:
+            if self.vision is not None:
+                raise ValueError("this model encodes frames with its own vision tower; the batch holds cached "
+                                 "features (give it the frame store, model.vision_features: forward)")
+            return batch["visual"]
+        if self.vision is None:
+            raise ValueError("the batch holds frames but this model has no vision tower (it was trained on "
+                             "cached features; give it the feature store)")
+        from visctx.config import Arm
+        from visctx.context import visual_context
+
+        return visual_context(self.vision(batch["frames"]), Arm.from_id(batch["arm"]))
+
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token embeddings with the projected visual tokens scattered into their slots."""
         emb = self.llm.get_input_embeddings()(batch["input_ids"])
-        visual = batch["visual"]  # [R, T, M, D]
+        visual = self.visual_tokens(batch)  # [R, T, M, D] (R < rows: one per item of a choice batch)
         R, T, M, D = visual.shape
         if D != self.vision_dim:
             raise ValueError(f"visual features are {D} wide, the projector expects {self.vision_dim}")
@@ -351,12 +374,15 @@ class VideoModel(nn.Module):
 
     def save(self, out_dir: str | Path, **meta: Any) -> Path:
         """Write the model dir: ``llm/`` (save_pretrained + tokenizer), ``projector.safetensors``,
-        ``model.json`` (dims, prompt format, provenance). Not atomic; see ``train`` for that."""
+        ``model.json`` (dims, prompt format, provenance), ``vision/`` for a model with its own
+        tower. Not atomic; see ``train`` for that."""
         from safetensors.torch import save_file
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.llm.save_pretrained(out / "llm")
+        if self.vision is not None:
+            self.vision.save(out / "vision")
         self.tokenizer.save_pretrained(out / "llm")
         save_file({k: v.detach().contiguous() for k, v in self.projector.state_dict().items()},
                   str(out / "projector.safetensors"))
@@ -366,6 +392,7 @@ class VideoModel(nn.Module):
             "llm_hidden": self.projector.llm_hidden,
             "projector": "standardize-linear-silu-linear",
             "prompt_format": asdict(self.prompt_format),
+            **({"vision": {"layer": self.vision.layer, "trainable": self.vision.trainable}} if self.vision else {}),
             **self.meta,
             **meta,
         }
@@ -402,9 +429,14 @@ class VideoModel(nn.Module):
         state.setdefault("in_std", proj.in_std)
         proj.load_state_dict(state)
         fmt = PromptFormat(**info.get("prompt_format", {}))
+        vision = None
+        if "vision" in info:
+            from visctx.features import VisionEncoder
+
+            vision = VisionEncoder.load(d / "vision", trainable=bool(info["vision"].get("trainable")), dtype=dtype)
         meta = {k: v for k, v in info.items()
-                if k not in ("format", "vision_dim", "llm_hidden", "projector", "prompt_format")}
-        return cls(llm, tok, info["vision_dim"], fmt, projector=proj.to(dtype), meta=meta)
+                if k not in ("format", "vision_dim", "llm_hidden", "projector", "prompt_format", "vision")}
+        return cls(llm, tok, info["vision_dim"], fmt, projector=proj.to(dtype), meta=meta, vision=vision)
 
 
 def check_safetensors(path: str | Path) -> None:

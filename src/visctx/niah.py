@@ -63,7 +63,8 @@ def niah(
     import pandas as pd
 
     from visctx.data import load_eval_records, usable_records
-    from visctx.features import FeatureStore
+    from visctx.data import add_context, is_frames
+    from visctx.features import open_store
     from visctx.model import VideoModel
     from visctx.synth import load_videos_json
 
@@ -73,7 +74,7 @@ def niah(
     bad = [a.id for a in arms if a.time_kernel != 1]
     if bad:
         raise ValueError(f"needle in a haystack places single frames: frame-sampling arms only, got {bad}")
-    store = FeatureStore(features_dir)
+    store = open_store(features_dir)
     specs = {v["video"]: v for v in load_videos_json(videos_json)["videos"]}
     items = []
     for r in usable_records(load_eval_records(eval_json), store, str(eval_json)):
@@ -91,10 +92,10 @@ def niah(
             right = []
             for b in range(0, len(items), batch_size):
                 chunk = items[b:b + batch_size]
-                feats = np.stack([store.get(r.video)[haystack_indices(store.frames, j, arm.T - 1, depth)]
-                                  for r, j in chunk])
+                x = torch.from_numpy(np.stack([store.get(r.video)[haystack_indices(store.frames, j, arm.T - 1, depth)]
+                                               for r, j in chunk]))
                 batch = model.encoder.choice_batch(prompts[b:b + batch_size], arm.T, arm.M)
-                batch["visual"] = visual_context(torch.from_numpy(feats.astype(np.float32)), arm)
+                add_context(batch, x if is_frames(store) else visual_context(x.float(), arm), store, arm)
                 with torch.inference_mode():
                     pred = model.score_options(batch)["logprob"].argmax(1)
                 right += (pred == torch.tensor([r.answer for r, _ in chunk])).tolist()

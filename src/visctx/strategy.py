@@ -273,13 +273,15 @@ def full_weights(module) -> Iterator[None]:
 
 
 def collate_checkpoint(ckpt_dir: str, out_dir: str, init: str, prompt_format: dict | None = None,
-                       tag: str | None = None) -> dict:
+                       tag: str | None = None, vision_tower: str | None = None, vision_layer: int = -2) -> dict:
     """Collate a DeepSpeed checkpoint directory (Lightning's ``*.ckpt/`` of ZeRO shards) into one
     fp32 model dir in our format (``VideoModel.save``), which evaluation reads.
 
     ``init``: what the run started from, for the skeleton (LLM config, tokenizer): a pretrained LLM
     (name or dir; ``prompt_format`` as in training) or a trained model dir (its format is kept).
     The LightningModule's ``model.`` prefix is stripped; every weight must match (strict load).
+    ``vision_tower``/``vision_layer``: the tower's skeleton for a run that encoded frames in the
+    forward and started from a pretrained LLM (``model.vision_features: forward``).
     """
     import torch
 
@@ -311,8 +313,16 @@ def collate_checkpoint(ckpt_dir: str, out_dir: str, init: str, prompt_format: di
             llm, tok = load_llm(init)
             vision_dim = int(weights["projector.fc1.weight"].shape[1])
             hidden = llm.get_input_embeddings().embedding_dim
+            vision = None
+            if any(k.startswith("vision.") for k in weights):
+                if not vision_tower:
+                    raise ValueError(f"{src}: the run trained a vision tower in its forward; name its skeleton "
+                                     f"(--vision-tower, model.vision_tower)")
+                from visctx.features import VisionEncoder
+
+                vision = VisionEncoder.load(vision_tower, vision_layer)
             model = VideoModel(llm, tok, vision_dim, PromptFormat(**(prompt_format or {})),
-                               projector=Projector(vision_dim, hidden))
+                               projector=Projector(vision_dim, hidden), vision=vision)
         missing, unexpected = model.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()},
                                                     strict=False)
         # tied output embeddings are saved once; anything else missing means a different skeleton

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -35,6 +36,7 @@ QUIET = (
     ".*smaller than the logging interval.*",
     ".*dataloader is not resumable.*",  # it is: ArmBatchSampler starts at the restored global step
     ".*isinstance.treespec, LeafSpec.*",
+    ".*module.s. in eval mode at the start of training.*",  # a frozen vision tower stays in eval mode
 )
 
 
@@ -112,9 +114,9 @@ class VideoDataModule(L.LightningDataModule):
         if self.records is None:
             self.records = load_train_records(self.train_json)
         if self.store is None:
-            from visctx.features import FeatureStore
+            from visctx.features import open_store
 
-            self.store = FeatureStore(self.features_dir)
+            self.store = open_store(self.features_dir)
 
     def train_dataloader(self) -> DataLoader:
         # Lightning restores the checkpoint's global step before it asks for the loader (Trainer._run:
@@ -180,6 +182,9 @@ def train(
     strategy: str = "auto", zero_stage: int = 2, offload_optimizer: bool = False, offload_params: bool = False,
     gradient_checkpointing: bool = False, attn_implementation: str = "sdpa", devices: int = 1, num_nodes: int = 1,
     gradient_clipping: float = 0.0,
+    vision_tower: str | None = None,
+    vision_layer: int = -2,
+    vision_trainable: bool = False,
 ) -> dict:
     """Train projector + LLM on answer tokens for ``steps`` steps; save the model dir atomically.
 
@@ -191,13 +196,16 @@ def train(
     Lightning's (the embedded default runs on CPU in float32). ``arm_sampling`` (several arms):
     ``uniform`` or ``time`` (each arm about the same compute; see ``data.arm_weights``). Returns the summary that is also
     written to ``<out_dir>/train_summary.json``. ``strategy`` .. ``gradient_clipping``: ``train.scale``
-    (:mod:`visctx.strategy`; the defaults are the CPU path).
+    (:mod:`visctx.strategy`; the defaults are the CPU path). ``features_dir``: cached features, or
+    frames (``model.vision_features: forward``): then the model runs ``vision_tower`` (its
+    ``vision_layer``) in the forward, trained too if ``vision_trainable``; a trained ``init`` brings
+    its own tower.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
-    from visctx.data import feature_stats
-    from visctx.features import FeatureStore
+    from visctx.data import feature_stats, is_frames
+    from visctx.features import VisionEncoder, open_store
     from visctx.model import PromptFormat, Projector, is_model_dir, replace_dir
     from visctx.pretrained import load_llm
 
@@ -217,17 +225,38 @@ def train(
     L.seed_everything(seed, workers=True, verbose=False)
     t0 = time.perf_counter()
 
-    store = FeatureStore(features_dir)
+    store = open_store(features_dir)
+    frames = is_frames(store)
+    if vision_trainable and not frames:
+        raise ValueError(f"vision_trainable (model.vision_trainable) needs the tower in the forward: {features_dir} "
+                         f"holds cached features (set model.vision_features: forward)")
     if is_model_dir(init):
         model = VideoModel.load(init)
-        if model.vision_dim != store.dim:
+        if frames != (model.vision is not None):
+            raise ValueError(f"{init}: a model {'without' if frames else 'with'} its own vision tower cannot train on "
+                             f"{store.kind}s ({features_dir}); model.vision_features must match the model it continues")
+        if model.vision is not None:
+            model.vision.set_trainable(vision_trainable)
+        elif model.vision_dim != store.dim:
             raise ValueError(f"{init}: projector expects {model.vision_dim}-wide features, {features_dir} has {store.dim}")
         init_kind = "model"
     else:
         llm, tok = load_llm(init)
-        mean, std = feature_stats(store, seed=seed)
-        model = VideoModel(llm, tok, store.dim, PromptFormat(**(prompt_format or {})),
-                           projector=Projector(store.dim, llm.get_input_embeddings().embedding_dim, mean, std))
+        vision, encode = None, None
+        if frames:
+            if not vision_tower:
+                raise ValueError(f"{features_dir} holds frames, so the vision tower runs in the forward: name it "
+                                 f"(--vision-tower; model.vision_tower)")
+            vision = VisionEncoder.load(vision_tower, vision_layer, vision_trainable)
+
+            def encode(x):
+                with torch.no_grad():
+                    return vision(torch.from_numpy(np.array(x))).float().numpy()  # a copy: x is memory-mapped
+
+        dim = vision.dim if vision is not None else store.dim
+        mean, std = feature_stats(store, seed=seed, encode=encode)
+        model = VideoModel(llm, tok, dim, PromptFormat(**(prompt_format or {})),
+                           projector=Projector(dim, llm.get_input_embeddings().embedding_dim, mean, std), vision=vision)
         init_kind = "llm"
     configure_llm(model.llm, gradient_checkpointing, attn_implementation, accelerator)
     module = VideoLM(model, lr, warmup_steps, steps, weight_decay)
@@ -264,7 +293,7 @@ def train(
                "arms": [a.id for a in arms], "steps": steps, "batch_size": batch_size, "lr": lr,
                "warmup_steps": warmup_steps, "seed": seed, "weight_decay": weight_decay,
                "arm_sampling": arm_sampling, "strategy": strategy, "zero_stage": zero_stage, "world": world,
-               "precision": precision}
+               "precision": precision, "vision_trainable": vision_trainable}
     cfg_path = log_dir_p / "run_config.json"
     try:
         same_run = json.loads(cfg_path.read_text()) == run_cfg
@@ -301,6 +330,7 @@ def train(
         "seed": seed,
         "threads": threads,
         "resumed": resumed,
+        "vision": "cache" if model.vision is None else "trainable" if model.vision.trainable else "frozen",
     }
     before = int(model.meta.get("steps_total", 0)) if init_kind == "model" else 0
     meta = {
@@ -350,6 +380,9 @@ def train_arms(
     strategy: str = "auto", zero_stage: int = 2, offload_optimizer: bool = False, offload_params: bool = False,
     gradient_checkpointing: bool = False, attn_implementation: str = "sdpa", devices: int = 1, num_nodes: int = 1,
     gradient_clipping: float = 0.0,
+    vision_tower: str | None = None,
+    vision_layer: int = -2,
+    vision_trainable: bool = False,
 ) -> dict:
     """Fine-tune each arm separately from ``init``, one after another in this process, into
     ``<arms_dir>/<arm>/model`` (logs in ``<arms_dir>/<arm>/train``).
@@ -370,7 +403,8 @@ def train_arms(
                             precision=precision, strategy=strategy, zero_stage=zero_stage,
                             offload_optimizer=offload_optimizer, offload_params=offload_params,
                             gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
-                            devices=devices, num_nodes=num_nodes, gradient_clipping=gradient_clipping)
+                            devices=devices, num_nodes=num_nodes, gradient_clipping=gradient_clipping,
+                            vision_tower=vision_tower, vision_layer=vision_layer, vision_trainable=vision_trainable)
         print(f"{arm.id}: {out[arm.id]['steps']} steps, {out[arm.id]['seconds']} s, "
               f"final loss {out[arm.id]['final_loss']:.4f}", flush=True)
     return out

@@ -66,8 +66,18 @@ def video_root(split="train"):
     return f"{DATA}/videos" if SYNTHETIC else CFG["data"]["instruct"]["video_root"]
 
 
-def feature_shards(split):
-    return expand(f"{DATA}/features/{split}/shard-{{shard}}.npy", shard=shards(split))
+# model.vision_features: cache -> every frame encoded once (rule encode_features), arms read the
+# patch grids; forward -> arms read the decoded frames and the model's own tower encodes them.
+VISION_FORWARD = CFG["model"]["vision_features"] == "forward"
+
+
+def visual_dir(split):
+    """Where a split's visual inputs are: the feature cache, or the frames (model.vision_features)."""
+    return f"{DATA}/{'frames' if VISION_FORWARD else 'features'}/{split}"
+
+
+def visual_shards(split):
+    return expand(f"{visual_dir(split)}/shard-{{shard}}.npy", shard=shards(split))
 
 
 def quarantine_json(split):
@@ -78,6 +88,15 @@ def quarantine_json(split):
 
 def vision_tower():
     return f"{RESULTS}/models/pretrained/vision" if TINY else CFG["model"]["vision_tower"]
+
+
+def vision_options():
+    """The tower a fresh model runs in its forward (model.vision_features: forward), else nothing."""
+    if not VISION_FORWARD:
+        return ""
+    m = CFG["model"]
+    return f"--vision-tower {vision_tower()} --vision-layer {m['vision_layer']} " + cli_options(
+        {"vision_trainable": m["vision_trainable"]})
 
 
 def pretrained_llm():

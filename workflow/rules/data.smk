@@ -160,6 +160,6 @@ rule encode_features:
 
 rule data_all:
     input:
-        [feature_shards(split) for split in SPLITS],
+        [visual_shards(split) for split in SPLITS],
         rules.quarantine_report.output,
         rules.init_llm.output if TINY else [],

@@ -2,7 +2,7 @@
 # evaluated again alone. Evaluation never imports Lightning.
 def eval_inputs(wildcards):
     split = eval_split(wildcards.benchmark)
-    return {"eval": corpus_json(split), "features": feature_shards(split), "quarantine": quarantine_json(split)}
+    return {"eval": corpus_json(split), "visual": visual_shards(split), "quarantine": quarantine_json(split)}
 
 
 rule evaluate_arm:
@@ -12,8 +12,8 @@ rule evaluate_arm:
     output:
         json=ARM_EVAL_JSON,
     params:
-        code=code_version("evaluate", "model", "data", "context", "benchmarks"),
-        features=lambda w: f"{DATA}/features/{eval_split(w.benchmark)}",
+        code=code_version("evaluate", "model", "data", "context", "benchmarks", "features"),
+        visual=lambda w: visual_dir(eval_split(w.benchmark)),
         batch_size=CFG["evaluate"]["batch_size"],
         answer=cli_options({k: CFG["evaluate"][k] for k in ("answer_mode", "max_new_tokens")}),
     threads: 1
@@ -21,7 +21,7 @@ rule evaluate_arm:
         f"{RESULTS}/arms/{{arm}}/eval/{{benchmark}}.log",
     shell:
         "visctx evaluate-arms --arms {wildcards.arm} --arms-dir {RESULTS}/arms --eval-json {input.eval}"
-        " --features-dir {params.features} --benchmark {wildcards.benchmark} --batch-size {params.batch_size}"
+        " --features-dir {params.visual} --benchmark {wildcards.benchmark} --batch-size {params.batch_size}"
         " {params.answer} --threads {threads} > {log} 2>&1"
 
 
@@ -58,14 +58,15 @@ if NIAH:
             models=expand(rules.train_arm.output.model, arm=NIAH_ARMS),
             eval=corpus_json("eval"),
             videos=rules.synth_corpus.output.videos,
-            features=feature_shards("eval"),
+            visual=visual_shards("eval"),
             quarantine=quarantine_json("eval"),
         output:
             csv=f"{RESULTS}/niah/niah.csv",
             png=report(f"{RESULTS}/niah/niah_heatmap.png", caption="../report/niah.rst", category="Figures"),
         params:
-            code=code_version("niah", "model", "context", "data", "video"),
+            code=code_version("niah", "model", "context", "data", "video", "features"),
             arms=" ".join(NIAH_ARMS),
+            visual=visual_dir("eval"),
             fps=CFG["data"]["extract"]["fps"],
             batch_size=CFG["evaluate"]["batch_size"],
         threads: 1
@@ -73,7 +74,7 @@ if NIAH:
             f"{LOGS}/niah.log",
         shell:
             "visctx niah --arms {params.arms} --arms-dir {RESULTS}/arms --eval-json {input.eval}"
-            " --videos-json {input.videos} --features-dir {DATA}/features/eval --extract-fps {params.fps}"
+            " --videos-json {input.videos} --features-dir {params.visual} --extract-fps {params.fps}"
             " --batch-size {params.batch_size} --threads {threads} --out-csv {output.csv} --out-png {output.png}"
             " > {log} 2>&1"
 

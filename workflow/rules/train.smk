@@ -8,9 +8,10 @@ BASE = TRAIN["base"]["steps"] > 0
 def train_inputs(wildcards=None):
     return {
         "train": corpus_json("train"),
-        "features": feature_shards("train"),
+        "visual": visual_shards("train"),
         "quarantine": quarantine_json("train"),
         "llm": rules.init_llm.output if TINY else [],
+        "tower": rules.init_vision_tower.output if TINY and VISION_FORWARD else [],
     }
 
 
@@ -20,10 +21,12 @@ rule train_base:
     output:
         model=directory(f"{RESULTS}/base/model"),
     params:
-        code=code_version("train", "model", "data", "context", "pretrained", "strategy"),
+        code=code_version("train", "model", "data", "context", "pretrained", "strategy", "features"),
         optim=cli_options({k: v for k, v in TRAIN["base"].items() if k != "arms"}),
         scale=cli_options(TRAIN["scale"]),
         init=pretrained_llm(),
+        vision=vision_options(),
+        visual=visual_dir("train"),
         arms=" ".join(a.id for a in base_arms(CFG)),
         seed=CFG["seed"],
         prompt=dumps(CFG["model"]["prompt"]),
@@ -32,8 +35,8 @@ rule train_base:
     log:
         f"{RESULTS}/base/train.log",
     shell:
-        "visctx train --out-dir {output.model} --train-json {input.train} --features-dir {DATA}/features/train"
-        " --init {params.init} --arms {params.arms} {params.optim} {params.scale} --seed {params.seed}"
+        "visctx train --out-dir {output.model} --train-json {input.train} --features-dir {params.visual}"
+        " --init {params.init} {params.vision} --arms {params.arms} {params.optim} {params.scale} --seed {params.seed}"
         " --threads {threads}"
         " --prompt-format {params.prompt:q}"
         " --log-dir {params.logs} --no-progress-bar > {log} 2>&1"
@@ -49,10 +52,12 @@ rule train_arm:
     output:
         model=directory(ARM_MODEL),
     params:
-        code=code_version("train", "model", "data", "context", "pretrained", "strategy"),
+        code=code_version("train", "model", "data", "context", "pretrained", "strategy", "features"),
         optim=cli_options(TRAIN["arm"]),
         scale=cli_options(TRAIN["scale"]),
         init=f"{RESULTS}/base/model" if BASE else pretrained_llm(),
+        vision=vision_options(),  # a fresh model's tower; a base brings its own (its trainable flag is reset)
+        visual=visual_dir("train"),
         seed=CFG["seed"],
         prompt=dumps(CFG["model"]["prompt"]),
     threads: TRAIN["threads"]
@@ -60,7 +65,7 @@ rule train_arm:
         f"{RESULTS}/arms/{{arm}}/train.log",
     shell:
         "visctx train-arms --arms {wildcards.arm} --arms-dir {RESULTS}/arms --train-json {input.train}"
-        " --features-dir {DATA}/features/train --init {params.init} {params.optim} {params.scale}"
+        " --features-dir {params.visual} --init {params.init} {params.vision} {params.optim} {params.scale}"
         " --seed {params.seed}"
         " --threads {threads} --prompt-format {params.prompt:q} --no-progress-bar > {log} 2>&1"
 
@@ -77,11 +82,12 @@ rule collate_checkpoint:
         arm="[^/]+",
         ckpt="[^/]+",
     params:
-        code=code_version("strategy", "model", "pretrained"),
+        code=code_version("strategy", "model", "pretrained", "features"),
         init=rules.train_arm.params.init,
         prompt=rules.train_arm.params.prompt,
+        vision=f"--vision-tower {vision_tower()} --vision-layer {CFG['model']['vision_layer']}" if VISION_FORWARD else "",
     log:
         f"{RESULTS}/arms/{{arm}}/collated/{{ckpt}}.log",
     shell:
         "visctx collate --ckpt-dir {input.ckpt} --out-dir {output.model} --init {params.init}"
-        " --prompt-format {params.prompt:q} > {log} 2>&1"
+        " --prompt-format {params.prompt:q} {params.vision} > {log} 2>&1"
