@@ -203,17 +203,20 @@ import torch, deepspeed
 import deepspeed.comm.torch as ds_torch_comm
 ds_torch_comm.build_shm_op = lambda: None  # one process needs no shared-memory op; its JIT build takes ~100 s
 from safetensors.torch import save_file
+from visctx.features import VisionEncoder
 from visctx.model import VideoModel
 from visctx.pretrained import load_llm
 from visctx.strategy import deepspeed_config, full_weights
 from visctx.train import VideoLM
 
-llm_dir, root = sys.argv[1], sys.argv[2]
+llm_dir, root, tower = sys.argv[1], sys.argv[2], sys.argv[4]
 deepspeed.init_distributed(dist_backend="gloo")
-for stage in (2, 3):
+for name, stage in (("zero2", 2), ("zero3", 3), ("zero2-vision", 2)):
     torch.manual_seed(stage)
     llm, tok = load_llm(llm_dir)
-    module = VideoLM(VideoModel(llm, tok, vision_dim=8), lr=1e-2)
+    # the last: a trainable tower in the forward (model.vision_features: forward), frames as input
+    vision = VisionEncoder.load(tower, trainable=True) if name.endswith("vision") else None
+    module = VideoLM(VideoModel(llm, tok, vision_dim=vision.dim if vision else 8, vision=vision), lr=1e-2)
     cfg = dict(deepspeed_config(stage, precision="32-true", gradient_clipping=1.0, micro_batch_size=2),
                gradient_accumulation_steps=1)
     engine, *_ = deepspeed.initialize(model=module, optimizer=module.configure_optimizers()["optimizer"], config=cfg)
@@ -221,15 +224,18 @@ for stage in (2, 3):
     prompt = enc.train_prompt([("<video>\nwhat colour is the ball ?", "red")])
     for _ in range(3):
         batch = enc.train_batch([prompt, prompt], 2, 4)
-        batch["visual"] = torch.randn(2, 2, 4, 8)
+        if vision:
+            batch["frames"], batch["arm"] = torch.randint(0, 255, (2, 2, 54, 54, 3), dtype=torch.uint8), "T2-M4-pool"
+        else:
+            batch["visual"] = torch.randn(2, 2, 4, 8)
         loss = module.model(batch)
         engine.backward(loss)
         engine.step()
     # Lightning's layout: <name>.ckpt/ with tag "checkpoint" and its own state as client state
-    engine.save_checkpoint(f"{root}/zero{stage}.ckpt", tag="checkpoint", client_state={"global_step": 3})
+    engine.save_checkpoint(f"{root}/{name}.ckpt", tag="checkpoint", client_state={"global_step": 3})
     with full_weights(module.model):
         save_file({k: v.detach().clone().contiguous() for k, v in module.model.state_dict().items()},
-                  f"{root}/zero{stage}.safetensors")
+                  f"{root}/{name}.safetensors")
 print("ok")
 '''
 
@@ -237,30 +243,40 @@ print("ok")
 @pytest.fixture(scope="module")
 def zero_checkpoints(llm_dir, tmp_path_factory):
     pytest.importorskip("deepspeed")
+    from visctx.features import build_tiny_vision_tower
+
     root = tmp_path_factory.mktemp("zero")
+    build_tiny_vision_tower(root / "tower", image_size=54, patch_size=2, hidden_size=16, num_layers=2, num_heads=1,
+                            intermediate_size=32)
     script = root / "run.py"
     script.write_text(DS_CPU_RUN)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.run([sys.executable, str(script), str(llm_dir), str(root), str(29500 + os.getpid() % 1000)],
+    proc = subprocess.run([sys.executable, str(script), str(llm_dir), str(root), str(29500 + os.getpid() % 1000),
+                           str(root / "tower")],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_collate_a_zero_checkpoint_into_a_model_dir(zero_checkpoints, llm_dir, tmp_path, stage):
+@pytest.mark.parametrize("name", ["zero2", "zero3", "zero2-vision"])
+def test_collate_a_zero_checkpoint_into_a_model_dir(zero_checkpoints, llm_dir, tmp_path, name):
     from safetensors.torch import load_file
 
     from visctx.model import VideoModel
     from visctx.strategy import collate_checkpoint
 
-    ckpt = zero_checkpoints / f"zero{stage}.ckpt"
+    ckpt = zero_checkpoints / f"{name}.ckpt"
     assert (ckpt / "checkpoint").is_dir()  # shards, not one file
-    out = collate_checkpoint(str(ckpt), str(tmp_path / "model"), init=str(llm_dir))
+    tower = str(zero_checkpoints / "tower") if name.endswith("vision") else None
+    if tower:  # a trained tower needs its skeleton named
+        with pytest.raises(ValueError, match="trained a vision tower.*--vision-tower"):
+            collate_checkpoint(str(ckpt), str(tmp_path / "model"), init=str(llm_dir))
+    out = collate_checkpoint(str(ckpt), str(tmp_path / "model"), init=str(llm_dir), vision_tower=tower)
     assert out["steps"] == 3 and not list(tmp_path.glob(".model.tmp-*"))
     model = VideoModel.load(tmp_path / "model")
     assert model.meta["steps"] == 3 and model.meta["collated_from"] == str(ckpt)
-    expected = load_file(str(zero_checkpoints / f"zero{stage}.safetensors"))
+    assert (model.vision is not None) == bool(tower)
+    expected = load_file(str(zero_checkpoints / f"{name}.safetensors"))
     got = model.state_dict()
     assert set(got) == set(expected)
     for k, v in expected.items():  # the trained weights, exactly

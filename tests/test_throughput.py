@@ -44,3 +44,24 @@ def test_bad_settings_are_named(llm_dir):
         throughput(str(llm_dir), T=1, M=1, dtype="int8")
     with pytest.raises(ValueError, match="steps=0"):
         throughput(str(llm_dir), T=1, M=1, steps=0)
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_the_tower_in_the_forward_is_timed_and_counted(llm_dir, tmp_path, trainable):
+    """model.vision_features: forward -- frames through the tower in each step, its FLOPs added
+    (2 per parameter per patch frozen, 6 trained), the LLM's own count unchanged."""
+    from visctx.features import build_tiny_vision_tower
+
+    tower = build_tiny_vision_tower(tmp_path / "tower", image_size=54, patch_size=2, hidden_size=16, num_layers=2,
+                                    num_heads=1, intermediate_size=32)
+    common = dict(T=3, M=4, batch_size=2, steps=1, warmup=1, device="cpu", dtype="fp32", threads=1)
+    cached = throughput(str(llm_dir), vision_dim=16, **common)
+    r = throughput(str(llm_dir), vision_tower=str(tower), vision_trainable=trainable, **common)
+    assert r["vision"] == ("trainable" if trainable else "frozen") and cached["vision"] == "cache"
+    assert r["seq_len"] == cached["seq_len"] and r["params_non_embedding"] == cached["params_non_embedding"]
+    from transformers import SiglipVisionModel
+
+    n_tower = sum(p.numel() for p in SiglipVisionModel.from_pretrained(tower).parameters())
+    patches = 2 * 3 * 27 * 27
+    extra = (6.0 if trainable else 2.0) * n_tower * patches / (2 * r["seq_len"])
+    assert r["flops_per_token"] == pytest.approx(cached["flops_per_token"] + extra)

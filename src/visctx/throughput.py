@@ -4,9 +4,10 @@ never a timed test).
 
 What is timed: a full optimisation step (forward, backward, AdamW) of projector + LLM on one
 device, on a batch laid out exactly as in training (``frame i:`` labels, T*M visual tokens, loss
-on the answer). What is not: the frozen vision tower (its features are cached once per frame and
-shared by every arm) and data loading. Visual features are random: throughput does not depend on
-their values. FLOPs follow the usual estimate for a decoder step, 6 * (non-embedding parameters)
+on the answer). What is not: data loading, and the vision tower unless ``vision_tower`` is given
+(``model.vision_features: cache`` encodes every frame once; with ``forward`` the tower runs in
+each step on T uint8 frames, frozen or trainable, and its FLOPs count: 2 per parameter per patch
+forward, 6 when it is trained). Inputs are random: throughput does not depend on their values. FLOPs follow the usual estimate for a decoder step, 6 * (non-embedding parameters)
 per token plus 12 * layers * hidden * sequence length per token for attention (Kaplan et al. 2020;
 Chinchilla appendix F), so MFU is comparable with published figures.
 """
@@ -63,11 +64,15 @@ def throughput(
     peak_tflops: float | None = None,
     threads: int = 0,
     out_json: str | None = None,
+    vision_tower: str | None = None,
+    vision_trainable: bool = False,
 ) -> dict:
     """Time ``steps`` training steps (after ``warmup``) of projector + ``llm`` (a ``save_pretrained``
     dir or a hub name already on disk) at T frames x M tokens; report tokens/s per device, MFU
     (with ``peak_tflops`` or a known GPU) and peak memory. ``vision_dim``: the tower's width
-    (SigLIP-so400m: 1152). Writes ``out_json`` when given."""
+    (SigLIP-so400m: 1152; taken from ``vision_tower`` when that is given, see above). Writes
+    ``out_json`` when given."""
+    from visctx.config import Arm
     from visctx.model import Projector, PromptEncoder, VideoModel
     from visctx.pretrained import load_llm
 
@@ -82,15 +87,26 @@ def throughput(
     torch.manual_seed(0)
     lm, tok = load_llm(llm, dtype=DTYPES[dtype])
     hidden = lm.get_input_embeddings().embedding_dim
-    model = VideoModel(lm, tok, vision_dim, projector=Projector(vision_dim, hidden)).to(dev)
+    vision = None
+    if vision_tower:
+        from visctx.features import VisionEncoder, _processor_size
+
+        vision = VisionEncoder.load(vision_tower, trainable=vision_trainable, dtype=DTYPES[dtype])
+        vision_dim = vision.dim
+    model = VideoModel(lm, tok, vision_dim, projector=Projector(vision_dim, hidden), vision=vision).to(dev)
     if gradient_checkpointing:
         lm.activation_checkpointing_enable()
     model.train()
     enc = PromptEncoder(tok, model.prompt_format)
     prompt = enc.train_prompt([("<video>\nwhat happens in the video", "yes")])
     batch = enc.train_batch([prompt] * batch_size, T, M)
-    batch["visual"] = torch.randn(batch_size, T, M, vision_dim)
-    batch = {k: v.to(dev) for k, v in batch.items()}
+    if vision is None:
+        batch["visual"] = torch.randn(batch_size, T, M, vision_dim)
+    else:
+        size = _processor_size(vision.processor)
+        batch["frames"] = torch.randint(0, 256, (batch_size, T, size, size, 3), dtype=torch.uint8)
+        batch["arm"] = Arm(T, M, "pool").id
+    batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step() -> None:
@@ -115,8 +131,12 @@ def throughput(
     n_embed = sum(p.numel() for p in lm.get_input_embeddings().parameters())
     if not cfg.tie_word_embeddings:
         n_embed += sum(p.numel() for p in lm.get_output_embeddings().parameters())
-    n_params = sum(p.numel() for p in model.parameters()) - n_embed
+    vision_params = sum(p.numel() for p in vision.parameters()) if vision is not None else 0
+    n_params = sum(p.numel() for p in model.parameters()) - n_embed - vision_params
     fpt = flops_per_token(n_params, cfg.num_hidden_layers, hidden, seq_len)
+    if vision is not None:  # the tower's FLOPs, spread over the LLM's tokens of the step
+        patches = batch_size * T * (_processor_size(vision.processor) // vision.tower.config.patch_size) ** 2
+        fpt += (6.0 if vision_trainable else 2.0) * vision_params * patches / (batch_size * seq_len)
     tokens_per_s = batch_size * seq_len / seconds
     peak = peak_tflops if peak_tflops is not None else _peak_tflops(dev)
     if dev.type == "cuda":
@@ -128,6 +148,7 @@ def throughput(
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "llm": str(llm), "T": T, "M": M, "visual_tokens": T * M, "seq_len": seq_len, "batch_size": batch_size,
         "dtype": dtype, "gradient_checkpointing": gradient_checkpointing, "steps": steps,
+        "vision": "cache" if vision is None else "trainable" if vision_trainable else "frozen",
         "seconds_per_step": seconds, "tokens_per_s": tokens_per_s,
         "params_non_embedding": n_params, "flops_per_token": fpt,
         "tflops_per_s": tokens_per_s * fpt / 1e12,
