@@ -269,3 +269,39 @@ def test_each_dvc_stage_depends_on_the_code_its_rules_digest(project):
             missing = {f"src/visctx/{m}.py" for m in modules.get(rule, ())} - deps
             assert not missing, f"dvc.yaml stage {name!r} runs rule {rule!r} but does not depend on {sorted(missing)}"
         seen |= rules
+
+
+FORWARD = {  # the tower in the forward, on the smallest study that still has a base, arms and NIAH
+    "model": {"vision_features": "forward", "vision_trainable": True},
+    "studies": {
+        "tokens": {"frames": 1, "tokens": [4], "methods": ["pool"]},
+        "frames": {"tokens": 4, "token_method": "pool", "frames": [1, 2], "methods": ["sample"], "pool_source": 2},
+        "joint": {"token_method": "pool", "tokens": [4], "frames": [2]},
+        "window": {"budget": 8, "token_method": "pool", "combos": [[2, 4]]},
+    },
+    "train": {"base": {"steps": 4}},
+    "evaluate": {"benchmarks": ["synthetic"]},
+}
+
+
+def test_the_rules_run_the_tower_in_the_forward(tmp_path):
+    """model.vision_features: forward through Snakemake: no feature cache is written, the base and
+    the arms train their tower on frames (vision_trainable), evaluation and NIAH read frames."""
+    shutil.copy2(ROOT / "Snakefile", tmp_path)
+    for item in ("workflow", "profiles", "src"):
+        shutil.copytree(ROOT / item, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__"))
+    params = deep_merge(deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), MICRO), FORWARD)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["snakemake", "--cores", "2", "train_all", "niah_all"], tmp_path, timeout=1200)
+    results = tmp_path / "results"
+    assert not (results / "data/features").exists()
+    base = json.loads((results / "base/model/model.json").read_text())
+    assert base["vision"] == {"layer": -2, "trainable": True}
+    for arm in ("T1-M4-pool", "T2-M4-pool"):
+        summary = json.loads((results / f"arms/{arm}/model/train_summary.json").read_text())
+        assert summary["vision"] == "trainable" and summary["init_kind"] == "model"
+        assert (results / f"arms/{arm}/model/vision/model.safetensors").is_file()
+        ev = json.loads((results / f"arms/{arm}/eval/synthetic.json").read_text())
+        assert ev["n"] == len(json.loads((results / "data/corpus/eval.json").read_text())) and np.isfinite(ev["loss"])
+    niah = pd.read_csv(results / "niah/niah.csv")
+    assert sorted(set(niah["arm"])) == ["T1-M4-pool", "T2-M4-pool"]
