@@ -164,3 +164,33 @@ def test_params_refuse_a_trainable_cached_tower():
         load_params(params, {"model": {"vision_trainable": True}})
     resolved = load_params(params, {"model": {"vision_trainable": True, "vision_features": "forward"}})
     assert resolved["model"]["vision_trainable"] is True
+
+
+def test_a_trainable_tower_is_checkpointed_with_the_llm(setup):
+    """train.scale.gradient_checkpointing covers a trainable tower: its layers run again in the
+    backward (our layer loop goes through transformers' checkpointing layers), same gradients."""
+    from visctx.strategy import set_checkpointing
+
+    vision = VisionEncoder.load(setup / "vision", trainable=True).train()
+    frames = torch.from_numpy(FrameStore(setup / "frames" / "train").get("train/v000.mp4")[:2].copy())
+    calls = []
+    tower = getattr(vision.tower, "vision_model", vision.tower)
+    # transformers checkpoints a layer's forward (its own hooks stay outside) and torch stops the
+    # recompute once it has what the backward needs: count entries into the layer's first norm
+    hooks = [layer.layer_norm1.register_forward_pre_hook(lambda *a: calls.append(1)) for layer in tower.encoder.layers]
+
+    def grads(on):
+        set_checkpointing(vision.tower, on)
+        vision.zero_grad()
+        calls.clear()
+        vision(frames).square().mean().backward()
+        return len(calls), {n: p.grad.clone() for n, p in vision.named_parameters() if p.grad is not None}
+
+    plain_calls, plain = grads(False)
+    ckpt_calls, ckpt = grads(True)
+    for h in hooks:
+        h.remove()
+    assert plain_calls == vision._idx and ckpt_calls == 2 * vision._idx  # recomputed in the backward
+    assert plain.keys() == ckpt.keys() and len(plain) > 0
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n])

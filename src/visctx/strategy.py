@@ -247,15 +247,22 @@ def configure_llm(llm, gradient_checkpointing: bool = False, attn_implementation
     attn = resolve_attn_implementation(attn_implementation, accelerator)
     if getattr(llm.config, "_attn_implementation", None) != attn:
         llm.set_attn_implementation(attn)
-    if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.23 renamed gradient_checkpointing_*
-        enable, disable, on = llm.activation_checkpointing_enable, llm.activation_checkpointing_disable, "is_activation_checkpointing"
-    else:
-        enable, disable, on = llm.gradient_checkpointing_enable, llm.gradient_checkpointing_disable, "is_gradient_checkpointing"
-    if gradient_checkpointing:
-        enable({"use_reentrant": False})
-    elif getattr(llm, on):
-        disable()
+    set_checkpointing(llm, gradient_checkpointing)
     return attn
+
+
+def set_checkpointing(model, on: bool) -> None:
+    """Activation checkpointing of a Hugging Face model (the LLM, or a trainable vision tower) on or off."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23 renamed gradient_checkpointing_*
+        enable, disable, state = (model.activation_checkpointing_enable, model.activation_checkpointing_disable,
+                                  "is_activation_checkpointing")
+    else:
+        enable, disable, state = (model.gradient_checkpointing_enable, model.gradient_checkpointing_disable,
+                                  "is_gradient_checkpointing")
+    if on:
+        enable({"use_reentrant": False})
+    elif getattr(model, state):
+        disable()
 
 
 @contextlib.contextmanager

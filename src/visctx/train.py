@@ -213,7 +213,7 @@ def train(
         raise ValueError(f"train needs steps >= 1, batch_size >= 1 and at least one arm "
                          f"(got steps={steps}, batch_size={batch_size}, arms={arms})")
     arms = [a if isinstance(a, Arm) else Arm.from_id(str(a)) for a in arms]
-    from visctx.strategy import build_strategy, configure_llm, full_weights
+    from visctx.strategy import build_strategy, configure_llm, full_weights, set_checkpointing
 
     world = devices * num_nodes  # batch_size is the global batch, split over the ranks
     if batch_size % world:
@@ -259,6 +259,8 @@ def train(
                            projector=Projector(dim, llm.get_input_embeddings().embedding_dim, mean, std), vision=vision)
         init_kind = "llm"
     configure_llm(model.llm, gradient_checkpointing, attn_implementation, accelerator)
+    if model.vision is not None:  # a frozen tower keeps no activations to recompute
+        set_checkpointing(model.vision.tower, gradient_checkpointing and model.vision.trainable)
     module = VideoLM(model, lr, warmup_steps, steps, weight_decay)
     module.train()
 
