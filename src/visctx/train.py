@@ -208,8 +208,9 @@ def train(
     ``uniform`` or ``time`` (each arm about the same compute; see ``data.arm_weights``). ``length_groups``:
     batches of records of similar text length, from mega-batches of that many batches (0: off; see
     ``data.ArmBatchSampler``). Returns the summary that is also written to ``<out_dir>/train_summary.json``
-    (``pad_fraction``: how much of the padded batches was padding; ``tokens``: real tokens trained on). ``strategy`` .. ``gradient_clipping``: ``train.scale``
-    (:mod:`visctx.strategy`; the defaults are the CPU path).
+    (``pad_fraction``: how much of the padded batches was padding; ``tokens``: real tokens trained on).
+    ``strategy`` .. ``gradient_clipping``: ``train.scale`` (:mod:`visctx.strategy`; the defaults are
+    the CPU path).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
