@@ -41,6 +41,25 @@ def test_paper_preset_values():
     assert all(T * M <= 6000 for T, M in p["studies"]["window"]["combos"])
 
 
+@pytest.mark.parametrize("preset, groups", [("embedded", 0), ("paper", 50)])
+def test_the_train_rules_options_reach_the_commands(preset, groups):
+    """workflow/rules/train.smk passes train.base (less ``arms``) to `visctx train` and train.arm to
+    `visctx train-arms` as options (common.smk's cli_options): each must be an option of its command."""
+    from visctx.cli import build_parser
+    from visctx.train import train, train_arms
+
+    p = load_params(PARAMS, {"preset": preset})
+    common = ["--train-json", "t", "--features-dir", "f", "--init", "i", "--arms", "T1-M1-pool", "--seed", "0",
+              "--threads", "1"]
+    base = {k: v for k, v in p["train"]["base"].items() if k != "arms"}
+    for name, func, fixed, options in [("train", train, ["--out-dir", "o", "--log-dir", "l"], base),
+                                       ("train-arms", train_arms, ["--arms-dir", "a"], p["train"]["arm"])]:
+        flags = [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+        args = vars(build_parser(name, func).parse_args(common + fixed + flags))
+        assert args["length_groups"] == options["length_groups"] == groups, name
+        assert all(args[k] == v for k, v in options.items()), name
+
+
 def test_the_base_mixture_is_every_study_arm_or_a_pinned_list():
     from visctx.config import base_arms
 
@@ -79,6 +98,7 @@ def test_shared_arms_are_trained_once():
         ({"train": {"base": {"arms": ["T1-M4-pool", "T64-M4-pool"]}}}, ["train.base.arms[1] T=64", "max_frames=32"]),
         ({"train": {"base": {"arms": ["frames-4"]}}}, ["train.base.arms[0]", "'frames-4'"]),
         ({"train": {"arm": {"arms": "studies"}}}, ["train.arm.arms"]),
+        ({"train": {"arm": {"length_groups": -1}}}, ["train.arm.length_groups", "-1"]),
         ({"studies": {"tokenz": {}}}, ["tokenz"]),
     ],
 )

@@ -112,18 +112,108 @@ def test_sampler_one_arm_per_batch_balanced_and_seeded():
 
 def test_ranks_share_each_global_batch():
     """On 2 GPUs each rank keeps half of the same global batch: one arm per step, and together
-    exactly the records one rank alone would see."""
+    exactly the records one rank alone would see (with or without length grouping)."""
     arms = [Arm(1, 1, "pool"), Arm(2, 4, "sample")]
-    alone = list(ArmBatchSampler(30, arms, batch_size=4, seed=3, start=2))
-    ranks = [list(ArmBatchSampler(30, arms, batch_size=4, seed=3, start=2, rank=r, world=2)) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == len(alone)
-    for b, b0, b1 in zip(alone, *ranks):
-        assert len(b0) == len(b1) == 2 and sorted(b0 + b1) == sorted(b)
-        assert {a for _, a in b0} == {a for _, a in b1} == {b[0][1]}
+    lengths = list(np.random.default_rng(1).integers(3, 90, 30))
+    for groups in (0, 2):
+        kw = dict(batch_size=4, seed=3, start=2, lengths=lengths, length_groups=groups)
+        alone = list(ArmBatchSampler(30, arms, **kw))
+        ranks = [list(ArmBatchSampler(30, arms, rank=r, world=2, **kw)) for r in (0, 1)]
+        assert len(ranks[0]) == len(ranks[1]) == len(alone)
+        for b, b0, b1 in zip(alone, *ranks):
+            assert len(b0) == len(b1) == 2 and sorted(b0 + b1) == sorted(b)
+            assert {a for _, a in b0} == {a for _, a in b1} == {b[0][1]}
     with pytest.raises(ValueError, match="split evenly"):
         ArmBatchSampler(30, arms, batch_size=5, rank=0, world=2)
     with pytest.raises(ValueError, match="rank 2 of 2"):
         ArmBatchSampler(30, arms, batch_size=4, rank=2, world=2)
+
+
+ARMS3 = [Arm(1, 1, "pool"), Arm(2, 4, "sample"), Arm(4, 9, "pool")]
+
+
+def _ids(batches):
+    return [[(i, a.id) for i, a in b] for b in batches]
+
+
+def test_sampler_without_length_groups_keeps_the_recorded_order():
+    """The committed results were trained on these batches: recorded with the sampler as it was
+    before length grouping existed (seed 5, 23 records, batch 4, two epochs)."""
+    import hashlib
+
+    def digest(**kw):
+        s = ArmBatchSampler(23, ARMS3, 4, seed=5, **kw)
+        return hashlib.sha256(json.dumps([b for e in range(2) for b in _ids(s.epoch_batches(e))]).encode()
+                              ).hexdigest()[:16]
+
+    lengths = list(range(23, 0, -1))
+    for kw, want in [({}, "febd467c3905061d"), ({"weights": [0.5, 0.3, 0.2]}, "07bdee84c8dd9a2d"),
+                     ({"drop_last": False}, "76bc37eb0af358e1")]:
+        assert digest(**kw) == want, kw
+        assert digest(**kw, lengths=lengths, length_groups=0) == want, kw
+    assert _ids(ArmBatchSampler(23, ARMS3, 4, seed=5).epoch_batches(0))[:2] == [
+        [(18, "T2-M4-sample"), (22, "T2-M4-sample"), (11, "T2-M4-sample"), (3, "T2-M4-sample")],
+        [(9, "T4-M9-pool"), (6, "T4-M9-pool"), (7, "T4-M9-pool"), (17, "T4-M9-pool")]]
+
+
+def _spread(batches, lengths):
+    return float(np.mean([max(lengths[i] for i, _ in b) - min(lengths[i] for i, _ in b) for b in batches]))
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_length_groups_batch_similar_lengths_from_the_same_records(drop_last):
+    n, bs = 203, 8
+    lengths = [int(x) for x in np.random.default_rng(0).integers(5, 400, n)]
+    for epoch in range(3):
+        plain = ArmBatchSampler(n, ARMS3, bs, seed=2, drop_last=drop_last).epoch_batches(epoch)
+        grouped = ArmBatchSampler(n, ARMS3, bs, seed=2, drop_last=drop_last, lengths=lengths,
+                                  length_groups=5).epoch_batches(epoch)
+        assert len(grouped) == len(plain) == (25 if drop_last else 26)
+        # the same records (the same ones dropped), each position keeps its arm, one arm per batch
+        assert sorted(i for b in grouped for i, _ in b) == sorted(i for b in plain for i, _ in b)
+        assert [b[0][1] for b in grouped] == [b[0][1] for b in plain]
+        assert all(len({a for _, a in b}) == 1 for b in grouped)
+        assert sorted(map(len, grouped)) == sorted(map(len, plain))
+        assert _spread(grouped, lengths) < 0.5 * _spread(plain, lengths)
+        for b in grouped:  # sorted longest first within a mega-batch
+            assert [lengths[i] for i, _ in b] == sorted((lengths[i] for i, _ in b), reverse=True)
+    # one mega-batch holding the whole epoch: sorted, then the batches shuffled (long and short interleave)
+    s = ArmBatchSampler(n, ARMS3, bs, seed=2, drop_last=drop_last, lengths=lengths, length_groups=100)
+    tops = [lengths[b[0][0]] for b in s.epoch_batches(0)]
+    assert tops != sorted(tops, reverse=True)
+    unshuffled = ArmBatchSampler(n, ARMS3, bs, shuffle=False, drop_last=drop_last, lengths=lengths, length_groups=100)
+    tops = [lengths[b[0][0]] for b in unshuffled.epoch_batches(0)]
+    assert tops == sorted(tops, reverse=True)
+
+
+def test_length_groups_are_seeded_and_resume_at_any_batch():
+    lengths = [int(x) for x in np.random.default_rng(4).integers(1, 60, 30)]
+    for weights in (None, [0.7, 0.2, 0.1]):
+        def sampler(start=0, seed=5):
+            return ArmBatchSampler(30, ARMS3, 4, seed=seed, weights=weights, start=start, lengths=lengths,
+                                   length_groups=2)
+
+        s = sampler()
+        full = [b for _ in range(3) for b in s]  # 3 epochs of 7 batches
+        assert len(full) == 21 and full[:7] != full[7:14]  # every epoch reshuffled
+        assert full == [b for s in [sampler()] for _ in range(3) for b in s]
+        assert full != [b for s in [sampler(seed=6)] for _ in range(3) for b in s]
+        for k in range(len(full)):
+            s = sampler(k)
+            got = []
+            while len(got) < len(full) - k:
+                got += list(s)
+            assert got == full[k:], k
+
+
+def test_length_groups_need_lengths():
+    with pytest.raises(ValueError, match="length_groups=4.*lengths"):
+        ArmBatchSampler(30, ARMS3, 4, length_groups=4)
+    with pytest.raises(ValueError, match="length_groups=4: got 29 lengths for 30 records"):
+        ArmBatchSampler(30, ARMS3, 4, lengths=[1] * 29, length_groups=4)
+    with pytest.raises(ValueError, match="length_groups=-1"):
+        ArmBatchSampler(30, ARMS3, 4, lengths=[1] * 30, length_groups=-1)
+    ArmBatchSampler(30, ARMS3, 4, lengths=[1] * 29)  # lengths alone group nothing: not checked
 
 
 def test_train_loader_batches(tmp_path):

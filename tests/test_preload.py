@@ -108,3 +108,11 @@ def test_import_time_environment_selects_another_server(monkeypatch, var):
     key = preload.server_key()
     monkeypatch.setenv("SOME_UNRELATED_VARIABLE", "y")
     assert preload.server_key() == key
+
+
+def test_a_relative_pythonpath_is_made_absolute_for_the_server():
+    """The server runs elsewhere: `PYTHONPATH=src` must still name this checkout's sources there."""
+    from visctx.preload import absolute_pythonpath
+
+    assert absolute_pythonpath(os.pathsep.join(["src", "/opt/lib", "../x"]), "/work/wt") == os.pathsep.join(
+        ["/work/wt/src", "/opt/lib", "/work/wt/../x"])

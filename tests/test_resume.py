@@ -52,8 +52,9 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), \
         [k for k in wa if not torch.equal(wa[k], wb[k])]
     sa, sb = (json.loads((d / "train_summary.json").read_text()) for d in (a, b))
-    for key in ("steps", "first_loss", "last_loss", "final_loss"):
-        assert sa[key] == sb[key], key
+    for key in ("steps", "first_loss", "last_loss", "final_loss", "tokens", "pad_fraction"):
+        assert sa[key] == sb[key], key  # the padding counts too: restored, not restarted at the resume
+    assert sa["tokens"] > 0 and 0 <= sa["pad_fraction"] < 1
 
 
 @pytest.fixture(scope="module")

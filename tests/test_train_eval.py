@@ -147,6 +147,36 @@ def test_arms_sharing_a_process_train_and_score_exactly_as_alone(base):
                    str(root / "base"), 1, **args)
 
 
+def test_length_groups_lower_the_padding_trained_on(setup, tmp_path):
+    """Answers of 1-6 words, some records with a second turn: grouping records of similar text
+    length wastes fewer padded slots; the summary reports the padding and the real tokens."""
+    root = setup
+    recs = json.loads((root / "train.json").read_text())
+    for i, r in enumerate(recs):
+        conv = r["conversations"]
+        conv[1]["value"] = " ".join([conv[1]["value"]] * (1 + i % 6))
+        if i % 3 == 0:
+            conv += [{"from": "human", "value": "what color is the ball ?"}, dict(conv[1])]
+    corpus = tmp_path / "train.json"
+    corpus.write_text(json.dumps(recs))
+    arm = ARMS[1]
+    summaries = {}
+    for groups in (0, 6):
+        summaries[groups] = s = train(str(tmp_path / f"g{groups}"), str(corpus), str(root / "features/train"),
+                                      str(root / "llm"), [arm], 12, batch_size=8, lr=1e-3, warmup_steps=0, seed=0,
+                                      threads=1, progress_bar=False, log_dir=str(tmp_path / f"logs{groups}"),
+                                      length_groups=groups)
+        assert s["steps"] == 12 and s["length_groups"] == groups and 0 <= s["pad_fraction"] < 1
+        assert json.loads((tmp_path / f"g{groups}/train_summary.json").read_text())["pad_fraction"] == s["pad_fraction"]
+    # two epochs of the same 48 records either way: the same real tokens, less padding when grouped
+    assert summaries[6]["tokens"] == summaries[0]["tokens"] and summaries[0]["pad_fraction"] > 0.05
+    assert summaries[6]["pad_fraction"] < 0.5 * summaries[0]["pad_fraction"], summaries
+    with pytest.raises(ValueError, match="length_groups"):
+        train(str(tmp_path / "bad"), str(corpus), str(root / "features/train"), str(root / "llm"), [arm], 1,
+              batch_size=8, lr=1e-3, warmup_steps=0, seed=0, threads=1, progress_bar=False,
+              log_dir=str(tmp_path / "logsbad"), length_groups=-1)
+
+
 def test_generation_mode_decodes_and_parses_letters(setup, tmp_path):
     """answer_mode=generate: lettered prompt, greedy decoding, parse_letter; batching (left
     padding) changes nothing; the held-out loss is still the log-likelihood one."""

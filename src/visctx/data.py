@@ -363,11 +363,19 @@ class ArmBatchSampler(Sampler):
 
     On ``world`` ranks (DeepSpeed / DDP) ``batch_size`` is the global batch: every rank draws the
     same batch k and keeps its ``rank::world`` share, so one step sees one arm and the same records
-    whatever the number of GPUs."""
+    whatever the number of GPUs.
+
+    ``length_groups = G > 0`` (needs ``lengths``, one per record: the text tokens, since the visual
+    part of a batch has one length) groups records of similar length, as HF Trainer's
+    ``group_by_length``: the epoch's records (the same ones as without grouping) are cut into
+    mega-batches of ``G * batch_size``, each sorted longest first (stable) and cut into batches, and
+    the order of the epoch's batches is then shuffled (``shuffle``), so long and short batches
+    interleave; each batch position keeps the arm it has without grouping. Right-padding to a batch's
+    longest row then wastes less. ``G = 0`` gives exactly the batches of the ungrouped sampler."""
 
     def __init__(self, n: int, arms: Sequence[Arm], batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, weights: Sequence[float] | None = None, start: int = 0,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, lengths: Sequence[int] | None = None, length_groups: int = 0):
         if n < 1 or not arms or batch_size < 1:
             raise ValueError(f"need records, arms and batch_size >= 1 (n={n}, arms={len(arms)}, batch_size={batch_size})")
         if weights is not None and (len(weights) != len(arms) or min(weights) < 0 or sum(weights) <= 0):
@@ -377,6 +385,14 @@ class ArmBatchSampler(Sampler):
         if world < 1 or not 0 <= rank < world or batch_size % world:
             raise ValueError(f"rank {rank} of {world}: the global batch_size={batch_size} must split evenly "
                              f"over the ranks")
+        if length_groups < 0:
+            raise ValueError(f"length_groups={length_groups}: the mega-batch size in batches cannot be negative")
+        if length_groups and lengths is None:
+            raise ValueError(f"length_groups={length_groups} groups records by length: pass their lengths")
+        if length_groups and len(lengths) != n:
+            raise ValueError(f"length_groups={length_groups}: got {len(lengths)} lengths for {n} records")
+        self.length_groups = length_groups
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
         self.weights = None if weights is None else np.asarray(weights, dtype=float) / float(sum(weights))
         self.n, self.arms, self.batch_size = n, list(arms), batch_size
         self.seed, self.shuffle = seed, shuffle
@@ -399,16 +415,27 @@ class ArmBatchSampler(Sampler):
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         arm_order: list[int] = []
-        out = []
-        for b in range(len(self)):
+        arms = []
+        for _ in range(len(self)):
             if self.weights is not None:
-                arm = self.arms[int(rng.choice(len(self.arms), p=self.weights))]
+                arms.append(self.arms[int(rng.choice(len(self.arms), p=self.weights))])
             else:
                 if not arm_order:
                     arm_order = list(rng.permutation(len(self.arms)))
-                arm = self.arms[arm_order.pop()]
-            out.append([(int(i), arm) for i in order[b * self.batch_size:(b + 1) * self.batch_size]])
-        return out
+                arms.append(self.arms[arm_order.pop()])
+        bs = self.batch_size
+        if self.length_groups:  # after the arm draws: grouping leaves every position's arm as it is
+            used = order[:len(self) * bs]  # the records an ungrouped epoch uses (drop_last drops the same ones)
+            mega = self.length_groups * bs
+            for m in range(0, len(used), mega):
+                chunk = used[m:m + mega]
+                used[m:m + mega] = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches = [used[b * bs:(b + 1) * bs] for b in range(len(self))]
+            if self.shuffle:
+                batches = [batches[int(j)] for j in rng.permutation(len(batches))]
+        else:
+            batches = [order[b * bs:(b + 1) * bs] for b in range(len(self))]
+        return [[(int(i), arm) for i in batch] for batch, arm in zip(batches, arms)]
 
     def __iter__(self) -> Iterator[list[tuple[int, Arm]]]:
         # A pass started mid-epoch (a resumed run) yields the rest of that epoch; len() stays the
@@ -422,13 +449,16 @@ class ArmBatchSampler(Sampler):
 
 def train_loader(records: Sequence[TrainRecord], store: FeatureSource, encoder: PromptEncoder,
                  arms: Sequence[Arm], batch_size: int, seed: int = 0, source: str = "train",
-                 arm_sampling: str = "uniform", start: int = 0, rank: int = 0, world: int = 1) -> DataLoader:
+                 arm_sampling: str = "uniform", start: int = 0, rank: int = 0, world: int = 1,
+                 length_groups: int = 0) -> DataLoader:
     """Batches of one arm each, seeded; ``start``: the global step to begin at (a resumed run);
-    ``rank``/``world``: this process's share of each global batch."""
+    ``rank``/``world``: this process's share of each global batch; ``length_groups``: batches of
+    records of similar text length (see :class:`ArmBatchSampler`)."""
     records = usable_records(records, store, source)
     ds = TrainDataset(records, encoder, source)
+    lengths = [len(p.pre) + len(p.post) for p in ds.prompts]  # text tokens: the visual block is the arm's
     sampler = ArmBatchSampler(len(ds), arms, batch_size, seed, weights=arm_weights(arms, arm_sampling), start=start,
-                              rank=rank, world=world)
+                              rank=rank, world=world, lengths=lengths, length_groups=length_groups)
     return DataLoader(ds, batch_sampler=sampler, collate_fn=TrainCollator(store, encoder), num_workers=0)
 
 

@@ -87,8 +87,16 @@ def socket_path(key: str | None = None) -> Path:
 # Client
 
 
+def absolute_pythonpath(value: str, cwd: str) -> str:
+    """PYTHONPATH with relative entries made absolute: the server runs in another directory, where
+    ``PYTHONPATH=src`` would name nothing and the installed copy of the library would be imported."""
+    return os.pathsep.join(os.path.join(cwd, p) if not os.path.isabs(p) else p for p in value.split(os.pathsep))
+
+
 def run(argv: list[str]) -> int | None:
     """Run ``visctx argv`` in a child of the server; None if no server could be used (run locally)."""
+    if os.environ.get("PYTHONPATH"):  # before the key is computed: relative and absolute are one server
+        os.environ["PYTHONPATH"] = absolute_pythonpath(os.environ["PYTHONPATH"], os.getcwd())
     try:
         sock = _connect_or_start()
     except OSError as e:

@@ -61,25 +61,37 @@ class VideoLM(L.LightningModule):
         self.model = model
         self.lr, self.warmup_steps, self.total_steps, self.weight_decay = lr, warmup_steps, total_steps, weight_decay
         self.loss_history: list[float] = []
+        # Padding accounting over the run: real tokens and padded slots (rows x longest row) of the
+        # batches trained on. On several ranks each counts its own share; the summary is rank 0's.
+        self.tokens, self.slots = 0, 0
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model(batch)
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self.loss_history.append(float(loss.detach()))
+        self.tokens += int(batch["lengths"].sum())
+        self.slots += int(batch["input_ids"].numel())
         return loss
+
+    @property
+    def pad_fraction(self) -> float | None:
+        """The fraction of the padded slots trained on that were padding (4 decimals)."""
+        return round(1.0 - self.tokens / self.slots, 4) if self.slots else None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The summary's losses cover the whole run, and anything random in a step (dropout in a
         # pretrained LLM's config) must continue its stream, so a resumed run ends as an
         # uninterrupted one would. Tensors and floats only: loadable with weights_only=True.
         checkpoint["visctx"] = {"loss_history": list(self.loss_history), "torch_rng": torch.get_rng_state(),
-                                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+                                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+                                "tokens": self.tokens, "slots": self.slots}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("visctx")
         if state is None:  # a checkpoint from before these were saved
             return
         self.loss_history = [float(x) for x in state["loss_history"]]
+        self.tokens, self.slots = int(state.get("tokens", 0)), int(state.get("slots", 0))
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -101,10 +113,12 @@ class VideoDataModule(L.LightningDataModule):
 
     def __init__(self, train_json: str | Path, features_dir: str | Path, encoder: PromptEncoder,
                  arms: Sequence[Arm], batch_size: int, seed: int = 0, store: FeatureSource | None = None,
-                 arm_sampling: str = "uniform"):
+                 arm_sampling: str = "uniform", length_groups: int = 0):
         super().__init__()
         arm_weights(arms, arm_sampling)  # fail early on a bad mode
-        self.arm_sampling = arm_sampling
+        if length_groups < 0:
+            raise ValueError(f"length_groups={length_groups} (train.*.length_groups) must be >= 0")
+        self.arm_sampling, self.length_groups = arm_sampling, length_groups
         self.train_json, self.features_dir = Path(train_json), Path(features_dir)
         self.encoder, self.arms, self.batch_size, self.seed = encoder, list(arms), batch_size, seed
         self.store = store
@@ -127,7 +141,8 @@ class VideoDataModule(L.LightningDataModule):
         return train_loader(self.records, self.store, self.encoder, self.arms, self.batch_size, self.seed,
                             source=str(self.train_json), arm_sampling=self.arm_sampling,
                             start=t.global_step if t is not None else 0,
-                            rank=t.global_rank if t is not None else 0, world=t.world_size if t is not None else 1)
+                            rank=t.global_rank if t is not None else 0, world=t.world_size if t is not None else 1,
+                            length_groups=self.length_groups)
 
 
 def _checkpoint_step(path: Path) -> int | None:
@@ -182,6 +197,7 @@ def train(
     strategy: str = "auto", zero_stage: int = 2, offload_optimizer: bool = False, offload_params: bool = False,
     gradient_checkpointing: bool = False, attn_implementation: str = "sdpa", devices: int = 1, num_nodes: int = 1,
     gradient_clipping: float = 0.0,
+    length_groups: int = 0,
     vision_tower: str | None = None,
     vision_layer: int = -2,
     vision_trainable: bool = False,
@@ -194,12 +210,15 @@ def train(
     two newest ``step=N.ckpt``, every ``ckpt_every`` steps). ``prompt_format``: PromptFormat
     fields for a fresh model (a trained model dir keeps its own). ``accelerator``/``precision``:
     Lightning's (the embedded default runs on CPU in float32). ``arm_sampling`` (several arms):
-    ``uniform`` or ``time`` (each arm about the same compute; see ``data.arm_weights``). Returns the summary that is also
-    written to ``<out_dir>/train_summary.json``. ``strategy`` .. ``gradient_clipping``: ``train.scale``
-    (:mod:`visctx.strategy`; the defaults are the CPU path). ``features_dir``: cached features, or
-    frames (``model.vision_features: forward``): then the model runs ``vision_tower`` (its
-    ``vision_layer``) in the forward, trained too if ``vision_trainable``; a trained ``init`` brings
-    its own tower.
+    ``uniform`` or ``time`` (each arm about the same compute; see ``data.arm_weights``). ``length_groups``:
+    batches of records of similar text length, from mega-batches of that many batches (0: off; see
+    ``data.ArmBatchSampler``). Returns the summary that is also written to ``<out_dir>/train_summary.json``
+    (``pad_fraction``: how much of the padded batches was padding; ``tokens``: real tokens trained on).
+    ``strategy`` .. ``gradient_clipping``: ``train.scale`` (:mod:`visctx.strategy`; the defaults are
+    the CPU path).
+    ``features_dir``: cached features, or frames (``model.vision_features: forward``): then the
+    model runs ``vision_tower`` (its ``vision_layer``) in the forward, trained too if
+    ``vision_trainable``; a trained ``init`` brings its own tower.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -265,7 +284,7 @@ def train(
     module.train()
 
     dm = VideoDataModule(train_json, features_dir, PromptEncoder(model.tokenizer, model.prompt_format), arms,
-                         batch_size, seed, store=store, arm_sampling=arm_sampling)
+                         batch_size, seed, store=store, arm_sampling=arm_sampling, length_groups=length_groups)
     log_dir_p = Path(log_dir)
     log_dir_p.mkdir(parents=True, exist_ok=True)
     # last.ckpt plus the two newest step checkpoints: a damaged newest file still leaves one to
@@ -295,7 +314,7 @@ def train(
                "arms": [a.id for a in arms], "steps": steps, "batch_size": batch_size, "lr": lr,
                "warmup_steps": warmup_steps, "seed": seed, "weight_decay": weight_decay,
                "arm_sampling": arm_sampling, "strategy": strategy, "zero_stage": zero_stage, "world": world,
-               "precision": precision, "vision_trainable": vision_trainable}
+               "precision": precision, "length_groups": length_groups, "vision_trainable": vision_trainable}
     cfg_path = log_dir_p / "run_config.json"
     try:
         same_run = json.loads(cfg_path.read_text()) == run_cfg
@@ -329,6 +348,9 @@ def train(
         "warmup_steps": warmup_steps,
         "weight_decay": weight_decay,
         "arm_sampling": arm_sampling,
+        "length_groups": length_groups,
+        "pad_fraction": module.pad_fraction,  # rank 0's share of each batch on several ranks
+        "tokens": module.tokens,
         "seed": seed,
         "threads": threads,
         "resumed": resumed,
@@ -382,6 +404,7 @@ def train_arms(
     strategy: str = "auto", zero_stage: int = 2, offload_optimizer: bool = False, offload_params: bool = False,
     gradient_checkpointing: bool = False, attn_implementation: str = "sdpa", devices: int = 1, num_nodes: int = 1,
     gradient_clipping: float = 0.0,
+    length_groups: int = 0,
     vision_tower: str | None = None,
     vision_layer: int = -2,
     vision_trainable: bool = False,
@@ -406,7 +429,8 @@ def train_arms(
                             offload_optimizer=offload_optimizer, offload_params=offload_params,
                             gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
                             devices=devices, num_nodes=num_nodes, gradient_clipping=gradient_clipping,
-                            vision_tower=vision_tower, vision_layer=vision_layer, vision_trainable=vision_trainable)
+                            length_groups=length_groups, vision_tower=vision_tower, vision_layer=vision_layer,
+                            vision_trainable=vision_trainable)
         print(f"{arm.id}: {out[arm.id]['steps']} steps, {out[arm.id]['seconds']} s, "
               f"final loss {out[arm.id]['final_loss']:.4f}", flush=True)
     return out
