@@ -262,3 +262,26 @@ def test_feature_stats_are_per_dimension_mean_and_std(tmp_path):
     flat = x.reshape(-1, D)
     np.testing.assert_allclose(mean.numpy(), flat.mean(0), atol=1e-5)
     np.testing.assert_allclose(std.numpy(), flat.std(0), atol=1e-4)
+
+
+def test_padding_report_shows_what_length_groups_save(tmp_path):
+    """`visctx padding`: an epoch's padding per arm; grouping by text length removes most of it."""
+    from tiny_llm import tiny_llm
+    from visctx.data import padding
+
+    words = "what is it ? a b c d e f g h"
+    llm = tiny_llm(tmp_path, words, max_frames=4)
+    rng = np.random.default_rng(0)
+    recs = [{"id": str(i), "video": f"v{i}.mp4", "conversations": [
+        {"from": "human", "value": "<video>\nwhat is it ?"},
+        {"from": "gpt", "value": " ".join(rng.choice(list("abcdefgh"), size=int(rng.integers(1, 12))))}]}
+        for i in range(96)]
+    (tmp_path / "train.json").write_text(json.dumps(recs))
+    out = padding(str(tmp_path / "train.json"), str(llm), [Arm(2, 4, "pool"), Arm(1, 9, "sample"), Arm(4, 9, "pool")],
+                  batch_size=8, length_groups=[0, 4])
+    assert out["records"] == 96 and out["text_tokens"]["max"] > out["text_tokens"]["min"]
+    for arm in ("T2-M4-pool", "T1-M9-sample"):
+        plain, grouped = out["arms"][arm]["length_groups=0"], out["arms"][arm]["length_groups=4"]
+        assert 0 <= grouped < plain / 2 and plain < 1
+    # a longer visual block dilutes the same text padding
+    assert out["arms"]["T4-M9-pool"]["length_groups=0"] < out["arms"]["T1-M9-sample"]["length_groups=0"]

@@ -462,6 +462,33 @@ def train_loader(records: Sequence[TrainRecord], store: FeatureSource, encoder: 
     return DataLoader(ds, batch_sampler=sampler, collate_fn=TrainCollator(store, encoder), num_workers=0)
 
 
+def padding(train_json: str, llm: str, arms: list[Arm], batch_size: int = 16, length_groups: list[int] | None = None,
+            seed: int = 0, prompt_format: dict | None = None) -> dict:
+    """How much of an epoch's padded batches is padding, per arm and ``length_groups`` setting
+    (default 0 and 50): the figure behind ``train.*.length_groups``. Text lengths come from the
+    tokenizer of ``llm`` and the prompt layout; no features or model weights are read."""
+    from visctx.model import PromptFormat
+    from visctx.pretrained import load_tokenizer
+
+    enc = PromptEncoder(load_tokenizer(llm), PromptFormat(**(prompt_format or {})))
+    ds = TrainDataset(load_train_records(train_json), enc, str(train_json))
+    text = np.array([len(p.pre) + len(p.post) for p in ds.prompts])
+    out: dict[str, Any] = {"records": len(text), "text_tokens": {"min": int(text.min()), "mean": float(text.mean()),
+                                                                  "max": int(text.max())}, "arms": {}}
+    for arm in arms:
+        arm = arm if isinstance(arm, Arm) else Arm.from_id(str(arm))
+        block = len(enc.visual_block(arm.T, arm.M)[0])
+        out["arms"][arm.id] = row = {}
+        for G in (0, 50) if length_groups is None else length_groups:
+            sampler = ArmBatchSampler(len(ds), [arm], batch_size, seed, lengths=text.tolist(), length_groups=G)
+            real = slots = 0
+            for batch in sampler.epoch_batches(0):
+                rows = text[[i for i, _ in batch]] + block
+                real, slots = real + int(rows.sum()), slots + len(rows) * int(rows.max())
+            row[f"length_groups={G}"] = round(1 - real / slots, 6)
+    return out
+
+
 def choice_loader(records: Sequence[EvalRecord], store: FeatureSource, encoder: PromptEncoder, arm: Arm,
                   batch_size: int, source: str = "eval") -> DataLoader:
     ds = ChoiceDataset(records, encoder, source)

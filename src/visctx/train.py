@@ -412,9 +412,8 @@ def train_arms(
     """Fine-tune each arm separately from ``init``, one after another in this process, into
     ``<arms_dir>/<arm>/model`` (logs in ``<arms_dir>/<arm>/train``).
 
-    Each arm is exactly the run :func:`train` makes for it alone (same seed, same data order);
-    one process for several arms only saves the start-up (~10 s of imports, more than a tiny
-    arm's whole fine-tune on CPU).
+    Each arm is exactly the run :func:`train` makes for it alone (same seed, same data order), in
+    the layout the rules and evaluation read; the workflow runs it with one arm per job.
     """
     arms = [a if isinstance(a, Arm) else Arm.from_id(str(a)) for a in arms]
     if len({a.id for a in arms}) != len(arms):
