@@ -64,10 +64,13 @@ def reference(root):
             for steps in (14, 300)}
 
 
-def test_sampler_started_at_step_k_yields_batches_k_onwards():
+@pytest.mark.parametrize("length_groups", [0, 2])
+def test_sampler_started_at_step_k_yields_batches_k_onwards(length_groups):
+    lengths = [int(x) for x in np.random.default_rng(4).integers(1, 60, 30)]
     for weights_ in (None, [0.7, 0.3]):
         def sampler(start=0):
-            return ArmBatchSampler(30, ARMS, 4, seed=5, weights=weights_, start=start)
+            return ArmBatchSampler(30, ARMS, 4, seed=5, weights=weights_, start=start, lengths=lengths,
+                                   length_groups=length_groups)
 
         full = [b for s in [sampler()] for _ in range(3) for b in s]  # 3 epochs of 7 batches
         assert len(full) == 21
