@@ -194,3 +194,14 @@ def test_a_trainable_tower_is_checkpointed_with_the_llm(setup):
     assert plain.keys() == ckpt.keys() and len(plain) > 0
     for n in plain:
         torch.testing.assert_close(ckpt[n], plain[n])
+
+
+def test_the_stats_are_encoded_on_this_ranks_gpu(monkeypatch):
+    from visctx.train import local_device
+
+    assert local_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert local_device("gpu", {"LOCAL_RANK": "3"}) == torch.device("cuda", 3)
+    assert local_device("auto", {"SLURM_LOCALID": "5"}) == torch.device("cuda", 1)
+    assert local_device("gpu", {}) == torch.device("cuda", 0) and local_device("cpu", {}).type == "cpu"

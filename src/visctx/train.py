@@ -145,6 +145,16 @@ class VideoDataModule(L.LightningDataModule):
                             length_groups=self.length_groups)
 
 
+def local_device(accelerator: str, env: dict | None = None) -> torch.device:
+    """This process's GPU before Lightning has set one up (its launcher sets LOCAL_RANK, srun
+    SLURM_LOCALID), or the CPU."""
+    env = os.environ if env is None else env
+    if accelerator not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+        return torch.device("cpu")
+    rank = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
+    return torch.device("cuda", rank % torch.cuda.device_count())
+
+
 def _checkpoint_step(path: Path) -> int | None:
     """The global step saved in ``path``, or None (with a one-line warning, and the file removed)
     when it is not a complete checkpoint (:func:`visctx.model.check_checkpoint`)."""
@@ -267,13 +277,18 @@ def train(
                 raise ValueError(f"{features_dir} holds frames, so the vision tower runs in the forward: name it "
                                  f"(--vision-tower; model.vision_tower)")
             vision = VisionEncoder.load(vision_tower, vision_layer, vision_trainable)
+            # the projector's input statistics encode a sample of frames (4,096 at paper scale):
+            # on this rank's GPU if there is one, not on the CPU before Lightning moves the model
+            vision.to(local_device(accelerator))
 
             def encode(x):
                 with torch.no_grad():
-                    return vision(torch.from_numpy(np.array(x))).float().numpy()  # a copy: x is memory-mapped
+                    return vision(torch.from_numpy(np.array(x))).float().cpu().numpy()  # a copy: x is memory-mapped
 
         dim = vision.dim if vision is not None else store.dim
         mean, std = feature_stats(store, seed=seed, encode=encode)
+        if vision is not None:
+            vision.to("cpu")  # Lightning / DeepSpeed place the whole model
         model = VideoModel(llm, tok, dim, PromptFormat(**(prompt_format or {})),
                            projector=Projector(dim, llm.get_input_embeddings().embedding_dim, mean, std), vision=vision)
         init_kind = "llm"
