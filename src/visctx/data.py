@@ -257,7 +257,7 @@ def feature_stats(store: FeatureSource, max_videos: int = 64, frame_stride: int 
         x = np.asarray(x if encode is None else encode(np.asarray(x)), dtype=np.float64)
         x = x.reshape(-1, x.shape[-1])
         total = total + x.sum(0)
-        total_sq += (x * x).sum(0)
+        total_sq = total_sq + (x * x).sum(0)
         n += len(x)
     mean = total / n
     std = np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0))
@@ -314,9 +314,10 @@ class TrainCollator:
 
 
 class ChoiceCollator:
-    def __init__(self, store: FeatureSource, encoder: PromptEncoder, arm: Arm, cache_bytes: int = 256 << 20):
+    def __init__(self, store: FeatureSource, encoder: PromptEncoder, arm: Arm, cache_bytes: int = 256 << 20,
+                 cache: ContextCache | None = None):
         self.store, self.encoder, self.arm = store, encoder, arm
-        self.cache = ContextCache(store, cache_bytes)
+        self.cache = cache if cache is not None else ContextCache(store, cache_bytes)
 
     def __call__(self, items: list[tuple[ChoicePrompt, str, int]]) -> dict[str, Any]:
         batch: dict[str, Any] = self.encoder.choice_batch([it[0] for it in items], self.arm.T, self.arm.M)
@@ -490,7 +491,8 @@ def padding(train_json: str, llm: str, arms: list[Arm], batch_size: int = 16, le
 
 
 def choice_loader(records: Sequence[EvalRecord], store: FeatureSource, encoder: PromptEncoder, arm: Arm,
-                  batch_size: int, source: str = "eval") -> DataLoader:
+                  batch_size: int, source: str = "eval", cache: ContextCache | None = None) -> DataLoader:
+    """``cache``: one the caller reuses afterwards (evaluation's generation pass reads the same contexts)."""
     ds = ChoiceDataset(records, encoder, source)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=ChoiceCollator(store, encoder, arm),
-                      num_workers=0)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False,
+                      collate_fn=ChoiceCollator(store, encoder, arm, cache=cache), num_workers=0)

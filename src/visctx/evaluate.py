@@ -54,13 +54,12 @@ def _open(eval_json: str, features_dir: str):
     feature store that must hold every item's video; items of quarantined videos are dropped
     (the same ones for every arm: they all read this store)."""
     from visctx.benchmarks import read_items
+    from visctx.data import usable_records
     from visctx.features import open_store
 
     items = read_items(eval_json)
     if not items:
         raise ValueError(f"{eval_json}: no records to evaluate")
-    from visctx.data import usable_records
-
     store = open_store(features_dir)
     return usable_records(items, store, f"{eval_json} ({store.kind}s in {features_dir})"), store
 
@@ -75,7 +74,7 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
     if answer_mode not in ANSWER_MODES:
         raise ValueError(f"answer_mode={answer_mode!r}; allowed: {', '.join(ANSWER_MODES)}")
     from visctx.benchmarks import score
-    from visctx.data import EvalRecord, choice_loader, is_frames, videos_sha
+    from visctx.data import ContextCache, EvalRecord, choice_loader, is_frames, videos_sha
 
     arm = arm if isinstance(arm, Arm) else Arm.from_id(str(arm))
     if is_frames(store) != (model.vision is not None):
@@ -86,7 +85,8 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
     # data.EvalRecord is benchmarks.BenchItem without the scoring fields (one type: next data.py change)
     records = [EvalRecord(it.id, it.video, it.question, it.options, it.answer, it.task_type) for it in items]
     model.eval()
-    loader = choice_loader(records, store, model.encoder, arm, batch_size, source=source)
+    cache = ContextCache(store)  # scoring and generation read each item's context once
+    loader = choice_loader(records, store, model.encoder, arm, batch_size, source=source, cache=cache)
 
     pred = torch.zeros(len(records), dtype=torch.long)
     correct = torch.zeros(len(records), dtype=torch.bool)
@@ -105,7 +105,7 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
     preds: list[int | None] = pred.tolist()
     texts = None
     if answer_mode == "generate":
-        texts, preds = generate_answers(model, records, store, arm, batch_size, max_new_tokens, source)
+        texts, preds = generate_answers(model, records, store, arm, batch_size, max_new_tokens, source, cache)
         correct = torch.tensor([p == r.answer for p, r in zip(preds, records)])
 
     def summarise(sel: list[int]) -> dict:
@@ -144,13 +144,14 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
 
 
 def generate_answers(model, records: list, store, arm: Arm, batch_size: int, max_new_tokens: int,
-                     source: str = "eval") -> tuple[list[str], list[int | None]]:
-    """(generated texts, parsed option indices) for the records in order, prompts with lettered options."""
+                     source: str = "eval", cache=None) -> tuple[list[str], list[int | None]]:
+    """(generated texts, parsed option indices) for the records in order, prompts with lettered
+    options; ``cache``: the scoring pass's :class:`visctx.data.ContextCache`, whose contexts it reuses."""
     from visctx.benchmarks import parse_letter, prompt_letters
     from visctx.data import ContextCache, add_context
 
     enc = model.encoder
-    cache = ContextCache(store)
+    cache = cache if cache is not None else ContextCache(store)
     texts: list[str] = []
     with torch.inference_mode():
         for start in range(0, len(records), batch_size):

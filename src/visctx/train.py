@@ -430,21 +430,14 @@ def train_arms(
     Each arm is exactly the run :func:`train` makes for it alone (same seed, same data order), in
     the layout the rules and evaluation read; the workflow runs it with one arm per job.
     """
+    shared = {k: v for k, v in locals().items() if k not in ("arms", "arms_dir")}  # train's options, as given
     arms = [a if isinstance(a, Arm) else Arm.from_id(str(a)) for a in arms]
     if len({a.id for a in arms}) != len(arms):
         raise ValueError(f"train_arms: an arm is listed twice in {[a.id for a in arms]}")
     out = {}
     for arm in arms:
         root = Path(arms_dir) / arm.id
-        out[arm.id] = train(str(root / "model"), train_json, features_dir, init, [arm], steps, batch_size, lr,
-                            warmup_steps, seed, threads, str(root / "train"), progress_bar=progress_bar,
-                            weight_decay=weight_decay, prompt_format=prompt_format, accelerator=accelerator,
-                            precision=precision, strategy=strategy, zero_stage=zero_stage,
-                            offload_optimizer=offload_optimizer, offload_params=offload_params,
-                            gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
-                            devices=devices, num_nodes=num_nodes, gradient_clipping=gradient_clipping,
-                            length_groups=length_groups, vision_tower=vision_tower, vision_layer=vision_layer,
-                            vision_trainable=vision_trainable)
+        out[arm.id] = train(str(root / "model"), arms=[arm], log_dir=str(root / "train"), **shared)
         print(f"{arm.id}: {out[arm.id]['steps']} steps, {out[arm.id]['seconds']} s, "
               f"final loss {out[arm.id]['final_loss']:.4f}", flush=True)
     return out
