@@ -1,4 +1,8 @@
-"""Tests marked ``gpu`` are skipped without a CUDA device (torch is imported only when one is collected)."""
+"""Test session set-up. ``import visctx`` comes first: it pins the CPU kernels (visctx.cpu) before any
+test module imports numpy or torch, so the tests compute what the workflow computes on any CPU.
+Tests marked ``gpu`` are skipped without a CUDA device (torch is imported only when one is collected)."""
+
+import visctx  # noqa: F401  (first: the CPU-kernel pin)
 
 import pytest
 

@@ -76,7 +76,11 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
     from visctx.benchmarks import score
     from visctx.data import ContextCache, EvalRecord, choice_loader, is_frames, videos_sha
 
+    from visctx import cpu
+
     arm = arm if isinstance(arm, Arm) else Arm.from_id(str(arm))
+    kernels = cpu.check()
+    cpu.require_same(model.meta.get("cpu"), kernels, model_dir or "the model")
     if is_frames(store) != (model.vision is not None):
         raise ValueError(f"{model_dir or 'the model'}: a model {'with' if model.vision else 'without'} its own vision "
                          f"tower cannot be evaluated on {store.kind}s ({store.dir}); "
@@ -137,6 +141,7 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
         "frame_op": arm.frame_op,
         "time_kernel": arm.time_kernel,
         "model_dir": str(model_dir),
+        "cpu": kernels,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json_atomic(out_json, result, indent=2)

@@ -1056,11 +1056,15 @@ def run_fits(arms_csv: str | Path, design_csv: str | Path, budget: int, n_boot: 
     few points, constant losses) or does not converge is recorded under ``errors`` (``strict``:
     raised). ``workers`` processes share the bootstrap (default 1; 0 = every CPU this process may
     use); the result does not depend on it."""
+    from visctx import cpu
+
+    kernels = cpu.check(torch=False)  # float64 exp/log differ between NumPy's AVX2 and AVX-512 kernels
     arms = load_arms(arms_csv, benchmark)
     design = load_design(design_csv)
     errors: list[dict] = []
     out: dict[str, Any] = {
         "version": 1, "benchmark": benchmark, "budget": int(budget), "n_boot": int(n_boot), "seed": int(seed),
+        "cpu": kernels,
         "level": LEVEL, "huber_delta": HUBER_DELTA, "gtol": GTOL, "t_max": t_max,
         "inputs": {"arms_csv": str(arms_csv), "design_csv": str(design_csv), "n_arms": int(len(arms))},
         "fits": {}, "model_selection": [], "optimum": None, "prediction": None, "errors": errors,

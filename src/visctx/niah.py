@@ -68,7 +68,10 @@ def niah(
     from visctx.model import VideoModel
     from visctx.synth import load_videos_json
 
+    from visctx import cpu
+
     torch.set_num_threads(threads)
+    kernels = cpu.check()
     depths = list(DEPTHS if depths is None else depths)
     arms = [a if isinstance(a, Arm) else Arm.from_id(str(a)) for a in arms]
     bad = [a.id for a in arms if a.time_kernel != 1]
@@ -87,6 +90,7 @@ def niah(
     rows = []
     for arm in arms:
         model = VideoModel.load(Path(arms_dir) / arm.id / "model").eval()
+        cpu.require_same(model.meta.get("cpu"), kernels, str(Path(arms_dir) / arm.id / "model"))
         prompts = [model.encoder.choice_prompt(r.question, r.options, r.answer, where=r.id) for r, _ in items]
         for depth in depths:
             right = []

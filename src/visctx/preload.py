@@ -51,7 +51,7 @@ PRELOAD = (
 # Environment variables read at import time by torch / transformers / huggingface_hub / OpenMP:
 # a client whose values differ gets its own server.
 IMPORT_ENV = ("PYTHONPATH", "PYTHONHASHSEED", "HF_", "TRANSFORMERS_", "TORCH", "OMP_", "MKL_", "CUDA_",
-              "VISCTX_DEBUG", "PL_")
+              "VISCTX_DEBUG", "PL_", "ATEN_", "NPY_", "OPENBLAS_", "PYTORCH_", "VISCTX_CPU_PIN")
 IDLE_S = float(os.environ.get("VISCTX_PRELOAD_IDLE", "60"))
 START_TIMEOUT_S = 120.0
 _HEADER = struct.Struct("!I")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from visctx import cpu
 from visctx.config import Arm
 from visctx.data import FeatureSource, TrainRecord, arm_weights, load_train_records, train_loader
 from visctx.model import PromptEncoder, VideoModel
@@ -251,6 +252,7 @@ def train(
     scale = build_strategy(strategy, zero_stage, offload_optimizer, offload_params, precision, gradient_checkpointing,
                            attn_implementation, accelerator, devices, num_nodes, gradient_clipping, batch_size // world)
     torch.set_num_threads(threads)
+    kernels = cpu.check()  # the pinned CPU kernels, or an error saying why they are not in use
     L.seed_everything(seed, workers=True, verbose=False)
     t0 = time.perf_counter()
 
@@ -261,6 +263,7 @@ def train(
                          f"holds cached features (set model.vision_features: forward)")
     if is_model_dir(init):
         model = VideoModel.load(init)
+        cpu.require_same(model.meta.get("cpu"), kernels, f"{init} (the model this run continues)")
         if frames != (model.vision is not None):
             raise ValueError(f"{init}: a model {'without' if frames else 'with'} its own vision tower cannot train on "
                              f"{store.kind}s ({features_dir}); model.vision_features must match the model it continues")
@@ -329,7 +332,8 @@ def train(
                "arms": [a.id for a in arms], "steps": steps, "batch_size": batch_size, "lr": lr,
                "warmup_steps": warmup_steps, "seed": seed, "weight_decay": weight_decay,
                "arm_sampling": arm_sampling, "strategy": strategy, "zero_stage": zero_stage, "world": world,
-               "precision": precision, "length_groups": length_groups, "vision_trainable": vision_trainable}
+               "precision": precision, "length_groups": length_groups, "vision_trainable": vision_trainable,
+               "cpu": kernels}
     cfg_path = log_dir_p / "run_config.json"
     try:
         same_run = json.loads(cfg_path.read_text()) == run_cfg
@@ -370,6 +374,7 @@ def train(
         "threads": threads,
         "resumed": resumed,
         "vision": "cache" if model.vision is None else "trainable" if model.vision.trainable else "frozen",
+        "cpu": kernels,
     }
     before = int(model.meta.get("steps_total", 0)) if init_kind == "model" else 0
     meta = {
@@ -381,6 +386,7 @@ def train(
         "init": str(init),
         "features_dir": str(features_dir),
         "train_json": str(train_json),
+        "cpu": kernels,  # evaluating or continuing this model elsewhere needs the same kernels
     }
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)

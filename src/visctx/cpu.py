@@ -1,0 +1,157 @@
+"""Same seed, same bytes on any x86-64 CPU: the instruction set the numeric kernels run with.
+
+Why: PyTorch and NumPy choose their CPU kernels by instruction set at run time. Softmax,
+log_softmax and SDPA (forward and backward) give other last bits under AVX-512 than under AVX2,
+and so do NumPy's float64 ``exp``/``log``; training at this scale is chaotic, so one ulp grew into
+7 % per arm between two machines of the same kind (platform-notes, "Same bytes on another CPU").
+Importing :mod:`visctx` pins both to one level before either library is imported, with the two
+variables they read (``ATEN_CPU_CAPABILITY`` at torch's first tensor op, ``NPY_DISABLE_CPU_FEATURES``
+at NumPy's import), so every process the project starts inherits it: the ``visctx`` CLI, the
+preload server and its children, Snakemake's jobs (the Snakefile imports visctx) and the tests
+(``tests/conftest.py``). Nobody sets a variable by hand.
+
+``VISCTX_CPU_PIN`` chooses the level: ``avx2`` (the default: every x86-64 CPU of the CI kind has
+it, and AVX2 and AVX-512 machines then compute alike), ``default`` (torch's and NumPy's baseline
+kernels: what a CPU without AVX2 would run; the tests use it to simulate another CPU on an AVX2
+machine), or ``off`` (native kernels, for the control run). A value already in the environment
+is kept, and :func:`check` refuses to compute when what the libraries actually use is not the pin
+(torch used before visctx was imported, a CPU below the pin, a contradicting variable).
+
+BLAS is MKL, linked into torch's CPU wheel. On AMD it runs the same 256-bit kernel whatever it is
+told (``MKL_CBWR``, ``MKL_ENABLE_INSTRUCTIONS`` are ignored), so AMD CPUs agree without a pin; on
+Intel it picks other kernels, and only ``MKL_CBWR=COMPATIBLE`` was the same on every CPU tried, at
+about twice the training time (measured, platform-notes). That would break the default study's
+time budget, so MKL is not pinned: the fingerprint names the CPU vendor, and a model or evaluation
+made on one vendor is refused on the other instead of being silently mixed (README, *Same bytes
+on every machine*).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Mapping
+
+PIN_VAR = "VISCTX_CPU_PIN"
+DEFAULT_LEVEL = "avx2"
+# NumPy 2.x's x86 dispatch targets above AVX2 (X86_V3) are X86_V4 and the AVX512_* groups.
+_NPY_AVX512 = "X86_V4 AVX512_ICL AVX512_SPR"
+LEVELS: dict[str, dict[str, str]] = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "NPY_DISABLE_CPU_FEATURES": _NPY_AVX512},
+    "default": {"ATEN_CPU_CAPABILITY": "default", "NPY_DISABLE_CPU_FEATURES": f"X86_V3 {_NPY_AVX512}"},
+}
+ALLOWED = (*LEVELS, "off")
+
+
+class CpuPinError(ValueError):
+    """The kernels in use are not the pinned ones; the message says which and how to fix it."""
+
+
+def level(env: Mapping[str, str] = os.environ) -> str:
+    value = env.get(PIN_VAR, DEFAULT_LEVEL)
+    if value not in ALLOWED:
+        raise CpuPinError(f"{PIN_VAR}={value!r}; allowed: {', '.join(ALLOWED)}")
+    return value
+
+
+def pin_environment(env: dict[str, str] | None = None) -> str:
+    """Set the pinned level's variables in ``env`` (``os.environ``) unless already set; the level."""
+    env = os.environ if env is None else env
+    lv = level(env)
+    for key, value in LEVELS.get(lv, {}).items():
+        env.setdefault(key, value)
+    return lv
+
+
+def _numpy_dispatch() -> list[str]:
+    """The dispatch targets NumPy's kernels use in this process (enabled on this CPU, not disabled)."""
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    return [t for t in __cpu_dispatch__ if __cpu_features__.get(t)]
+
+
+def cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def fingerprint(torch: bool = True) -> dict[str, Any]:
+    """What decides the bits of this process's results, the same on every machine under one pin:
+    the pin, NumPy's dispatch targets and, with ``torch``, torch's kernel capability and the BLAS
+    path (MKL, by vendor). Recorded in every model, training summary, evaluation and fit;
+    compared by :func:`require_same`. ``torch=False`` for NumPy-only work (the fits)."""
+    fp: dict[str, Any] = {"pin": level(), "numpy": _numpy_dispatch()}
+    if torch:
+        import torch as _torch
+
+        fp |= {"torch": _torch.backends.cpu.get_cpu_capability(), "blas": f"mkl/{cpu_vendor()}"}
+    return fp
+
+
+def check(torch: bool = True) -> dict[str, Any]:
+    """:func:`fingerprint`, after checking that the libraries compute at the pinned level."""
+    fp = fingerprint(torch)
+    lv = fp["pin"]
+    if lv == "off":
+        return fp
+    want = LEVELS[lv]
+    torch_want = want["ATEN_CPU_CAPABILITY"].upper()
+    env_cap = os.environ.get("ATEN_CPU_CAPABILITY")
+    if env_cap is not None and env_cap.lower() != want["ATEN_CPU_CAPABILITY"]:
+        raise CpuPinError(f"ATEN_CPU_CAPABILITY={env_cap} contradicts {PIN_VAR}={lv} (torch kernels "
+                          f"{torch_want}); unset one of them, or {PIN_VAR}=off to compute natively")
+    if torch and fp["torch"] != torch_want:
+        raise CpuPinError(f"torch computes with {fp['torch']} kernels, but {PIN_VAR}={lv} needs {torch_want}: "
+                          f"torch ran a tensor op before visctx was imported (import visctx first), or this "
+                          f"CPU lacks {torch_want}")
+    disabled = set(want["NPY_DISABLE_CPU_FEATURES"].split())
+    leaked = sorted(disabled & set(fp["numpy"]))
+    if leaked:
+        raise CpuPinError(f"numpy dispatches to {', '.join(leaked)}, which {PIN_VAR}={lv} switches off: numpy was "
+                          f"imported before visctx (import visctx first, or start with "
+                          f"NPY_DISABLE_CPU_FEATURES={want['NPY_DISABLE_CPU_FEATURES']!r})")
+    return fp
+
+
+def require_same(recorded: Mapping[str, Any] | None, current: Mapping[str, Any], what: str) -> None:
+    """Refuse to continue or evaluate ``what`` (a model dir, a checkpoint) made under other kernels:
+    its numbers would be neither this machine's nor the recorded one's. Records made before
+    fingerprints existed (None) are accepted."""
+    if recorded is None:
+        return
+    if dict(recorded) != dict(current):
+        diff = {k: (recorded.get(k), current.get(k)) for k in sorted({*recorded, *current})
+                if recorded.get(k) != current.get(k)}
+        raise CpuPinError(f"{what} was made with other CPU kernels than this process has "
+                          f"({'; '.join(f'{k}: {a} there, {b} here' for k, (a, b) in diff.items())}); "
+                          f"rerun it here (or on a machine of the recorded kind)")
+
+
+def describe_host() -> dict[str, Any]:
+    """The CPU itself (vendor, model, instruction sets): for the performance harness and logs,
+    never for artifacts (they must not depend on the machine)."""
+    info: dict[str, Any] = {"vendor": cpu_vendor(), "model": None, "flags": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and info["model"] is None:
+                    info["model"] = value.strip()
+                elif key == "flags" and not info["flags"]:
+                    info["flags"] = value.split()
+    except OSError:
+        pass
+    isa = [f for f in info.pop("flags") if f.startswith(("avx", "sse4", "fma", "amx"))]
+    info["isa"] = sorted(isa)
+    info["cpus"] = os.cpu_count()
+    info["python"] = sys.version.split()[0]
+    return info

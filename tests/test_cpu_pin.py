@@ -1,0 +1,142 @@
+"""Same seed, same bytes on another CPU: the micro pipeline (data, base, arm, evaluation) run through
+the project's own launch path (the ``visctx`` CLI and its preload server) on this machine, and as
+on a machine whose best instruction set is the pinned one, gives identical bytes; with the pin
+switched off the same run differs, so the test can fail.
+
+The other machine is simulated by exporting the kernel level its hardware would give
+(``ATEN_CPU_CAPABILITY``, ``NPY_DISABLE_CPU_FEATURES``) from outside, as its CPU would impose it. On
+an AVX-512 machine the project's real pin (``avx2``) is tested; on an AVX2 machine, which has
+nothing above the real pin, the same mechanism is tested one level down (``default``, the
+baseline kernels of a CPU without AVX2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from visctx import cpu
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+ARMS = ("T2-M9-pool", "T4-M4-pool")
+
+
+def native_capability() -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES")}
+    env[cpu.PIN_VAR] = "off"
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                         env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def pin_under_test(native: str) -> str | None:
+    """The project's pin where the CPU has more than it; else the level below, if the CPU has it."""
+    if native.startswith("AVX512"):
+        return cpu.DEFAULT_LEVEL
+    if native == "AVX2":
+        return "default"
+    return None
+
+
+def pipeline_script(root: Path) -> str:
+    """The workflow's stages as its rules call them (CLI), at the smallest sizes that run each."""
+    r = root
+    small = "--hidden-size 16 --num-layers 1 --num-heads 2 --intermediate-size 32"
+    train = (f"--train-json {r}/corpus/train.json --features-dir {r}/features/train --batch-size 4 --lr 3e-3 "
+             f"--warmup-steps 1 --seed 0 --threads 1 --no-progress-bar")
+    lines = [f"visctx synth --out-dir {r}/corpus --n-train 6 --n-eval 3 --seed 0 --seconds 8 --fps 2 --size 108 --dot 2",
+             f"visctx init-vision --out-dir {r}/vision --image-size 54 --patch-size 2 --hidden-size 16 --num-layers 1 "
+             f"--num-heads 1 --intermediate-size 32 --seed 0"]
+    for split in ("train", "eval"):
+        lines += [
+            f"visctx render --videos-json {r}/corpus/videos.json --video-root {r}/videos --split {split} --shard 0 "
+            f"--n-shards 1 --manifest-out {r}/videos/{split}.json",
+            f"visctx extract --corpus-json {r}/corpus/{split}.json --video-root {r}/videos --shard 0 --n-shards 1 "
+            f"--out-npy {r}/frames/{split}/shard-000.npy --out-json {r}/frames/{split}/shard-000.json --fps 1.0 "
+            f"--max-frames 8 --size 54",
+            f"visctx encode --frames-npy {r}/frames/{split}/shard-000.npy --frames-json {r}/frames/{split}/shard-000.json "
+            f"--vision-tower {r}/vision --out-npy {r}/features/{split}/shard-000.npy "
+            f"--out-json {r}/features/{split}/shard-000.json --batch-size 16"]
+    lines += [
+        f"visctx init-llm --out-dir {r}/llm --corpus-jsons {r}/corpus/train.json {r}/corpus/eval.json --max-frames 8 "
+        f"{small.replace('--num-heads 2', '--num-heads 2 --num-kv-heads 1')} --seed 0",
+        f"visctx train --out-dir {r}/base --init {r}/llm --arms {' '.join(ARMS)} --steps 8 --log-dir {r}/logs/base "
+        f"--ckpt-every 4 {train}",
+        f"visctx train-arms --arms {ARMS[0]} --arms-dir {r}/arms --init {r}/base --steps 4 {train}",
+        f"visctx evaluate-arms --arms {ARMS[0]} --arms-dir {r}/arms --eval-json {r}/corpus/eval.json "
+        f"--features-dir {r}/features/eval --batch-size 8 --threads 1",
+    ]
+    return "set -e\n" + "\n".join(f"{ln} > /dev/null" for ln in lines) + "\n"
+
+
+def run(root: Path, **env_overrides: str) -> dict[str, str]:
+    """Run the pipeline in ``root`` with the preload server; digests of every product."""
+    root.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES", cpu.PIN_VAR)}
+    env |= {"VISCTX_PRELOAD": "1", "VISCTX_PRELOAD_IDLE": "20",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]), **env_overrides}
+    proc = subprocess.run(["bash", "-c", pipeline_script(root)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix in (".npy", ".mp4", ".safetensors"):
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    ev = json.loads((root / f"arms/{ARMS[0]}/eval/synthetic.json").read_text())
+    out["eval"] = json.dumps({k: v for k, v in ev.items() if k not in ("seconds", "model_dir")}, sort_keys=True)
+    summary = json.loads((root / f"arms/{ARMS[0]}/model/train_summary.json").read_text())
+    out["cpu"] = json.dumps(summary["cpu"], sort_keys=True)
+    return out
+
+
+def test_the_pin_gives_the_bytes_of_the_pinned_cpu(tmp_path):
+    native = native_capability()
+    pin = pin_under_test(native)
+    if pin is None:
+        pytest.skip(f"this CPU's torch kernels are {native}: no instruction set below it to simulate")
+    other_cpu = dict(cpu.LEVELS[pin])  # what a CPU whose best level is the pin computes with natively
+
+    here = run(tmp_path / "here", **{cpu.PIN_VAR: pin})  # the project sets the variables itself
+    there = run(tmp_path / "there", **other_cpu, **{cpu.PIN_VAR: pin})
+    control = run(tmp_path / "native", **{cpu.PIN_VAR: "off"})
+
+    assert sum(k.endswith(".safetensors") for k in here) >= 4 and "eval" in here
+    assert json.loads(here["cpu"])["torch"] == cpu.LEVELS[pin]["ATEN_CPU_CAPABILITY"].upper()
+    assert here == there, [k for k in here if here[k] != there.get(k)]
+    assert json.loads(control["cpu"])["torch"] == native
+    trained = [k for k in here if k.endswith(".safetensors") or k == "eval"]
+    assert any(control[k] != here[k] for k in trained), "native kernels gave the pinned bytes: the test cannot fail"
+
+
+def test_a_job_refuses_kernels_other_than_the_pin(tmp_path):
+    """torch told to use other kernels than the pin: the job stops with an error naming both."""
+    code = "import visctx; from visctx import cpu; cpu.check()"
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default", **{cpu.PIN_VAR: "avx2"})
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "contradicts VISCTX_CPU_PIN=avx2" in proc.stderr
+
+
+def test_a_model_made_with_other_kernels_is_refused():
+    made = {"pin": "avx2", "numpy": ["X86_V3"], "torch": "AVX2", "blas": "mkl/GenuineIntel"}
+    here = dict(made, blas="mkl/AuthenticAMD")
+    cpu.require_same(made, dict(made), "m")  # same kernels: accepted
+    cpu.require_same(None, here, "m")  # made before fingerprints existed: accepted
+    with pytest.raises(cpu.CpuPinError, match=r"m was made with other CPU kernels.*blas: mkl/GenuineIntel there"):
+        cpu.require_same(made, here, "m")
+
+
+def test_pin_environment_keeps_explicit_values_and_rejects_unknown_levels():
+    env = {cpu.PIN_VAR: "default", "ATEN_CPU_CAPABILITY": "avx2"}
+    assert cpu.pin_environment(env) == "default"
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2"  # kept: check() then refuses the contradiction
+    assert env["NPY_DISABLE_CPU_FEATURES"] == cpu.LEVELS["default"]["NPY_DISABLE_CPU_FEATURES"]
+    assert cpu.pin_environment({cpu.PIN_VAR: "off"}) == "off"
+    with pytest.raises(cpu.CpuPinError, match="VISCTX_CPU_PIN='avx512'; allowed: avx2, default, off"):
+        cpu.pin_environment({cpu.PIN_VAR: "avx512"})
