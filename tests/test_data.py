@@ -279,3 +279,22 @@ def test_padding_report_shows_what_length_groups_save(tmp_path):
         assert 0 <= grouped < plain / 2 and plain < 1
     # a longer visual block dilutes the same text padding
     assert out["arms"]["T4-M9-pool"]["length_groups=0"] < out["arms"]["T1-M9-sample"]["length_groups=0"]
+
+
+def test_grouping_by_video_puts_each_videos_records_in_one_batch():
+    from visctx.config import Arm
+    from visctx.data import ArmBatchSampler
+
+    videos = [f"v{i // 4}" for i in range(48)]  # 12 videos x 4 records
+    arms = [Arm(1, 4), Arm(2, 4)]
+    s = ArmBatchSampler(48, arms, 8, seed=3, videos=videos)
+    for epoch in (0, 1):
+        batches = s.epoch_batches(epoch)
+        assert len(batches) == 6
+        assert sorted(i for b in batches for i, _ in b) == list(range(48))  # every record once an epoch
+        for b in batches:
+            assert len({videos[i] for i, _ in b}) == 2 and len({a for _, a in b}) == 1
+    assert s.epoch_batches(0) != s.epoch_batches(1)  # reshuffled every epoch
+    assert ArmBatchSampler(48, arms, 8, seed=3, videos=videos).epoch_batches(1) == s.epoch_batches(1)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        ArmBatchSampler(48, arms, 8, videos=videos, lengths=[1] * 48, length_groups=2)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -85,8 +87,28 @@ def test_model_selection_picks_the_generating_form(truth, fn):
     y = fn(x) * np.exp(0.005 * np.random.default_rng(0).normal(size=len(x)))
     rows = model_selection({f: fit_law(f, x, y) for f in F.FORMS_1D}, "frames", "pool")
     assert [r["form"] for r in rows if r["selected"]] == [truth]
-    assert {r["criterion"] for r in rows} == {"aicc"}
-    assert sum(r["weight"] for r in rows) == pytest.approx(1.0)
+    assert {r["criterion"] for r in rows} == {"loo_mae_1se"}
+    sel = next(r for r in rows if r["selected"])
+    assert all(r["loo_n"] == len(x) for r in rows) and sel["within_1se"]
+
+
+def test_selection_is_by_held_out_error_not_gaussian_aicc_at_the_huber_optimum():
+    """A pure power law with one outlying arm: the Gaussian likelihood evaluated at the Huber
+    optimum (what AICc used to be computed from) prefers the power law with offset; predicting each
+    arm from the others does not (the criterion the old code used picks the wrong form here)."""
+    x = np.array([1, 4, 9, 16, 25, 36, 49, 81, 196.0])
+    rng = np.random.default_rng(1)
+    y = 1.7 * x ** -0.08 * np.exp(0.003 * rng.normal(size=9))
+    for _ in range(rng.integers(1, 3)):
+        j = rng.integers(0, 9)
+        y[j] *= math.exp(rng.choice([-1, 1]) * rng.uniform(0.02, 0.08))
+    fits = {f: fit_law(f, x, y) for f in F.FORMS_1D}
+    aicc = {f: fits[f].inference["aicc"] for f in fits}
+    assert min(aicc, key=aicc.get) == "power_offset"  # the old criterion's (wrong) pick
+    rows = model_selection(fits)
+    assert [r["form"] for r in rows if r["selected"]] == ["power"]
+    loo = F.loo_error(fits["power"])
+    assert loo["loo_n"] == 9 and loo["loo_mae"] == pytest.approx(np.mean(loo["loo_errors"]))
 
 
 def test_non_converged_fit_is_never_selected(monkeypatch, tmp_path):
@@ -142,6 +164,34 @@ def test_brute_force_respects_t_max_and_vectorises():
     assert b["T"][0] == 10 and b["T"][1] >= b["T"][0]  # a larger A favours more frames
     c = optimum_closed_form(draws, 160)
     assert c["T"][0] == pytest.approx(optimum_closed_form(JOINT, 160)["T"])
+
+
+def test_optimum_clipped_to_the_window_edge_does_not_agree():
+    """Frames barely matter (A ~ 0): the closed form puts T* at 1 and M* = L, the window's edge. The
+    old check called that agreement because the brute force picked the largest M too."""
+    flat = {"E": 1e-13, "A": 2.6e-13, "alpha": 0.15, "B": 1.75, "beta": 0.06}
+    res = optimum(flat, 160, "pool")
+    assert res["closed_form"]["clipped"] and res["brute_force"]["M"] in res["bracketing_M"]
+    assert res["agree"] is False and any("clipped" in d for d in res["disagree"])
+    assert "NO agreement" in F.format_optimum(res)
+
+
+def test_optimum_outside_the_trained_range_is_flagged():
+    """No arm above M = 196 or T = 32 was trained: an answer at (1, 729) is an extrapolation."""
+    tokens_heavy = {"E": 0.5, "A": 0.01, "alpha": 0.2, "B": 2.0, "beta": 0.5}
+    res = optimum(tokens_heavy, 6000, "pool", trained={"T": [1, 32], "M": [1, 196]})
+    assert res["brute_force"]["M"] == 729
+    assert res["extrapolated"] and any("M = 729 outside" in w for w in res["warnings"])
+    assert "warning: extrapolated" in F.format_optimum(res)
+    inside = optimum(JOINT, 160, "pool", trained={"T": [1, 32], "M": [1, 196]})
+    assert inside["extrapolated"] is False and inside["agree"]
+
+
+def test_brute_force_memory_stays_small_for_huge_windows():
+    T, M = F._candidates(10 ** 9, "pool", None)
+    assert len(T) == len(F.allowed_token_counts("pool"))  # one (largest) T per producible M
+    res = optimum(JOINT, 10 ** 9, "pool")
+    assert res["brute_force"]["tokens"] <= 10 ** 9
 
 
 def test_optimum_intervals_from_draws():

@@ -203,3 +203,74 @@ def test_save_load_round_trip_gives_identical_scores(model, tmp_path):
 def test_lr_schedule_warms_up_then_decays():
     f = lr_lambda(warmup_steps=4, total_steps=12)
     assert [round(f(s), 3) for s in (0, 3, 4, 8, 12)] == [0.25, 1.0, 1.0, 0.5, 0.0]
+
+
+# -- the shared visual prefix (rows of one video computed once) --------------------------------
+
+
+def _visual_for(batch, per_video):
+    """The batch's visual context: one per prefix (shared layout) or per row (full layout)."""
+    keys = batch.get("prefix_keys")
+    return torch.stack([per_video[k] for k in keys]) if keys is not None else None
+
+
+def test_shared_prefix_gives_the_full_layouts_loss_and_gradients(model):
+    enc = model.encoder
+    qa = [("what colour is the ball ?", "red"), ("how many times did the bar flash ?", "3"),
+          ("what colour is the ball ?", "dark blue")]
+    prompts = [enc.train_prompt([("<video>\n" + q, a)]) for q, a in qa] * 2
+    videos = ["v0", "v0", "v0", "v1", "v1", "v2"]
+    T, M = 3, 2
+    per_video = {v: torch.randn(T, M, D) for v in ("v0", "v1", "v2")}
+    shared = enc.train_batch(prompts, T, M, keys=videos)
+    full = enc.train_batch(prompts, T, M)
+    assert shared["prefix_keys"] == ["v0", "v1", "v2"] and shared["row_prefix"].tolist() == [0, 0, 0, 1, 1, 2]
+    assert shared["prefix_ids"].shape[0] == 3 and "prefix_ids" not in full
+    assert torch.equal(shared["lengths"], full["lengths"])
+    assert int(shared["n_slots"]) < int(full["n_slots"])  # the visual block computed 3 times, not 6
+    shared["visual"] = _visual_for(shared, per_video)
+    full["visual"] = torch.stack([per_video[v] for v in videos])
+    model.train()
+    losses, grads = [], []
+    for b in (shared, full):
+        model.zero_grad()
+        loss = model(b)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert abs(losses[0] - losses[1]) < 1e-6
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    # where the cache is unavailable (gradient checkpointing in training) the same batch runs unshared
+    unshared = model._unshared(shared)
+    assert torch.equal(unshared["input_ids"][:, :full["input_ids"].shape[1]], full["input_ids"])
+    assert abs(float(model(unshared)) - losses[1]) < 1e-6
+
+
+def test_shared_prefix_gives_the_full_layouts_option_scores(model):
+    enc = model.encoder
+    single = [enc.choice_prompt("what colour is the ball ?", ["red", "green", "blue"], 0),
+              enc.choice_prompt("how many times did the bar flash ?", ["1", "2", "3", "4"], 2),
+              enc.choice_prompt("what colour is the ball ?", ["red", "blue"], 1)]
+    multi = [enc.choice_prompt("what colour is the ball ?", ["dark red", "green", "light blue yellow"], 2),
+             enc.choice_prompt("how many times did the bar flash ?", ["1 2", "3"], 1)]
+    T, M = 2, 3
+    per_video = {v: torch.randn(T, M, D) for v in ("a", "b")}
+    with torch.no_grad():
+        for prompts, videos in ((single, ["a", "a", "b"]), (multi, ["a", "a"])):
+            shared = enc.choice_batch(prompts, T, M, keys=videos)
+            full = enc.choice_batch(prompts, T, M)
+            assert "row_prefix" in shared and "row_prefix" not in full
+            shared["visual"] = _visual_for(shared, per_video)
+            full["visual"] = torch.stack([per_video[v] for v in videos])
+            a, b = model.score_options(shared), model.score_options(full)
+            assert torch.equal(a["ntokens"], b["ntokens"])
+            assert torch.allclose(a["logprob"], b["logprob"], atol=1e-5)
+
+
+def test_rows_that_share_no_video_or_differ_before_it_keep_the_full_layout(model):
+    enc = model.encoder
+    p = enc.train_prompt([("<video>\nwhat colour is the ball ?", "red")])
+    q = enc.train_prompt([("what colour <video>\nis the ball ?", "red")])  # text before the video
+    assert "prefix_ids" not in enc.train_batch([p, p], 2, 2, keys=["a", "b"])
+    assert "prefix_ids" not in enc.train_batch([p, q], 2, 2, keys=["a", "a"])
+    assert "prefix_ids" in enc.train_batch([q, q], 2, 2, keys=["a", "a"])

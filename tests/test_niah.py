@@ -1,5 +1,7 @@
 """Needle in a haystack: where the needle lands, which extracted frame shows it."""
 
+import math
+
 import pytest
 
 from visctx.niah import haystack_indices, needle_frame
@@ -12,7 +14,14 @@ def test_needle_lands_at_its_depth_among_other_frames(n_haystack, depth):
     assert len(idx) == n_haystack + 1 and idx.count(9) == 1
     hay = [i for i in idx if i != 9]
     assert hay == sorted(hay) and len(set(hay)) == len(hay)  # uniform, in order, no repeats
-    assert idx.index(9) == round(depth / 100 * n_haystack)
+    assert idx.index(9) == math.floor(depth / 100 * n_haystack + 0.5)
+
+
+def test_half_depth_with_one_haystack_frame_is_not_the_start():
+    """Python's round(0.5) == 0 put the 50 % needle first for N = 1, the same as 0 %."""
+    assert haystack_indices(4, needle=2, n_haystack=1, depth=0).index(2) == 0
+    assert haystack_indices(4, needle=2, n_haystack=1, depth=50).index(2) == 1
+    assert haystack_indices(4, needle=2, n_haystack=2, depth=25).index(2) == 1
 
 
 def test_depth_ends_and_whole_video():

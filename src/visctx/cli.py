@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("visctx.evaluate", "evaluate", "evaluate one model on one benchmark"),
     "evaluate-arms": ("visctx.evaluate", "evaluate_arms", "evaluate each of several arms on one benchmark"),
     "niah": ("visctx.niah", "niah", "needle-in-a-haystack accuracy over (haystack frames, depth)"),
+    "niah-summary": ("visctx.niah", "niah_summary", "the needle-in-a-haystack map over seeds: mean, interval, each seed"),
     "collect": ("visctx.collect", "collect", "gather per-arm evaluations into the tidy table"),
     "fits": ("visctx.fit", "write_fits", "fit the scaling laws, bootstrap, optimum"),
     "optimum": ("visctx.fit", "optimum_cli", "which (T, M) for a window L, with intervals"),

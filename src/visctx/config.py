@@ -234,6 +234,11 @@ def semantic_errors(params: dict) -> list[str]:
         if budget is not None and T * M > budget:
             errs.append(f"studies.window.combos[{i}]=[{T}, {M}]: T*M={T * M} is above the window "
                         f"studies.window.budget={budget}; allowed: T*M <= {budget}")
+    for part in ("base", "arm"):
+        t = params.get("train", {}).get(part, {})
+        if t.get("group_by_video") and t.get("length_groups"):
+            errs.append(f"train.{part}.group_by_video=true with train.{part}.length_groups={t['length_groups']}: "
+                        f"batches are grouped by video or by text length, not both")
     if "arms" in params.get("train", {}).get("arm", {}):
         errs.append("train.arm.arms: only train.base has a mixture of arms (each arm trains on itself)")
     pinned = params.get("train", {}).get("base", {}).get("arms", "studies")

@@ -118,8 +118,10 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
                 "accuracy": float(correct[ii].double().mean())}
 
     by_task: dict[str, list[int]] = defaultdict(list)
+    by_video: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         by_task[r.task_type].append(i)
+        by_video[r.video].append(i)
     overall = summarise(list(range(len(records))))
     official = score(benchmark, items, preds)
     result = {
@@ -135,6 +137,11 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
         "predictions": preds,  # per item, in eval_json order (None: unparsable): any rule can be re-applied
         **({"generations": texts, "unparsed": sum(p is None for p in preds)} if texts is not None else {}),
         "per_task": {t: summarise(sel) for t, sel in sorted(by_task.items())},
+        # per video: items, summed answer NLL, answer tokens, correct items -- what a bootstrap over
+        # evaluation videos resamples (a video's questions are not independent)
+        "videos": {v: [len(sel), float(nll[sel].sum()), int(ntok[sel].sum()), int(correct[sel].sum())]
+                   for v, sel in sorted(by_video.items())},
+        "seed": model.meta.get("seed"),  # the training replicate (the model's own record)
         "T": arm.T,
         "M": arm.M,
         "token_op": arm.token_op,

@@ -612,20 +612,21 @@ def _irls_batch(law: Law, Z: np.ndarray, logy: np.ndarray, W: np.ndarray, theta0
     one L-BFGS-B run per resample costs ~4 ms of SciPy overhead; this does 1000 in ~0.3 s."""
     B, k = W.shape[0], law.k
     Wn = W / (delta * W.sum(1, keepdims=True))
+    LY = np.broadcast_to(logy, W.shape)  # one log-loss vector for all rows, or one per row (noise draws)
     TH = np.tile(np.asarray(theta0, float), (B, 1))
     lo = np.array([b[0] if b[0] is not None else -np.inf for b in law.bounds()])
     hi = np.array([b[1] if b[1] is not None else np.inf for b in law.bounds()])
-    obj = _batch_objective(law.name, TH, Z, logy, Wn, delta)
+    obj = _batch_objective(law.name, TH, Z, LY, Wn, delta)
     lam = np.full(B, 1e-6)
     gn = np.full(B, np.inf)
     active = np.arange(B)
     eye = np.eye(k)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         for _ in range(iters + 1):
-            th, w = TH[active], Wn[active]
+            th, w, ly = TH[active], Wn[active], LY[active]
             f, J = _batch_f_jac(law.name, th, Z)
             f = np.maximum(f, TINY)
-            r = np.log(f) - logy
+            r = np.log(f) - ly
             Jr = J / f[..., None]
             g = np.einsum("bn,bni->bi", w * np.clip(r, -delta, delta), Jr)
             pg = np.where(((th <= lo + 1e-10) & (g > 0)) | ((th >= hi - 1e-10) & (g < 0)), 0.0, g)
@@ -633,7 +634,7 @@ def _irls_batch(law: Law, Z: np.ndarray, logy: np.ndarray, W: np.ndarray, theta0
             keep = gn[active] > tol
             if not keep.any() or _ == iters:
                 break
-            active, th, w, Jr, r = active[keep], th[keep], w[keep], Jr[keep], r[keep]
+            active, th, w, ly, Jr, r = active[keep], th[keep], w[keep], ly[keep], Jr[keep], r[keep]
             om = w * np.minimum(1.0, delta / np.maximum(np.abs(r), TINY))
             A = np.matmul(Jr.transpose(0, 2, 1) * om[:, None, :], Jr)
             A += (lam[active][:, None] * np.einsum("bii->bi", A) + 1e-300)[:, :, None] * eye
@@ -646,7 +647,7 @@ def _irls_batch(law: Law, Z: np.ndarray, logy: np.ndarray, W: np.ndarray, theta0
             improved = np.zeros(len(active), bool)
             for a in (1.0, 0.5, 0.25, 0.1):
                 cand = np.clip(th + a * np.nan_to_num(step), lo, hi)
-                o = _batch_objective(law.name, cand, Z, logy, w, delta)
+                o = _batch_objective(law.name, cand, Z, ly, w, delta)
                 better = o < best
                 best = np.where(better, o, best)
                 best_th[better] = cand[better]
@@ -657,9 +658,15 @@ def _irls_batch(law: Law, Z: np.ndarray, logy: np.ndarray, W: np.ndarray, theta0
 
 
 @_one_blas_thread
-def bootstrap_fit(fit: Fit, n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> dict[str, Any]:
-    """Resample the fit's points (arms) with replacement and refit the same Huber objective,
-    warm-started from the full-data optimum.
+def bootstrap_fit(fit: Fit, n_boot: int = 1000, seed: int = 0, level: float = LEVEL,
+                  Y: np.ndarray | None = None) -> dict[str, Any]:
+    """Bootstrap intervals of the fit's parameters, each resample refitted with the same Huber
+    objective warm-started from the full-data optimum.
+
+    With ``Y`` (``[n_boot, n]``: the points' losses in each resample of the measurement noise,
+    :func:`noise_draws` -- training seeds and evaluation videos resampled) every draw refits those
+    losses, so the intervals hold training and item noise (``kind: noise``). Without it the points
+    (arms) are resampled with replacement (``kind: arms``: one seed, no per-video data).
 
     All resamples go through :func:`_irls_batch` at once; any whose projected gradient is still
     above ``GTOL`` is finished by L-BFGS-B (:func:`_minimize`) from there, or failing that from the
@@ -669,22 +676,32 @@ def bootstrap_fit(fit: Fit, n_boot: int = 1000, seed: int = 0, level: float = LE
     if n_boot < 1:
         raise FitError(f"{fit.label}: n_boot must be >= 1, got {n_boot}")
     law = fit.law
-    Z, logy = law.transform(fit.X), np.log(fit.y)
+    Z = law.transform(fit.X)
     n = len(fit.y)
-    rng = _seed_for(seed, fit.label)
-    W = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(float)
-    keys = [tuple(r) for r in fit.X.tolist()]
     valid = np.ones(n_boot, bool)
-    for b in range(n_boot):
-        used = np.flatnonzero(W[b] > 0)
-        Xu = fit.X[used]
-        if (len({keys[i] for i in used}) < law.k + 1
-                or (law.dims == 2 and (len(np.unique(Xu[:, 0])) < 2 or len(np.unique(Xu[:, 1])) < 2))
-                or np.ptp(fit.y[used]) <= 0):
-            valid[b] = False
+    if Y is not None:
+        Y = np.asarray(Y, float)
+        if Y.shape != (n_boot, n):
+            raise FitError(f"{fit.label}: noise draws have shape {Y.shape}, expected {(n_boot, n)}")
+        W = np.ones((n_boot, n))
+        LY = np.log(np.where(Y > 0, Y, np.nan))
+        valid = np.isfinite(LY).all(1)
+        LY = np.where(np.isfinite(LY), LY, 0.0)
+    else:
+        rng = _seed_for(seed, fit.label)
+        W = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(float)
+        LY = np.broadcast_to(np.log(fit.y), W.shape)
+        keys = [tuple(r) for r in fit.X.tolist()]
+        for b in range(n_boot):
+            used = np.flatnonzero(W[b] > 0)
+            Xu = fit.X[used]
+            if (len({keys[i] for i in used}) < law.k + 1
+                    or (law.dims == 2 and (len(np.unique(Xu[:, 0])) < 2 or len(np.unique(Xu[:, 1])) < 2))
+                    or np.ptp(fit.y[used]) <= 0):
+                valid[b] = False
     draws = np.full((n_boot, law.k), np.nan)
     idx = np.flatnonzero(valid)
-    TH, gn = _irls_batch(law, Z, logy, W[idx], fit.theta, fit.delta)
+    TH, gn = _irls_batch(law, Z, LY[idx], W[idx], fit.theta, fit.delta)
     fallback = failed = 0
     for j, b in enumerate(idx):
         if gn[j] <= GTOL:
@@ -692,9 +709,9 @@ def bootstrap_fit(fit: Fit, n_boot: int = 1000, seed: int = 0, level: float = LE
             continue
         fallback += 1
         u = W[b] > 0
-        o = _minimize(law, Z[u], logy[u], W[b][u], TH[j], fit.delta, maxiter=500)
+        o = _minimize(law, Z[u], LY[b][u], W[b][u], TH[j], fit.delta, maxiter=500)
         if not o.converged:
-            o = _minimize(law, Z[u], logy[u], W[b][u], fit.theta, fit.delta, maxiter=500)
+            o = _minimize(law, Z[u], LY[b][u], W[b][u], fit.theta, fit.delta, maxiter=500)
         if not o.converged:
             failed += 1
             continue
@@ -702,6 +719,7 @@ def bootstrap_fit(fit: Fit, n_boot: int = 1000, seed: int = 0, level: float = LE
     ok = np.all(np.isfinite(draws), axis=1)
     fit.draws = draws[ok]
     fit.boot = {
+        "kind": "noise" if Y is not None else "arms",
         "n_boot": int(n_boot),
         "n_ok": int(ok.sum()),
         "n_skipped": int((~valid).sum()),
@@ -731,27 +749,70 @@ def curve_band(fit: Fit, n_points: int = 64, level: float = LEVEL) -> dict[str, 
 # Model selection
 
 
+def loo_error(fit: Fit, n_starts: int = 2) -> dict[str, Any]:
+    """Leave one arm out: refit the law without each point (the same Huber objective, started from
+    the full-data optimum and the best ``n_starts`` grid starts of the reduced data) and predict the
+    point left out. ``loo_mae`` is the mean absolute log-loss error of those predictions: the
+    estimator's own scale (its Huber delta is 1e-3, so it is an L1 fit) and a measure of how the law
+    predicts arms it has not seen, which a Gaussian likelihood evaluated at the Huber optimum is not.
+    A point whose removal leaves too few distinct points for the law is not scored."""
+    law, X, y = fit.law, fit.X, fit.y
+    errs: list[float | None] = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        Xk, yk = X[keep], y[keep]
+        try:
+            _check_data(law, Xk, yk, fit.label)
+        except FitError:
+            errs.append(None)
+            continue
+        Z, logy, w = law.transform(Xk), np.log(yk), np.ones(len(yk))
+        wn = _weights(w, fit.delta)
+        starts = sorted(law.starts(Xk, yk), key=lambda t: _huber_objective(t, law, Z, logy, wn, fit.delta)[0])
+        best = None
+        for s0 in [fit.theta, *starts[:n_starts]]:
+            o = _minimize(law, Z, logy, w, s0, fit.delta)
+            if best is None or (o.converged, -o.fun) > (best.converged, -best.fun):
+                best = o
+        pred = float(law.predict_natural(law.natural(best.theta), X[i:i + 1])[0])
+        errs.append(abs(math.log(max(pred, TINY)) - math.log(y[i])) if best.converged else None)
+    scored = [e for e in errs if e is not None]
+    return {"loo_mae": float(np.mean(scored)) if scored else None, "loo_errors": errs, "loo_n": len(scored)}
+
+
 def model_selection(fits: dict[str, Fit | None], study: str = "", method: str = "") -> list[dict[str, Any]]:
-    """One row per form: n, k, llf, AIC, AICc, BIC, R^2, convergence, delta AICc, Akaike weight and
-    the winner (lowest AICc among converged fits; AIC when AICc is undefined for every candidate)."""
+    """One row per form and the winner: the simplest law (fewest parameters) whose leave-one-arm-out
+    error (:func:`loo_error`) is within one standard error of the lowest, among converged fits scored
+    on the same points (Breiman's one-SE rule: nested laws predict almost alike, and the extra
+    parameter must earn its place). The Gaussian log-likelihood, AIC, AICc and BIC
+    (of log residuals at the Huber optimum) stay in the rows for reference but do not decide: they
+    are not the likelihood the estimator maximises, and they picked a power law with offset for data
+    drawn from a pure power law with one outlying arm (tests/test_fit.py)."""
     rows = []
     for form, f in fits.items():
         if f is None:
             continue
+        loo = f.inference.get("loo") or loo_error(f)
+        f.inference["loo"] = loo
         rows.append({"study": study, "method": method, "form": form, "formula": f.law.formula,
-                     "n": len(f.y), "k": f.law.k + 1, "llf": f.inference["llf"], "aic": f.inference["aic"],
-                     "aicc": f.inference["aicc"], "bic": f.inference["bic"], "r2": f.inference["r2"],
-                     "converged": f.converged})
-    ok = [r for r in rows if r["converged"]]
-    crit = "aicc" if ok and all(np.isfinite(r["aicc"]) for r in ok) else "aic"
-    best = min((r[crit] for r in ok), default=float("nan"))
-    ws = {r["form"]: math.exp(-0.5 * (r[crit] - best)) for r in ok if np.isfinite(r[crit])}
-    tot = sum(ws.values())
+                     "n": len(f.y), "k": f.law.k, "loo_mae": loo["loo_mae"], "loo_n": loo["loo_n"],
+                     "llf": f.inference["llf"], "aic": f.inference["aic"], "aicc": f.inference["aicc"],
+                     "bic": f.inference["bic"], "r2": f.inference["r2"], "converged": f.converged})
+    ok = [r for r in rows if r["converged"] and r["loo_mae"] is not None]
+    n_common = min((r["loo_n"] for r in ok), default=0)
+    ok = [r for r in ok if r["loo_n"] == n_common]  # compare forms on the same left-out points
+    best = min(ok, key=lambda r: r["loo_mae"], default=None)
+    se = 0.0
+    if best is not None:  # one standard error of the best form's mean error: forms within it are as good
+        e = np.array([x for x in fits[best["form"]].inference["loo"]["loo_errors"] if x is not None])
+        se = float(e.std(ddof=1) / math.sqrt(len(e))) if len(e) > 1 else 0.0
+    close = [r for r in ok if r["loo_mae"] <= best["loo_mae"] + se] if best is not None else []
+    pick = min(close, key=lambda r: (r["k"], r["loo_mae"])) if close else None  # the simplest of those
     for r in rows:
-        r["criterion"] = crit
-        r["delta"] = r[crit] - best if r["converged"] else float("nan")
-        r["weight"] = ws.get(r["form"], 0.0) / tot if tot else float("nan")
-        r["selected"] = bool(r["converged"] and np.isfinite(best) and r[crit] == best)
+        r["criterion"] = "loo_mae_1se"
+        r["delta"] = r["loo_mae"] - best["loo_mae"] if r in ok else float("nan")
+        r["within_1se"] = r in close
+        r["selected"] = r is pick
     return rows
 
 
@@ -768,6 +829,17 @@ def allowed_token_counts(method: str = "pool") -> list[int]:
     if method == "sample":
         return [m * m for m in range(1, GRID + 1)]
     raise FitError(f"unknown token method {method!r}; allowed: pool, sample")
+
+
+def joint_params5(form: str, params: dict[str, float]) -> dict[str, float]:
+    """A joint law's parameters as (E, A, alpha, B, beta): the law without offset has E = 0."""
+    return {"E": 0.0, **params} if form == "joint_nooffset" else dict(params)
+
+
+def joint_draws5(form: str, draws: np.ndarray) -> np.ndarray:
+    """Bootstrap draws of a joint law as ``[n, 5]`` (E, A, alpha, B, beta) rows."""
+    d = np.asarray(draws, float)
+    return np.column_stack([np.zeros(len(d)), d]) if form == "joint_nooffset" else d
 
 
 def _joint_params(params: dict[str, float] | Sequence[float]) -> np.ndarray:
@@ -821,15 +893,18 @@ def lagrange_residual(params: dict[str, float] | Sequence[float], T: float, M: f
 
 
 def _candidates(budget: int, method: str, t_max: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """One candidate per producible M: the largest T with T*M <= L (and T <= t_max). The joint laws
+    fall monotonically in T at fixed M (A, alpha >= 0), so no smaller T can win; enumerating every
+    (T, M) instead held 1.5e9 candidates at L = 1e9."""
     Ts, Ms = [], []
     for M in allowed_token_counts(method):
         top = budget // M if t_max is None else min(budget // M, t_max)
         if top >= 1:
-            Ts.append(np.arange(1, top + 1))
-            Ms.append(np.full(top, M))
+            Ts.append(top)
+            Ms.append(M)
     if not Ts:
         raise FitError(f"no (T, M) with T*M <= {budget} for token method {method!r}")
-    return np.concatenate(Ts).astype(float), np.concatenate(Ms).astype(float)
+    return np.asarray(Ts, float), np.asarray(Ms, float)
 
 
 def optimum_brute_force(params: dict[str, float] | Sequence[float], budget: int, method: str = "pool",
@@ -856,26 +931,51 @@ def optimum_brute_force(params: dict[str, float] | Sequence[float], budget: int,
 
 
 def optimum(params: dict[str, float] | Sequence[float], budget: int, method: str = "pool",
-            t_max: int | None = None, draws: np.ndarray | None = None, level: float = LEVEL) -> dict[str, Any]:
-    """"For my window L, which (T, M)?": closed form and brute force, their agreement, and percentile
-    intervals over bootstrap ``draws`` ([n, 5] natural joint parameters) when given."""
+            t_max: int | None = None, draws: np.ndarray | None = None, level: float = LEVEL,
+            trained: dict[str, Sequence[float]] | None = None) -> dict[str, Any]:
+    """"For my window L, which (T, M)?": closed form and brute force, whether they agree, and
+    percentile intervals over bootstrap ``draws`` ([n, 5] natural joint parameters) when given.
+
+    ``agree`` is true only when the closed form is an interior solution (T* not clipped to the
+    window's edge, T* <= t_max, M* within the producible token counts) and the brute-force M is one
+    of the producible counts bracketing M*; each failed condition is listed in ``disagree``.
+    ``trained`` ({"T": [lo, hi], "M": [lo, hi]}: the ranges the law was fitted on) adds
+    ``extrapolated`` and a warning when an optimum lies outside them."""
     cf = optimum_closed_form(params, budget)
     bf = optimum_brute_force(params, budget, method, t_max)
     allowed = [m for m in allowed_token_counts(method) if m <= budget]
     below = [m for m in allowed if m <= cf["M"]]
     above = [m for m in allowed if m >= cf["M"]]
     neighbours = sorted({*(below[-1:]), *(above[:1])})
+    disagree = []
+    if cf["clipped"]:
+        disagree.append(f"the closed form is clipped to the window's edge (T* = {cf['T']:.3g}, M* = {cf['M']:.3g})")
+    if t_max is not None and cf["T"] > t_max:
+        disagree.append(f"T* = {cf['T']:.1f} is above t_max = {t_max}, which the brute force respects")
+    if not above:
+        disagree.append(f"M* = {cf['M']:.1f} is above the largest producible M ({allowed[-1] if allowed else None})")
+    if bf["M"] not in neighbours:
+        disagree.append(f"the brute-force M = {bf['M']} does not bracket M* = {cf['M']:.1f} ({neighbours})")
     out: dict[str, Any] = {
         "budget": int(budget), "method": method, "t_max": t_max,
         "closed_form": cf, "brute_force": bf,
         "bracketing_M": neighbours,
-        # agreement: the discrete optimum uses an M adjacent to the continuous M*, and costs little
-        "agree": bool(bf["M"] in neighbours),
+        "agree": not disagree,
+        "disagree": disagree,
         "loss_gap": float(bf["loss"] - cf["loss"]),
         "rel_loss_gap": float((bf["loss"] - cf["loss"]) / cf["loss"]),
     }
     if t_max is not None and cf["T"] > t_max:
         out["note"] = f"closed-form T*={cf['T']:.1f} exceeds t_max={t_max}; brute force respects it"
+    if trained is not None:
+        (tlo, thi), (mlo, mhi) = trained["T"], trained["M"]
+        out["trained"] = {"T": [float(tlo), float(thi)], "M": [float(mlo), float(mhi)]}
+        outside = [f"{name} = {v:.4g} outside the trained {name} range [{lo:g}, {hi:g}]"
+                   for name, v, lo, hi in (("brute-force T", bf["T"], tlo, thi), ("brute-force M", bf["M"], mlo, mhi),
+                                           ("T*", cf["T"], tlo, thi), ("M*", cf["M"], mlo, mhi))
+                   if not lo <= v <= hi]
+        out["extrapolated"] = bool(outside)
+        out["warnings"] = outside
     if draws is not None and len(draws):
         d = np.asarray(draws, float)
         c = optimum_closed_form(d, budget)
@@ -910,18 +1010,78 @@ def _read_csv(path: str | Path, required: Sequence[str], kind: str) -> pd.DataFr
     return df
 
 
-def load_arms(arms_csv: str | Path, benchmark: str = "synthetic") -> pd.DataFrame:
-    """arms.csv rows of one benchmark, indexed by arm id (duplicates are an error)."""
+def load_replicates(arms_csv: str | Path, benchmark: str = "synthetic") -> pd.DataFrame:
+    """arms.csv rows of one benchmark: one per (arm, seed); a table without a ``seed`` column is
+    one replicate (seed 0). A repeated (arm, seed) is an error, and so is an arm with other seeds."""
     path = Path(arms_csv)
     df = _read_csv(path, ARMS_REQUIRED, "arms")
-    sub = df[df["benchmark"].astype(str) == benchmark]
+    sub = df[df["benchmark"].astype(str) == benchmark].copy()
     if sub.empty:
         raise FitError(f"{path}: no rows for benchmark {benchmark!r}; available: "
                        f"{sorted(df['benchmark'].astype(str).unique())}")
-    dup = sorted(sub["arm"][sub["arm"].duplicated()].unique())
-    if dup:
-        raise FitError(f"{path}: arm(s) {dup} appear more than once for benchmark {benchmark!r}")
-    return sub.set_index("arm", drop=False)
+    if "seed" not in sub:
+        sub["seed"] = 0
+    dup = sub[sub.duplicated(["arm", "seed"])]
+    if not dup.empty:
+        raise FitError(f"{path}: arm(s) {sorted(dup['arm'].unique())} appear more than once for benchmark "
+                       f"{benchmark!r} and the same seed")
+    seeds = sub.groupby("arm")["seed"].apply(lambda x: tuple(sorted(x)))
+    if seeds.nunique() > 1:
+        raise FitError(f"{path}: arms have different seeds ({seeds.value_counts().to_dict()})")
+    return sub
+
+
+def load_arms(arms_csv: str | Path, benchmark: str = "synthetic") -> pd.DataFrame:
+    """One row per arm of one benchmark, indexed by arm id: numeric columns are the means over the
+    training seeds (:func:`load_replicates`), with ``loss_sd`` (across seeds) and ``seeds``."""
+    sub = load_replicates(arms_csv, benchmark)
+    keys = ["arm", *(c for c in ("T", "M", "token_op", "frame_op", "time_kernel", "tokens", "benchmark")
+                     if c in sub)]
+    values = [c for c in sub.columns if c not in keys and c != "seed" and pd.api.types.is_numeric_dtype(sub[c])]
+    g = sub.groupby(keys, sort=False)
+    out = g[values].mean()
+    out["loss_sd"] = g["loss"].std(ddof=1)
+    out["seeds"] = g["seed"].nunique()
+    return out.reset_index().set_index("arm", drop=False)
+
+
+def noise_draws(replicates: pd.DataFrame, arms: Sequence[str], n_boot: int, seed: int = 0,
+                videos_csv: str | Path | None = None, benchmark: str = "synthetic") -> np.ndarray | None:
+    """``[n_boot, len(arms)]`` bootstrap losses of ``arms``: in each draw the training seeds are
+    resampled with replacement (all arms together: the arms of one seed share its base) and, with
+    ``videos_csv`` (per-video sums, :mod:`visctx.collect`), so are the evaluation videos (all arms
+    together: they are asked the same questions); an arm's loss is then the mean over the drawn
+    seeds of its answer NLL per token over the drawn videos. None when there is nothing to
+    resample (one seed and no per-video data): the fits then resample arms instead."""
+    seeds = sorted(replicates["seed"].unique().tolist())
+    arms = list(arms)
+    if len(seeds) < 2 and videos_csv is None:
+        return None
+    rng = np.random.default_rng([int(seed), zlib.crc32(b"noise")])
+    S = np.stack([np.bincount(rng.integers(0, len(seeds), len(seeds)), minlength=len(seeds))
+                  for _ in range(n_boot)]).astype(float)  # [B, R] seed counts
+    if videos_csv is None:
+        L = replicates.pivot_table(index="arm", columns="seed", values="loss").loc[arms, seeds].to_numpy(float)
+        return (S @ L.T) / S.sum(1, keepdims=True)
+    v = _read_csv(videos_csv, ("arm", "seed", "benchmark", "video", "nll", "ntok"), "videos")
+    v = v[(v["benchmark"].astype(str) == benchmark) & v["arm"].isin(arms)]
+    videos = sorted(v["video"].unique())
+    nll = np.full((len(arms), len(seeds), len(videos)), np.nan)
+    ntok = np.full_like(nll, np.nan)
+    ai = {a: i for i, a in enumerate(arms)}
+    si = {x: i for i, x in enumerate(seeds)}
+    vi = {x: i for i, x in enumerate(videos)}
+    a_, s_, v_ = (v["arm"].map(ai).to_numpy(), v["seed"].map(si).to_numpy(), v["video"].map(vi).to_numpy())
+    if np.isnan(a_.astype(float)).any() or np.isnan(s_.astype(float)).any():
+        raise FitError(f"{videos_csv}: rows for seeds or arms that arms.csv does not have")
+    nll[a_, s_, v_] = v["nll"].to_numpy(float)
+    ntok[a_, s_, v_] = v["ntok"].to_numpy(float)
+    if np.isnan(nll).any():
+        raise FitError(f"{videos_csv}: not every (arm, seed, video) of benchmark {benchmark!r} is there")
+    V = np.stack([np.bincount(rng.integers(0, len(videos), len(videos)), minlength=len(videos))
+                  for _ in range(n_boot)]).astype(float)  # [B, V] video counts
+    per_seed = np.einsum("asv,bv->bas", nll, V) / np.einsum("asv,bv->bas", ntok, V)  # [B, arms, seeds]
+    return np.einsum("bas,bs->ba", per_seed, S) / S.sum(1)[:, None]
 
 
 def load_design(design_csv: str | Path) -> pd.DataFrame:
@@ -1007,9 +1167,9 @@ def _fit_forms(forms: Sequence[str], X: np.ndarray, y: np.ndarray, ids: list[str
     return out
 
 
-def _boot_job(args: tuple[Fit, int, int]) -> tuple[dict[str, Any], np.ndarray]:
-    fit, n_boot, seed = args
-    bootstrap_fit(fit, n_boot, seed)
+def _boot_job(args: tuple[Fit, int, int, np.ndarray | None]) -> tuple[dict[str, Any], np.ndarray]:
+    fit, n_boot, seed, Y = args
+    bootstrap_fit(fit, n_boot, seed, Y=Y)
     return fit.boot, fit.draws
 
 
@@ -1021,11 +1181,16 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def bootstrap_all(fits: Sequence[Fit], n_boot: int, seed: int, workers: int | None = None) -> None:
+def bootstrap_all(fits: Sequence[Fit], n_boot: int, seed: int, workers: int | None = None,
+                  draws: tuple[np.ndarray, list[str]] | None = None) -> None:
     """Bootstrap every fit, in ``workers`` processes (fork) when asked (None/1: in this process;
     0: every usable CPU). Seeds depend only on (seed, fit label), so results do not depend on the
-    number of workers or the order. ``n_boot = 0`` skips the bootstrap (no intervals)."""
+    number of workers or the order. ``n_boot = 0`` skips the bootstrap (no intervals). ``draws``:
+    (:func:`noise_draws` of some arms, those arms): each fit refits the draws of its own arms, so
+    all fits see the same resampled seeds and videos."""
     fits = list(fits)
+    col = {a: i for i, a in enumerate(draws[1])} if draws is not None else {}
+    Ys = [draws[0][:, [col[a] for a in f.arms]] if draws is not None else None for f in fits]
     workers = 1 if workers is None else (default_workers() if workers == 0 else max(1, int(workers)))
     workers = min(workers, len(fits))
     if n_boot < 0:
@@ -1035,18 +1200,18 @@ def bootstrap_all(fits: Sequence[Fit], n_boot: int, seed: int, workers: int | No
     if workers > 1 and "fork" in mp.get_all_start_methods():
         order = sorted(range(len(fits)), key=lambda i: -len(fits[i].y) * fits[i].law.k)  # big jobs first
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
-            results = list(ex.map(_boot_job, [(fits[i], n_boot, seed) for i in order]))
-        for i, (boot, draws) in zip(order, results):
-            fits[i].boot, fits[i].draws = boot, draws
+            results = list(ex.map(_boot_job, [(fits[i], n_boot, seed, Ys[i]) for i in order]))
+        for i, (boot, d) in zip(order, results):
+            fits[i].boot, fits[i].draws = boot, d
     else:
-        for f in fits:
-            bootstrap_fit(f, n_boot, seed)
+        for f, Y in zip(fits, Ys):
+            bootstrap_fit(f, n_boot, seed, Y=Y)
 
 
 @_one_blas_thread
 def run_fits(arms_csv: str | Path, design_csv: str | Path, budget: int, n_boot: int = 1000, seed: int = 0,
              benchmark: str = "synthetic", *, t_max: int | None = None, strict: bool = False,
-             workers: int | None = None) -> dict[str, Any]:
+             workers: int | None = None, videos_csv: str | Path | None = None) -> dict[str, Any]:
     """Every fit of the study (JSON-serialisable): tokens x {sample, pool} vs M, frames x
     {sample, pool} vs T (forms power_offset, power, linear), the joint law (joint, joint_nooffset),
     model selection, the optimum at ``budget`` with bootstrap intervals, and the window prediction
@@ -1055,10 +1220,13 @@ def run_fits(arms_csv: str | Path, design_csv: str | Path, budget: int, n_boot: 
     Absent studies are skipped. Bad inputs raise :class:`FitError`; a fit that cannot be made (too
     few points, constant losses) or does not converge is recorded under ``errors`` (``strict``:
     raised). ``workers`` processes share the bootstrap (default 1; 0 = every CPU this process may
-    use); the result does not depend on it."""
+    use); the result does not depend on it. The points are the arms' means over the training
+    seeds; with several seeds (and ``videos_csv``, the per-video table) the bootstrap resamples
+    seeds and evaluation videos (:func:`noise_draws`), else the arms."""
     from visctx import cpu
 
     kernels = cpu.check(torch=False)  # float64 exp/log differ between NumPy's AVX2 and AVX-512 kernels
+    replicates = load_replicates(arms_csv, benchmark)
     arms = load_arms(arms_csv, benchmark)
     design = load_design(design_csv)
     errors: list[dict] = []
@@ -1066,7 +1234,9 @@ def run_fits(arms_csv: str | Path, design_csv: str | Path, budget: int, n_boot: 
         "version": 1, "benchmark": benchmark, "budget": int(budget), "n_boot": int(n_boot), "seed": int(seed),
         "cpu": kernels,
         "level": LEVEL, "huber_delta": HUBER_DELTA, "gtol": GTOL, "t_max": t_max,
-        "inputs": {"arms_csv": str(arms_csv), "design_csv": str(design_csv), "n_arms": int(len(arms))},
+        "inputs": {"arms_csv": str(arms_csv), "design_csv": str(design_csv), "n_arms": int(len(arms)),
+                   "videos_csv": None if videos_csv is None else str(videos_csv),
+                   "seeds": sorted(int(x) for x in replicates["seed"].unique())},
         "fits": {}, "model_selection": [], "optimum": None, "prediction": None, "errors": errors,
     }
     groups: list[tuple[str, str, dict[str, Any], dict[str, Fit | None]]] = []
@@ -1095,7 +1265,12 @@ def run_fits(arms_csv: str | Path, design_csv: str | Path, budget: int, n_boot: 
         groups.append(("joint", "pool", {"x": ["T", "M"], "arms": ids, "held_out": window,
                                          "held_out_overlap": overlap}, fits))
 
-    bootstrap_all([f for *_, fits in groups for f in fits.values() if f is not None], n_boot, seed, workers)
+    to_boot = [f for *_, fits in groups for f in fits.values() if f is not None]
+    fitted = list(dict.fromkeys(a for f in to_boot for a in f.arms))
+    Y = noise_draws(replicates, fitted, n_boot, seed, videos_csv, benchmark) if n_boot and fitted else None
+    bootstrap_all(to_boot, n_boot, seed, workers, None if Y is None else (Y, fitted))
+    out["bootstrap"] = {"kind": "arms" if Y is None else "noise",
+                        "resampled": ["arms"] if Y is None else ["seeds"] + (["videos"] if videos_csv else [])}
 
     joint: Fit | None = None
     for study, method, entry, fits in groups:
@@ -1111,7 +1286,7 @@ def run_fits(arms_csv: str | Path, design_csv: str | Path, budget: int, n_boot: 
             d = f.to_dict()
             if f.law.dims == 1:
                 d["curve"] = curve_band(f)
-            elif form == "joint" and f.draws is not None:  # the CLI answers other windows from these
+            elif f.draws is not None:  # `visctx optimum` answers other windows from these
                 d["draws"] = f.draws.tolist()
             entry["forms"][form] = d
         if study == "joint":
@@ -1119,9 +1294,16 @@ def run_fits(arms_csv: str | Path, design_csv: str | Path, budget: int, n_boot: 
             joint = fits.get("joint")
         else:
             out["fits"].setdefault(study, {})[method] = entry
-    if joint is not None:
-        out["optimum"] = optimum(joint.params, budget, "pool", t_max, joint.draws)
-        out["optimum"]["converged"] = joint.converged
+    joint_entry = out["fits"].get("joint")
+    if joint_entry and joint_entry.get("selected"):  # the optimum, contours and Table 3 use the selected law
+        form = joint_entry["selected"]
+        joint = next(fits for study, _, _, fits in groups if study == "joint")[form]
+        opt_draws = None if joint.draws is None else joint_draws5(form, joint.draws)
+        trained = {"T": [float(joint.X[:, 0].min()), float(joint.X[:, 0].max())],
+                   "M": [float(joint.X[:, 1].min()), float(joint.X[:, 1].max())]}
+        out["optimum"] = optimum(joint_params5(form, joint.params), budget, "pool", t_max, opt_draws,
+                                 trained=trained)
+        out["optimum"] |= {"converged": joint.converged, "form": form, "at_bound": joint.at_bound()}
         if window:
             out["prediction"] = prediction_check(joint, arms, window, str(arms_csv), out["optimum"])
     return _clean(out)
@@ -1175,10 +1357,10 @@ def dumps(obj: Any) -> str:
 
 def write_fits(arms_csv: str | Path, design_csv: str | Path, budget: int, n_boot: int = 1000, seed: int = 0,
                benchmark: str = "synthetic", *, out_json: str | Path, t_max: int | None = None,
-               strict: bool = False, workers: int | None = None) -> dict[str, Any]:
+               strict: bool = False, workers: int | None = None, videos_csv: str | None = None) -> dict[str, Any]:
     """:func:`run_fits` and write the result to ``out_json`` (compact numeric lists); returns it."""
     res = run_fits(arms_csv, design_csv, budget, n_boot, seed, benchmark, t_max=t_max, strict=strict,
-                   workers=workers)
+                   workers=workers, videos_csv=videos_csv)
     out = Path(out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(dumps(res) + "\n")
@@ -1193,17 +1375,24 @@ def load_fits(fits_json: str | Path) -> dict[str, Any]:
 
 
 def optimum_from_fits(fits: dict[str, Any] | str | Path, budget: int, method: str = "pool",
-                      t_max: int | None = None, level: float = LEVEL) -> dict[str, Any]:
-    """Answer "for my window L, which (T, M)?" from a fits.json (its joint law and bootstrap draws)."""
+                      t_max: int | None = None, level: float = LEVEL, form: str | None = None) -> dict[str, Any]:
+    """Answer "for my window L, which (T, M)?" from a fits.json: its selected joint law (``form``
+    another one), the bootstrap draws, and the (T, M) range the law was fitted on."""
     where = str(fits) if not isinstance(fits, dict) else "fits"
     fits = load_fits(fits) if not isinstance(fits, dict) else fits
     try:
-        j = fits["fits"]["joint"]["forms"]["joint"]
+        entry = fits["fits"]["joint"]
+        form = form or entry.get("selected") or "joint"
+        j = entry["forms"][form]
     except (KeyError, TypeError):
-        raise FitError(f"{where}: no joint fit (needs token-pool x frame-sample arms varying both T and M)") from None
-    draws = np.asarray(j.get("draws") or [], float).reshape(-1, 5)
-    out = optimum(j["params"], budget, method, t_max, draws if len(draws) else None, level)
-    out["converged"] = j["converged"]
+        raise FitError(f"{where}: no joint fit {form or ''} (needs token-pool x frame-sample arms varying both T "
+                       f"and M)") from None
+    draws = np.asarray(j.get("draws") or [], float).reshape(-1, LAWS[form].k)
+    X = np.asarray(j["x"], float).reshape(-1, 2)
+    trained = {"T": [X[:, 0].min(), X[:, 0].max()], "M": [X[:, 1].min(), X[:, 1].max()]}
+    out = optimum(joint_params5(form, j["params"]), budget, method, t_max,
+                  joint_draws5(form, draws) if len(draws) else None, level, trained=trained)
+    out |= {"converged": j["converged"], "form": form, "at_bound": j.get("at_bound", [])}
     return _clean(out)
 
 
@@ -1219,15 +1408,23 @@ def format_optimum(res: dict[str, Any]) -> str:
     lines.append(f"closed form (Lagrange): T* = {cf['T']:.1f}, M* = {cf['M']:.1f}, loss {cf['loss']:.4f}"
                  + (f"; T* in [{bs['T_star']['lo']:.1f}, {bs['T_star']['hi']:.1f}], "
                     f"M* in [{bs['M_star']['lo']:.1f}, {bs['M_star']['hi']:.1f}]" if bs else ""))
-    lines.append(f"agreement: brute-force M is {'' if res['agree'] else 'NOT '}adjacent to M* "
-                 f"(bracketing M {res['bracketing_M']}), loss gap {res['loss_gap']:.2g}")
+    if res["agree"]:
+        lines.append(f"agreement: the closed form is interior and the brute-force M brackets M* "
+                     f"(M {res['bracketing_M']}), loss gap {res['loss_gap']:.2g}")
+    else:
+        lines += [f"NO agreement: {why}" for why in res.get("disagree", [])]
+    for w in res.get("warnings", []):
+        lines.append(f"warning: extrapolated: {w}")
+    if res.get("at_bound"):
+        lines.append(f"warning: the joint law ({res.get('form')}) has parameters at a bound: {res['at_bound']}")
     if not res.get("converged", True):
         lines.append("warning: the joint fit did not converge; do not rely on this answer")
     return "\n".join(lines)
 
 
 def optimum_cli(fits: str, budget: int, method: str = "pool", t_max: int | None = None,
-                as_json: bool = False) -> None:
-    """For a window of ``budget`` visual tokens, which (T, M)? Printed with bootstrap intervals."""
-    res = optimum_from_fits(fits, budget, method, t_max)
+                as_json: bool = False, form: str | None = None) -> None:
+    """For a window of ``budget`` visual tokens, which (T, M)? Printed with bootstrap intervals and a
+    warning where the answer lies outside the (T, M) range the law was fitted on."""
+    res = optimum_from_fits(fits, budget, method, t_max, form=form)
     print(json.dumps(res, indent=1) if as_json else format_optimum(res))

@@ -11,6 +11,7 @@ is a guess (1/4), so the map shows where, and at which haystack size, the model 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def haystack_indices(n_frames: int, needle: int, n_haystack: int, depth: float) 
         raise ValueError(f"needle {needle} of {n_frames} frames, depth {depth}, haystack {n_haystack}: out of range")
     others = [i for i in range(n_frames) if i != needle]
     hay = [others[j] for j in uniform_indices(len(others), n_haystack)] if n_haystack else []
-    pos = round(depth / 100 * n_haystack)
+    pos = math.floor(depth / 100 * n_haystack + 0.5)  # half up: 50 % of one haystack frame is after it, not 0 %
     return hay[:pos] + [needle] + hay[pos:]
 
 
@@ -52,14 +53,15 @@ def niah(
     videos_json: str,
     features_dir: str,
     out_csv: str,
-    out_png: str,
+    out_png: str | None = None,
     extract_fps: float = 1.0,
     depths: list[int] | None = None,
     batch_size: int = 32,
     threads: int = 1,
 ) -> dict:
     """Accuracy of each frame-sampling arm (``<arms_dir>/<arm>/model``) on the needle questions of
-    ``eval_json`` at every depth; writes the table (``out_csv``) and the heatmap (``out_png``)."""
+    ``eval_json`` at every depth; writes the table (``out_csv``, with the models' training seed) and,
+    if asked, its heatmap (``out_png``; the study's map is :func:`niah_summary` over the seeds)."""
     import pandas as pd
 
     from visctx.data import load_eval_records, usable_records
@@ -88,8 +90,10 @@ def niah(
     if not items:
         raise ValueError(f"{eval_json}: no needle questions whose needle frame was extracted")
     rows = []
+    seeds = set()
     for arm in arms:
         model = VideoModel.load(Path(arms_dir) / arm.id / "model").eval()
+        seeds.add(model.meta.get("seed"))
         cpu.require_same(model.meta.get("cpu"), kernels, str(Path(arms_dir) / arm.id / "model"))
         prompts = [model.encoder.choice_prompt(r.question, r.options, r.answer, where=r.id) for r, _ in items]
         for depth in depths:
@@ -103,29 +107,69 @@ def niah(
                 with torch.inference_mode():
                     pred = model.score_options(batch)["logprob"].argmax(1)
                 right += (pred == torch.tensor([r.answer for r, _ in chunk])).tolist()
-            rows.append({"arm": arm.id, "T": arm.T, "M": arm.M, "haystack": arm.T - 1, "depth": depth,
-                         "n": len(right), "accuracy": float(np.mean(right))})
+            rows.append({"arm": arm.id, "seed": model.meta.get("seed"), "T": arm.T, "M": arm.M,
+                         "haystack": arm.T - 1, "depth": depth, "n": len(right), "accuracy": float(np.mean(right))})
+    if len(seeds) > 1:
+        raise ValueError(f"{arms_dir}: the arms come from different training seeds {sorted(map(str, seeds))}")
     df = pd.DataFrame(rows)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False, float_format="%.6g")
-    draw_heatmap(df, out_png)
+    if out_png:
+        draw_heatmap(df, out_png)
     return {"arms": len(arms), "items": len(items), "cells": len(df)}
 
 
-def draw_heatmap(df, out_png: str | os.PathLike) -> None:
-    """Accuracy over (haystack frames, needle depth), one cell per (arm, depth)."""
+def niah_summary(csvs: list[str], out_csv: str, out_png: str) -> dict:
+    """Every seed's map (:func:`niah`) in one table: a row per (arm, depth) with the across-seed mean
+    accuracy, its interval (:mod:`visctx.stats`) and each seed's value; the heatmap of the mean with
+    each replicate's map beside it."""
+    import pandas as pd
+
+    from visctx.stats import summarise
+
+    per_seed = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
+    if per_seed.duplicated(["arm", "seed", "depth"]).any():
+        raise ValueError(f"{csvs}: a (arm, seed, depth) cell appears twice (the same seed's map given twice?)")
+    keys = ["arm", "T", "M", "haystack", "depth"]
+    out = summarise(per_seed, keys, ["accuracy"])
+    wide = per_seed.pivot_table(index=keys, columns="seed", values="accuracy").add_prefix("accuracy_seed")
+    out = out.merge(wide.reset_index(), on=keys).sort_values(["haystack", "depth"])
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(out_csv, index=False, float_format="%.6g")
+    draw_heatmap(out, out_png, per_seed)
+    return {"cells": len(out), "seeds": sorted(per_seed["seed"].unique().tolist())}
+
+
+def draw_heatmap(df, out_png: str | os.PathLike, per_seed=None) -> None:
+    """Accuracy over (haystack frames, needle depth), one cell per (arm, depth): the mean over seeds
+    (annotated with its interval's half-width when there are several), then each seed's own map."""
     import seaborn as sns
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    grid = df.pivot_table(index="depth", columns="haystack", values="accuracy").sort_index(ascending=False)
-    fig = Figure(figsize=(1.2 + 0.7 * grid.shape[1], 3.6))
+    def grid(frame, value="accuracy"):
+        return frame.pivot_table(index="depth", columns="haystack", values=value).sort_index(ascending=False)
+
+    seeds = [] if per_seed is None else sorted(per_seed["seed"].unique())
+    mean = grid(df)
+    annot = mean.map(lambda v: f"{v:.2f}")
+    if "accuracy_hi" in df and df["accuracy_hi"].notna().any():
+        half = grid(df.assign(half=(df["accuracy_hi"] - df["accuracy_lo"]) / 2), "half")
+        annot = mean.combine(half, lambda m, h: m.map(lambda v: f"{v:.2f}") + h.map(lambda v: f"\n±{v:.2f}"))
+    width = 1.2 + 0.7 * mean.shape[1]
+    fig = Figure(figsize=(width * (1 + 0.6 * len(seeds)), 3.8))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", cbar_kws={"label": "accuracy"})
+    axes = fig.subplots(1, 1 + len(seeds), squeeze=False, width_ratios=[1] + [0.6] * len(seeds))[0]
     M = ", ".join(str(m) for m in sorted(set(df["M"])))
-    ax.set(xlabel="haystack frames N (context T = N + 1)", ylabel="needle depth (%)",
-           title=f"Needle in a haystack (M = {M}; chance 0.25)")
+    sns.heatmap(mean, ax=axes[0], vmin=0, vmax=1, cmap="viridis", annot=annot.to_numpy(), fmt="",
+                annot_kws={"fontsize": 7}, cbar_kws={"label": "accuracy"})
+    axes[0].set(xlabel="haystack frames N (context T = N + 1)", ylabel="needle depth (%)",
+                title=f"Needle in a haystack, M = {M} (chance 0.25)" + (f"\nmean of {len(seeds)} seeds ± 95% CI"
+                                                                         if len(seeds) > 1 else ""))
+    for ax, seed in zip(axes[1:], seeds):
+        sns.heatmap(grid(per_seed[per_seed["seed"] == seed]), ax=ax, vmin=0, vmax=1, cmap="viridis", cbar=False,
+                    annot=True, fmt=".2f", annot_kws={"fontsize": 6})
+        ax.set(xlabel="N", ylabel="", title=f"seed {seed}")
     fig.tight_layout()
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=120)

@@ -70,8 +70,8 @@ class VideoLM(L.LightningModule):
         loss = self.model(batch)
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self.loss_history.append(float(loss.detach()))
-        self.tokens += int(batch["lengths"].sum())
-        self.slots += int(batch["input_ids"].numel())
+        self.tokens += int(batch["n_real"])  # token positions computed (a shared prefix counts once)
+        self.slots += int(batch["n_slots"])
         return loss
 
     @property
@@ -114,12 +114,12 @@ class VideoDataModule(L.LightningDataModule):
 
     def __init__(self, train_json: str | Path, features_dir: str | Path, encoder: PromptEncoder,
                  arms: Sequence[Arm], batch_size: int, seed: int = 0, store: FeatureSource | None = None,
-                 arm_sampling: str = "uniform", length_groups: int = 0):
+                 arm_sampling: str = "uniform", length_groups: int = 0, group_by_video: bool = False):
         super().__init__()
         arm_weights(arms, arm_sampling)  # fail early on a bad mode
         if length_groups < 0:
             raise ValueError(f"length_groups={length_groups} (train.*.length_groups) must be >= 0")
-        self.arm_sampling, self.length_groups = arm_sampling, length_groups
+        self.arm_sampling, self.length_groups, self.group_by_video = arm_sampling, length_groups, group_by_video
         self.train_json, self.features_dir = Path(train_json), Path(features_dir)
         self.encoder, self.arms, self.batch_size, self.seed = encoder, list(arms), batch_size, seed
         self.store = store
@@ -143,7 +143,7 @@ class VideoDataModule(L.LightningDataModule):
                             source=str(self.train_json), arm_sampling=self.arm_sampling,
                             start=t.global_step if t is not None else 0,
                             rank=t.global_rank if t is not None else 0, world=t.world_size if t is not None else 1,
-                            length_groups=self.length_groups)
+                            length_groups=self.length_groups, group_by_video=self.group_by_video)
 
 
 def local_device(accelerator: str, env: dict | None = None) -> torch.device:
@@ -209,6 +209,7 @@ def train(
     gradient_checkpointing: bool = False, attn_implementation: str = "sdpa", devices: int = 1, num_nodes: int = 1,
     gradient_clipping: float = 0.0,
     length_groups: int = 0,
+    group_by_video: bool = False,
     vision_tower: str | None = None,
     vision_layer: int = -2,
     vision_trainable: bool = False,
@@ -223,7 +224,8 @@ def train(
     Lightning's (the embedded default runs on CPU in float32). ``arm_sampling`` (several arms):
     ``uniform`` or ``time`` (each arm about the same compute; see ``data.arm_weights``). ``length_groups``:
     batches of records of similar text length, from mega-batches of that many batches (0: off; see
-    ``data.ArmBatchSampler``). Returns the summary that is also written to ``<out_dir>/train_summary.json``
+    ``data.ArmBatchSampler``). ``group_by_video``: a video's records in one batch, its visual
+    prefix computed once for all of them. Returns the summary that is also written to ``<out_dir>/train_summary.json``
     (``pad_fraction``: how much of the padded batches was padding; ``tokens``: real tokens trained on).
     ``strategy`` .. ``gradient_clipping``: ``train.scale`` (:mod:`visctx.strategy`; the defaults are
     the CPU path).
@@ -302,7 +304,8 @@ def train(
     module.train()
 
     dm = VideoDataModule(train_json, features_dir, PromptEncoder(model.tokenizer, model.prompt_format), arms,
-                         batch_size, seed, store=store, arm_sampling=arm_sampling, length_groups=length_groups)
+                         batch_size, seed, store=store, arm_sampling=arm_sampling, length_groups=length_groups,
+                         group_by_video=group_by_video)
     log_dir_p = Path(log_dir)
     log_dir_p.mkdir(parents=True, exist_ok=True)
     # last.ckpt plus the two newest step checkpoints: a damaged newest file still leaves one to
@@ -332,7 +335,8 @@ def train(
                "arms": [a.id for a in arms], "steps": steps, "batch_size": batch_size, "lr": lr,
                "warmup_steps": warmup_steps, "seed": seed, "weight_decay": weight_decay,
                "arm_sampling": arm_sampling, "strategy": strategy, "zero_stage": zero_stage, "world": world,
-               "precision": precision, "length_groups": length_groups, "vision_trainable": vision_trainable,
+               "precision": precision, "length_groups": length_groups, "group_by_video": group_by_video,
+               "vision_trainable": vision_trainable,
                "cpu": kernels}
     cfg_path = log_dir_p / "run_config.json"
     try:
@@ -368,6 +372,7 @@ def train(
         "weight_decay": weight_decay,
         "arm_sampling": arm_sampling,
         "length_groups": length_groups,
+        "group_by_video": group_by_video,
         "pad_fraction": module.pad_fraction,  # rank 0's share of each batch on several ranks
         "tokens": module.tokens,
         "seed": seed,
@@ -426,6 +431,7 @@ def train_arms(
     gradient_checkpointing: bool = False, attn_implementation: str = "sdpa", devices: int = 1, num_nodes: int = 1,
     gradient_clipping: float = 0.0,
     length_groups: int = 0,
+    group_by_video: bool = False,
     vision_tower: str | None = None,
     vision_layer: int = -2,
     vision_trainable: bool = False,

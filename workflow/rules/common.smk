@@ -27,13 +27,19 @@ TINY = CFG["model"]["source"] == "tiny"
 POINTS = study_points(CFG["studies"])
 ARM_LIST = unique_arms(POINTS)
 ARMS = [arm.id for arm in ARM_LIST]
-ARM_MODEL = f"{RESULTS}/arms/{{arm}}/model"  # the library's layout: <arms_dir>/<arm>/{model,train,eval}
-ARM_EVAL_JSON = f"{RESULTS}/arms/{{arm}}/eval/{{benchmark}}.json"
+# Training replicates: each seed is an independent draw of the base and of every arm's fine-tune
+# (the data and the initial LLM stay fixed: params `seed`).
+SEEDS = CFG["seeds"]
+ARMS_DIR = f"{RESULTS}/arms/seed{{seed}}"  # the library's layout: <arms_dir>/<arm>/{model,train,eval}
+ARM_MODEL = f"{ARMS_DIR}/{{arm}}/model"
+ARM_EVAL_JSON = f"{ARMS_DIR}/{{arm}}/eval/{{benchmark}}.json"
+BASE_DIR = f"{RESULTS}/base/seed{{seed}}"
 
 
 wildcard_constraints:
     split="|".join(SPLITS),
     shard=r"\d{3}",
+    seed=r"\d+",
     arm=r"T\d+-M\d+-(sample|pool)(-tpool\d+)?",
     benchmark="|".join(BENCHMARKS),
 

@@ -12,33 +12,34 @@ rule evaluate_arm:
     output:
         json=ARM_EVAL_JSON,
     params:
-        code=code_version("evaluate", "model", "data", "context", "benchmarks", "features"),
+        code=code_version("evaluate", "model", "data", "context", "benchmarks", "features", "cpu"),
         visual=lambda w: visual_dir(eval_split(w.benchmark)),
         batch_size=CFG["evaluate"]["batch_size"],
         answer=cli_options({k: CFG["evaluate"][k] for k in ("answer_mode", "max_new_tokens")}),
     threads: 1
     log:
-        f"{RESULTS}/arms/{{arm}}/eval/{{benchmark}}.log",
+        f"{ARMS_DIR}/{{arm}}/eval/{{benchmark}}.log",
     shell:
-        "visctx evaluate-arms --arms {wildcards.arm} --arms-dir {RESULTS}/arms --eval-json {input.eval}"
+        "visctx evaluate-arms --arms {wildcards.arm} --arms-dir {RESULTS}/arms/seed{wildcards.seed} --eval-json {input.eval}"
         " --features-dir {params.visual} --benchmark {wildcards.benchmark} --batch-size {params.batch_size}"
         " {params.answer} --threads {threads} > {log} 2>&1"
 
 
 rule collect:
     input:
-        evals=expand(rules.evaluate_arm.output.json, arm=ARMS, benchmark=BENCHMARKS),
+        evals=expand(rules.evaluate_arm.output.json, arm=ARMS, seed=SEEDS, benchmark=BENCHMARKS),
     output:
         arms=report(f"{RESULTS}/tables/arms.csv", caption="../report/arms.rst", category="Tables"),
         design=f"{RESULTS}/tables/design.csv",
+        videos=f"{RESULTS}/tables/videos.csv",
     params:
-        code=code_version("collect"),
+        code=code_version("collect", "config", "context"),
         studies=dumps(CFG["studies"]),
     log:
         f"{LOGS}/collect.log",
     shell:
         "visctx collect --evals {input.evals} --studies {params.studies:q}"
-        " --out-arms {output.arms} --out-design {output.design} > {log} 2>&1"
+        " --out-arms {output.arms} --out-design {output.design} --out-videos {output.videos} > {log} 2>&1"
 
 
 rule train_all:
@@ -55,30 +56,42 @@ if NIAH:
 
     rule niah:
         input:
-            models=expand(rules.train_arm.output.model, arm=NIAH_ARMS),
+            models=expand(rules.train_arm.output.model, arm=NIAH_ARMS, allow_missing=True),
             eval=corpus_json("eval"),
             videos=rules.synth_corpus.output.videos,
             visual=visual_shards("eval"),
             quarantine=quarantine_json("eval"),
         output:
-            csv=f"{RESULTS}/niah/niah.csv",
-            png=report(f"{RESULTS}/niah/niah_heatmap.png", caption="../report/niah.rst", category="Figures"),
+            csv=f"{RESULTS}/niah/seed{{seed}}.csv",
         params:
-            code=code_version("niah", "model", "context", "data", "video", "features"),
+            code=code_version("niah", "model", "context", "data", "video", "features", "cpu"),
             arms=" ".join(NIAH_ARMS),
             visual=visual_dir("eval"),
             fps=CFG["data"]["extract"]["fps"],
             batch_size=CFG["evaluate"]["batch_size"],
         threads: 1
         log:
-            f"{LOGS}/niah.log",
+            f"{LOGS}/niah/seed{{seed}}.log",
         shell:
-            "visctx niah --arms {params.arms} --arms-dir {RESULTS}/arms --eval-json {input.eval}"
+            "visctx niah --arms {params.arms} --arms-dir {RESULTS}/arms/seed{wildcards.seed} --eval-json {input.eval}"
             " --videos-json {input.videos} --features-dir {params.visual} --extract-fps {params.fps}"
-            " --batch-size {params.batch_size} --threads {threads} --out-csv {output.csv} --out-png {output.png}"
-            " > {log} 2>&1"
+            " --batch-size {params.batch_size} --threads {threads} --out-csv {output.csv} > {log} 2>&1"
+
+    # every replicate's map, their mean and its across-seed interval: one table and one heatmap
+    rule niah_summary:
+        input:
+            csvs=expand(rules.niah.output.csv, seed=SEEDS),
+        output:
+            csv=f"{RESULTS}/niah/niah.csv",
+            png=report(f"{RESULTS}/niah/niah_heatmap.png", caption="../report/niah.rst", category="Figures"),
+        params:
+            code=code_version("niah", "stats"),
+        log:
+            f"{LOGS}/niah_summary.log",
+        shell:
+            "visctx niah-summary --csvs {input.csvs} --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
 
 
 rule niah_all:
     input:
-        rules.niah.output if NIAH else [],
+        rules.niah_summary.output if NIAH else [],

@@ -19,32 +19,32 @@ rule train_base:
     input:
         unpack(train_inputs),
     output:
-        model=directory(f"{RESULTS}/base/model"),
+        model=directory(f"{BASE_DIR}/model"),
     params:
-        code=code_version("train", "model", "data", "context", "pretrained", "strategy", "features"),
+        code=code_version("train", "model", "data", "context", "pretrained", "strategy", "features", "cpu"),
         optim=cli_options({k: v for k, v in TRAIN["base"].items() if k != "arms"}),
         scale=cli_options(TRAIN["scale"]),
         init=pretrained_llm(),
         vision=vision_options(),
         visual=visual_dir("train"),
         arms=" ".join(a.id for a in base_arms(CFG)),
-        seed=CFG["seed"],
         prompt=dumps(CFG["model"]["prompt"]),
-        logs=f"{RESULTS}/base/logs",
-    threads: 2
+        logs=f"{BASE_DIR}/logs",
+        threads=TRAIN["threads"],  # pinned: not scaled down with --cores, so the bits stay the same
+    threads: TRAIN["threads"]
     log:
-        f"{RESULTS}/base/train.log",
+        f"{BASE_DIR}/train.log",
     shell:
         "visctx train --out-dir {output.model} --train-json {input.train} --features-dir {params.visual}"
-        " --init {params.init} {params.vision} --arms {params.arms} {params.optim} {params.scale} --seed {params.seed}"
-        " --threads {threads}"
+        " --init {params.init} {params.vision} --arms {params.arms} {params.optim} {params.scale} --seed {wildcards.seed}"
+        " --threads {params.threads}"
         " --prompt-format {params.prompt:q}"
         " --log-dir {params.logs} --no-progress-bar > {log} 2>&1"
 
 
-# Each arm is fine-tuned from the base with the same budget, one job per arm: a change to one arm
-# retrains that arm only. On a laptop the preload server (workflow.preload) spares each job the
-# ~7 s of imports that used to dominate a tiny arm; on a cluster profiles/slurm sets the GPUs.
+# Each arm is fine-tuned from its replicate's base with the same budget, one job per (arm, seed): a
+# change to one arm retrains that arm only. On a laptop the preload server (workflow.preload) spares
+# each job the ~7 s of imports that used to dominate a tiny arm; on a cluster profiles/slurm sets the GPUs.
 rule train_arm:
     input:
         unpack(train_inputs),
@@ -52,32 +52,32 @@ rule train_arm:
     output:
         model=directory(ARM_MODEL),
     params:
-        code=code_version("train", "model", "data", "context", "pretrained", "strategy", "features"),
+        code=code_version("train", "model", "data", "context", "pretrained", "strategy", "features", "cpu"),
         optim=cli_options(TRAIN["arm"]),
         scale=cli_options(TRAIN["scale"]),
-        init=f"{RESULTS}/base/model" if BASE else pretrained_llm(),
+        init=lambda w: f"{RESULTS}/base/seed{w.seed}/model" if BASE else pretrained_llm(),
         vision=vision_options(),  # a fresh model's tower; a base brings its own (its trainable flag is reset)
         visual=visual_dir("train"),
-        seed=CFG["seed"],
         prompt=dumps(CFG["model"]["prompt"]),
+        threads=TRAIN["threads"],
     threads: TRAIN["threads"]
     log:
-        f"{RESULTS}/arms/{{arm}}/train.log",
+        f"{ARMS_DIR}/{{arm}}/train.log",
     shell:
-        "visctx train-arms --arms {wildcards.arm} --arms-dir {RESULTS}/arms --train-json {input.train}"
+        "visctx train-arms --arms {wildcards.arm} --arms-dir {RESULTS}/arms/seed{wildcards.seed} --train-json {input.train}"
         " --features-dir {params.visual} --init {params.init} {params.vision} {params.optim} {params.scale}"
-        " --seed {params.seed}"
-        " --threads {threads} --prompt-format {params.prompt:q} --no-progress-bar > {log} 2>&1"
+        " --seed {wildcards.seed}"
+        " --threads {params.threads} --prompt-format {params.prompt:q} --no-progress-bar > {log} 2>&1"
 
 
 # A DeepSpeed run checkpoints into directories of ZeRO shards (<arm>/train/*.ckpt/); this collates
 # one into a model dir that evaluation reads, e.g. to evaluate a preempted run's last step:
-#   snakemake results/arms/<arm>/collated/last
+#   snakemake results/arms/seed<seed>/<arm>/collated/last
 rule collate_checkpoint:
     input:
-        ckpt=f"{RESULTS}/arms/{{arm}}/train/{{ckpt}}.ckpt",
+        ckpt=f"{ARMS_DIR}/{{arm}}/train/{{ckpt}}.ckpt",
     output:
-        model=directory(f"{RESULTS}/arms/{{arm}}/collated/{{ckpt}}"),
+        model=directory(f"{ARMS_DIR}/{{arm}}/collated/{{ckpt}}"),
     wildcard_constraints:
         arm="[^/]+",
         ckpt="[^/]+",
@@ -87,7 +87,7 @@ rule collate_checkpoint:
         prompt=rules.train_arm.params.prompt,
         vision=f"--vision-tower {vision_tower()} --vision-layer {CFG['model']['vision_layer']}" if VISION_FORWARD else "",
     log:
-        f"{RESULTS}/arms/{{arm}}/collated/{{ckpt}}.log",
+        f"{ARMS_DIR}/{{arm}}/collated/{{ckpt}}.log",
     shell:
         "visctx collate --ckpt-dir {input.ckpt} --out-dir {output.model} --init {params.init}"
         " --prompt-format {params.prompt:q} {params.vision} > {log} 2>&1"

@@ -1,0 +1,67 @@
+"""Across-seed statistics: every number the study reports is a mean over training replicates with
+its interval, because one training run is one draw (two machines once differed by 7 % per arm).
+
+The interval over R seeds is Student's t: mean +- t(R-1) * sd / sqrt(R), wide on purpose with
+three seeds (t = 4.30). Pure numpy/pandas: the tables, figures, metrics and the NIAH map use it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+LEVEL = 0.95
+
+
+def t_quantile(df: int, level: float = LEVEL) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, df))
+
+
+def seed_interval(values: Iterable[float], level: float = LEVEL) -> dict[str, float | int | None]:
+    """mean, sd (ddof 1), the t interval of the mean (None with one seed) and n over replicates."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return {"mean": None, "sd": None, "lo": None, "hi": None, "n": 0}
+    mean = float(v.mean())
+    if n == 1:
+        return {"mean": mean, "sd": None, "lo": None, "hi": None, "n": 1}
+    sd = float(v.std(ddof=1))
+    half = t_quantile(n - 1, level) * sd / math.sqrt(n)
+    return {"mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half, "n": n}
+
+
+def summarise(df: pd.DataFrame, by: Sequence[str], columns: Sequence[str], level: float = LEVEL) -> pd.DataFrame:
+    """One row per ``by`` group: ``<col>`` (the across-seed mean), ``<col>_sd``, ``<col>_lo``,
+    ``<col>_hi`` for each of ``columns``, and ``seeds`` (how many replicates)."""
+    rows = []
+    for key, g in df.groupby(list(by), sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        for c in columns:
+            s = seed_interval(g[c], level) if c in g else seed_interval([])
+            row |= {c: s["mean"], f"{c}_sd": s["sd"], f"{c}_lo": s["lo"], f"{c}_hi": s["hi"]}
+        row["seeds"] = int(g["seed"].nunique()) if "seed" in g else 1
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_effect(df: pd.DataFrame, a: str, b: str, value: str = "loss", level: float = LEVEL,
+                  relative: bool = False) -> dict[str, float | int | None]:
+    """Effect ``value[b] - value[a]`` (``relative``: divided by ``value[a]``) per seed, paired within
+    a seed (the arms of one replicate share its base), then :func:`seed_interval` over seeds.
+    ``df`` has columns ``arm``, ``seed`` and ``value``."""
+    wide = df.pivot_table(index="seed", columns="arm", values=value)
+    if a not in wide or b not in wide:
+        raise KeyError(f"paired effect needs arms {a} and {b}; have {sorted(wide.columns)}")
+    d = wide[b] - wide[a]
+    if relative:
+        d = d / wide[a]
+    out = seed_interval(d.to_numpy(), level)
+    out["per_seed"] = [float(x) for x in d.to_numpy()]
+    return out
