@@ -49,6 +49,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # Commands that gain nothing from the preload server: quick without torch, or running other processes.
 IN_PROCESS = {"check", "perf"}
+# Imported once by the preload server: everything a job's hot path imports (this module imports lazily).
+PRELOAD = (
+    "numpy", "torch", "transformers", "lightning",
+    "transformers.models.qwen2.modeling_qwen2", "transformers.models.siglip.modeling_siglip",
+    "decord", "av",
+    "visctx.train", "visctx.evaluate", "visctx.features", "visctx.video", "visctx.niah",
+    "visctx.synth", "visctx.pretrained", "visctx.collect",
+)
+
+
+def preload_server():
+    """The preload server of this CLI: its children run :func:`run_command` (this module imports
+    :mod:`visctx.preload`, never the other way round: no cycle)."""
+    from visctx.preload import Server
+
+    return Server(entry="visctx.cli:run_command", modules=PRELOAD)
 
 
 def _converter(tp: Any) -> tuple[Callable[[str], Any], bool]:
@@ -96,15 +112,21 @@ def build_parser(name: str, func: Callable) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, preload: bool = True) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """``visctx <command> ...``: through the preload server where it is enabled, else in this process."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if preload and argv and argv[0] in COMMANDS and argv[0] not in IN_PROCESS:
-        from visctx import preload as server
+    if argv and argv[0] in COMMANDS and argv[0] not in IN_PROCESS:
+        from visctx import preload
 
-        if server.enabled():
-            code = server.run(argv)
+        if preload.enabled():
+            code = preload_server().run(argv)
             if code is not None:
                 return code
+    return run_command(argv)
+
+
+def run_command(argv: list[str]) -> int:
+    """Parse ``argv`` and run its command in this process; the exit code."""
     if not argv or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = [f"  {k.ljust(width)}  {h}" for k, (_, _, h) in COMMANDS.items()]
