@@ -69,7 +69,14 @@ def design_table(studies: dict) -> pd.DataFrame:
 
 
 def collect(evals: list[str], studies: dict, out_arms: str, out_design: str) -> dict:
-    """Write the tidy per-arm table and the study design; every designed arm must be evaluated."""
+    """Write the tidy per-arm table and the study design; every designed arm must be evaluated.
+
+    Args:
+        evals: the per-arm evaluation JSONs.
+        studies: params' ``studies`` section (JSON): the design every arm comes from.
+        out_arms: the tidy per-arm table (CSV).
+        out_design: the design table (CSV): one row per (study, method, point).
+    """
     evaluations = [read_evaluation(p) for p in evals]
     check_same_videos(evaluations)
     df = tidy_rows(evaluations)

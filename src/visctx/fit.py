@@ -1172,7 +1172,20 @@ def dumps(obj: Any) -> str:
 def write_fits(arms_csv: str | Path, design_csv: str | Path, budget: int, n_boot: int = 1000, seed: int = 0,
                benchmark: str = "synthetic", *, out_json: str | Path, t_max: int | None = None,
                strict: bool = False, workers: int | None = None) -> dict[str, Any]:
-    """:func:`run_fits` and write the result to ``out_json`` (compact numeric lists); returns it."""
+    """:func:`run_fits` and write the result to ``out_json`` (compact numeric lists); returns it.
+
+    Args:
+        arms_csv, design_csv: ``collect``'s tables.
+        budget: the window L (visual tokens) of the optimum.
+        n_boot: bootstrap resamples.
+        seed: seed of the bootstrap.
+        benchmark: whose losses are fitted.
+        out_json: the fits to write.
+        t_max: cap on T in the brute-force optimum (e.g. the frames kept per video).
+        strict: raise on a fit that cannot be made or does not converge (else recorded under
+            ``errors``).
+        workers: processes sharing the bootstrap (default 1; 0: every CPU this process may use).
+    """
     res = run_fits(arms_csv, design_csv, budget, n_boot, seed, benchmark, t_max=t_max, strict=strict,
                    workers=workers)
     out = Path(out_json)
@@ -1224,6 +1237,14 @@ def format_optimum(res: dict[str, Any]) -> str:
 
 def optimum_cli(fits: str, budget: int, method: str = "pool", t_max: int | None = None,
                 as_json: bool = False) -> None:
-    """For a window of ``budget`` visual tokens, which (T, M)? Printed with bootstrap intervals."""
+    """For a window of ``budget`` visual tokens, which (T, M)? Printed with bootstrap intervals.
+
+    Args:
+        fits: ``fits``' JSON.
+        budget: the window L (visual tokens).
+        method: the token operator (``pool`` or ``sample``): which M it can make.
+        t_max: cap on T (e.g. the frames kept per video).
+        as_json: print the answer as JSON.
+    """
     res = optimum_from_fits(fits, budget, method, t_max)
     print(json.dumps(res, indent=1) if as_json else format_optimum(res))

@@ -59,7 +59,20 @@ def niah(
     threads: int = 1,
 ) -> dict:
     """Accuracy of each frame-sampling arm (``<arms_dir>/<arm>/model``) on the needle questions of
-    ``eval_json`` at every depth; writes the table (``out_csv``) and the heatmap (``out_png``)."""
+    ``eval_json`` at every depth; writes the table (``out_csv``) and the heatmap (``out_png``).
+
+    Args:
+        arms: the frame-sampling arms to score (the haystack is N = T - 1 frames).
+        arms_dir: the root of the per-arm layout.
+        eval_json: the synthetic evaluation JSON (its needle questions are asked).
+        videos_json: the scene specs, which say when each needle flashes.
+        features_dir: the features of the evaluation videos.
+        out_csv, out_png: the accuracy table and its heatmap.
+        extract_fps: the fps frames were extracted at (to find the needle's frame).
+        depths: needle depths in percent (0: first, 100: last; default 0 25 50 75 100).
+        batch_size: items scored at once.
+        threads: torch's CPU threads.
+    """
     import pandas as pd
 
     from visctx.data import load_eval_records, usable_records
