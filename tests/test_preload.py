@@ -351,3 +351,43 @@ def test_a_runtime_directory_others_could_enter_is_refused(runtime, tmp_path, ca
 def test_a_new_runtime_directory_is_private(runtime):
     path = preload.private_dir()
     assert path == runtime / f"visctx-{os.getuid()}" and path.stat().st_mode & 0o777 == 0o700
+
+
+PROBE = """
+import json, os, sys, tempfile
+
+tempfile.gettempdir()  # as a library may at import: the server caches its own temp dir
+
+
+def main(argv):
+    mask = os.umask(0)
+    with open(argv[0], "w") as f:
+        json.dump({"argv": argv, "cwd": os.getcwd(), "umask": mask, "tmp": tempfile.gettempdir(),
+                   "var": os.environ.get("SOME_UNRELATED_VARIABLE")}, f)
+    return int(argv[1])
+"""
+
+
+def test_each_child_is_set_up_as_its_own_client(runtime, tmp_path, monkeypatch):
+    """Two clients that share a server (nothing keyed differs) each get their argv, cwd, umask,
+    environment and temp dir, and their exit code back."""
+    (tmp_path / "probe.py").write_text(PROBE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    server = preload.Server(entry="probe:main")
+    seen = []
+    for i, (mask, code) in enumerate([(0o022, 0), (0o077, 3)]):
+        cwd, tmp = tmp_path / f"cwd{i}", tmp_path / f"tmp{i}"
+        cwd.mkdir(), tmp.mkdir()
+        monkeypatch.chdir(cwd)
+        monkeypatch.setenv("TMPDIR", str(tmp))
+        monkeypatch.setenv("SOME_UNRELATED_VARIABLE", f"v{i}")
+        old = os.umask(mask)
+        try:
+            assert server.run([str(tmp_path / f"out{i}.json"), str(code)]) == code
+        finally:
+            os.umask(old)
+        seen.append(json.loads((tmp_path / f"out{i}.json").read_text()))
+        assert seen[-1] == {"argv": [str(tmp_path / f"out{i}.json"), str(code)], "cwd": str(cwd), "umask": mask,
+                            "tmp": str(tmp), "var": f"v{i}"}
+    log = Path(f"{server.socket_path()}.log").read_text()
+    assert len(re.findall(r"preload server \d+", log)) == 1  # one server served both

@@ -381,6 +381,7 @@ def _start_child(conn: socket.socket, listener: socket.socket, command: Callable
         os.umask(req["umask"])
         os.environ.clear()
         os.environ.update(req["env"])
+        tempfile.tempdir = None  # the server's cached temp dir is not the client's TMPDIR
         sys.argv = ["visctx", *req["argv"]]
         code = command(req["argv"])
     except SystemExit as e:
