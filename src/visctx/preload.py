@@ -57,9 +57,10 @@ from typing import Callable, Sequence
 # ONEDNN_MAX_CPU_ISA, OPENBLAS_CORETYPE), thread pools (OMP_, MKL_, OPENBLAS_, KMP_, GOMP_, BLIS_),
 # torch and CUDA (PYTORCH_, TORCH*, CUDA_, CUBLAS_, CUDNN_), the hubs (HF_, HUGGINGFACE_,
 # TRANSFORMERS_, TOKENIZERS_), Lightning (PL_), the interpreter and the libraries it loads (PYTHON*,
-# LD_*, locale) and the library's own settings (VISCTX_). A prefix, not a list of names: a new
-# variable of a library is keyed without anyone noticing it. A forked child inherits what its server
-# computed from these; a client whose values differ gets its own server.
+# LD_*, locale) and the library's own settings (VISCTX_). Prefixes, not names: a library's new
+# variable is keyed without anyone adding it (a prefix that catches too much costs one more server).
+# A forked child inherits what its server computed from these; a client whose values differ gets
+# its own server.
 IMPORT_ENV = (
     "ATEN_", "NPY_", "MKL_", "OMP_", "KMP_", "GOMP_", "OPENBLAS_", "GOTO_", "BLIS_", "VECLIB_", "NUMEXPR_",
     "ONEDNN_", "DNNL_", "PYTORCH_", "TORCH", "CUDA_", "CUBLAS_", "CUDNN_", "NVIDIA_", "TRITON_",
