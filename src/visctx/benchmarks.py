@@ -481,7 +481,15 @@ def write_items(benchmark: str, annotations: str, out_json: str, video_root: str
     Videos missing under ``video_root`` are reported (stderr and the returned ``missing_videos``)
     but kept: frame extraction quarantines them with the corpus's other unreadable videos, where
     ``data.extract.max_quarantined`` decides whether the benchmark is still usable. Only a root
-    holding none of the videos (surely the wrong one) is an error here."""
+    holding none of the videos (surely the wrong one) is an error here.
+
+    Args:
+        benchmark: which benchmark's format ``annotations`` is in (a key of ``LOADERS``).
+        annotations: the published annotation file (JSON, JSONL or parquet, per benchmark).
+        out_json: the evaluation JSON to write.
+        video_root: where the benchmark's videos are, to report the missing ones ('' skips the
+            check).
+    """
     if benchmark not in LOADERS:
         raise ValueError(f"unknown benchmark {benchmark!r}; allowed: {', '.join(sorted(LOADERS))}")
     items = LOADERS[benchmark](annotations)

@@ -1,24 +1,31 @@
 """``visctx <command> --arg value ...``: every command is a typed library function.
 
 The options of a command are its function's parameters (``out_dir`` -> ``--out-dir``), typed by
-its annotations, so a function signature is the whole interface and the Snakemake rules stay thin
-calls. Modules are imported only for the chosen command (torch and transformers are slow to import).
+its annotations (``bool``: ``--x/--no-x``; a list, tuple or sequence: ``--arms a b c``; ``dict``:
+JSON; ``Literal``: its choices; ``X | None``: an X), each helped by its entry in the docstring's
+``Args:`` section, so a function signature and its docstring are the whole interface and the
+Snakemake rules stay thin calls. Modules are imported only for the chosen command (torch and
+transformers are slow to import).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections.abc
+import enum
 import importlib
 import inspect
 import json
 import os
+import re
 import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-COMMANDS: dict[str, tuple[str, str]] = {
+# The one registry of commands: name -> (module, function, one-line help).
+COMMANDS: dict[str, tuple[str, str, str]] = {
     "check": ("visctx.config", "describe", "validate params.yaml and list the arms of every study"),
     "synth": ("visctx.synth", "make_corpus", "write the synthetic corpus (instruction JSON + scene specs)"),
     "render": ("visctx.synth", "render_shard", "render one shard of synthetic videos to mp4"),
@@ -50,62 +57,247 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # Commands that gain nothing from the preload server: quick without torch, or running other processes.
 IN_PROCESS = {"check", "perf"}
+# Imported once by the preload server: everything a job's hot path imports (this module imports lazily).
+PRELOAD = (
+    "numpy", "torch", "transformers", "lightning",
+    "transformers.models.qwen2.modeling_qwen2", "transformers.models.siglip.modeling_siglip",
+    "decord", "av",
+    "visctx.train", "visctx.evaluate", "visctx.features", "visctx.video", "visctx.niah",
+    "visctx.synth", "visctx.pretrained", "visctx.collect",
+)
 
 
-def _converter(tp: Any) -> tuple[Callable[[str], Any], bool]:
-    """(string -> value, is_list) for an annotation."""
+def preload_server():
+    """The preload server of this CLI: its children run :func:`run_command` (this module imports
+    :mod:`visctx.preload`, never the other way round: no cycle)."""
+    from visctx.preload import Server
+
+    return Server(entry="visctx.cli:run_command", modules=PRELOAD)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers from signatures. argparse, not typer/click (in the lock through transformers): a click
+# option takes a fixed number of values or repeats (``--arms a --arms b``), never ``--arms a b c``
+# as the rules pass it, and typer reads an option's help from ``Annotated[..., typer.Option(help=
+# ...)]`` in each signature, not from the docstring; jsonargparse and tyro (which read docstrings)
+# are not in the lock. What stays ours:
+# reading an annotation (below) and a Google-style ``Args:`` section (:func:`parse_docstring`).
+
+_ARGS_HEADERS = ("Args:", "Arguments:", "Parameters:")
+_ENTRY = re.compile(r"(\w+(?:\s*,\s*\w+)*)\s*(?:\([^)]*\))?\s*:(?:\s+(.*)|$)")
+
+
+def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
+    """(the prose, {parameter: help}) of a docstring with a Google-style ``Args:`` section, as
+    Sphinx's napoleon reads it: ``name: text`` continued on deeper lines, ``a, b: text`` shared."""
+    prose: list[str] = []
+    params: dict[str, str] = {}
+    names: list[str] = []
+    header = entry = None  # the indent of the Args: line, of its entries
+    for line in (doc or "").splitlines():
+        stripped = line.strip()
+        depth = len(line) - len(line.lstrip())
+        if header is not None and stripped and depth <= header:
+            header = None  # a line as shallow as the header ends the section
+        if header is None and stripped in _ARGS_HEADERS:
+            header, entry, names = depth, None, []
+            continue
+        if header is None:
+            prose.append(line)
+            continue
+        if not stripped:
+            continue
+        entry = depth if entry is None else entry
+        head = _ENTRY.fullmatch(stripped)
+        if depth == entry and head:
+            names = [n.strip() for n in head.group(1).split(",")]
+            params.update({n: head.group(2) or "" for n in names})
+        elif names:
+            params.update({n: f"{params[n]} {stripped}".strip() for n in names})
+    return "\n".join(prose).strip(), params
+
+
+def _members(tp: Any) -> list[Any] | None:
+    """The non-None members of a Union (``X | None`` is ``[X]``); None if ``tp`` is no Union."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(tp) if a is not type(None)]
+    return None
+
+
+def _scalar(tp: Any) -> Callable[[str], Any]:
+    """text -> value for an annotation of one value; its errors are argparse's ``invalid ...`` lines."""
     from visctx.config import Arm
 
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if str in args or Path in args:
-            return str, False
-        return _converter(args[0])
-    if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
-        inner = (typing.get_args(tp) or (str,))[0]
-        return _converter(inner)[0], True
-    if origin is dict or tp is dict:
-        return json.loads, False
+    members = _members(tp)
+    if members is not None:
+        if any(m in (str, Path, os.PathLike) for m in members):
+            return str  # the commands take their paths as str
+        converters = [_scalar(m) for m in members]
+
+        def union(text: str) -> Any:
+            for convert in converters:
+                try:
+                    return convert(text)
+                except (ValueError, TypeError, argparse.ArgumentTypeError):
+                    pass
+            raise argparse.ArgumentTypeError(f"{text!r} is none of {tp}")
+
+        return union
+    if typing.get_origin(tp) is typing.Literal:
+        by_text = {str(c): c for c in typing.get_args(tp)}
+
+        def literal(text: str) -> Any:
+            if text not in by_text:
+                raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(by_text)}")
+            return by_text[text]
+
+        return literal
+    if tp is dict or typing.get_origin(tp) in (dict, collections.abc.Mapping) or tp is collections.abc.Mapping:
+        def json_object(text: str) -> dict:
+            try:
+                value = json.loads(text)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
+            if not isinstance(value, dict):
+                raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+            return value
+
+        return json_object
     if tp is Arm:
-        return Arm.from_id, False
-    if tp in (int, float, str):
-        return tp, False
-    if tp is Path:
-        return Path, False
-    return str, False
+        def arm(text: str) -> Arm:
+            try:
+                return Arm.from_id(text)
+            except (ValueError, TypeError) as e:
+                raise argparse.ArgumentTypeError(f"{text!r} is no arm id (T<n>-M<n>-<op>[-tpool<k>]): {e}") from None
+
+        return arm
+    if tp is bool:
+        return _boolean
+    if tp in (Path, os.PathLike):
+        return Path
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        def member(text: str) -> enum.Enum:
+            try:
+                return tp[text]
+            except KeyError:
+                raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(tp.__members__)}") from None
+
+        return member
+    if isinstance(tp, type) and tp is not object:
+        return tp  # int, float, str and any type built from its text
+    return str  # Any, a TypeVar, object
+
+
+def _boolean(text: str) -> bool:
+    """A bool among several values (``--flags true false``); a bool option is ``--x/--no-x``."""
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _collection(tp: Any) -> tuple[type, list[Any], bool] | None:
+    """(container, element annotations, fixed length) if ``tp`` takes several values, else None."""
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if _members(tp) is not None or not isinstance(origin, type) or issubclass(origin, (str, bytes)):
+        return None
+    if issubclass(origin, tuple):
+        if not args or (len(args) == 2 and args[1] is Ellipsis):
+            return tuple, [args[0] if args else str], False
+        return tuple, list(args), True
+    if issubclass(origin, collections.abc.Mapping):
+        return None
+    if issubclass(origin, collections.abc.Set):
+        return (frozenset if issubclass(origin, frozenset) else set), [args[0] if args else str], False
+    if issubclass(origin, collections.abc.Iterable):  # list, Sequence, Iterable, Collection
+        return list, [args[0] if args else str], False
+    return None
+
+
+class _Collect(argparse.Action):
+    """The values of an option taking several, in the annotation's container, each converted by
+    its element's annotation (``tuple[int, str]`` converts by position)."""
+
+    def __init__(self, *args: Any, collect_as: type = list, converters: Sequence[Callable] = (), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.collect_as, self.converters = collect_as, list(converters)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        converters = self.converters if len(self.converters) > 1 else self.converters * len(values)
+        try:
+            items = [convert(v) for convert, v in zip(converters, values)]
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+            raise argparse.ArgumentError(self, str(e)) from None
+        setattr(namespace, self.dest, self.collect_as(items))
+
+
+def _argument(tp: Any) -> dict[str, Any]:
+    """The argparse keywords of an option annotated ``tp``."""
+    members = _members(tp)
+    if members is not None:
+        several = [m for m in members if _collection(m)]
+        if several or len(members) == 1:
+            tp = (several or members)[0]  # X | None takes an X; list[int] | int takes a list
+    if tp is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    collection = _collection(tp)
+    if collection:
+        container, elements, fixed = collection
+        return {"action": _Collect, "collect_as": container, "converters": [_scalar(e) for e in elements],
+                "nargs": len(elements) if fixed else "+"}
+    if typing.get_origin(tp) is typing.Literal:
+        choices = typing.get_args(tp)
+        return {"type": _scalar(tp), "choices": choices, "metavar": "{" + ",".join(map(str, choices)) + "}"}
+    return {"type": _scalar(tp)}
+
+
+def _shown(value: Any) -> str:
+    """A default as it would be typed."""
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return " ".join(map(str, value))
+    return str(value)
 
 
 def build_parser(name: str, func: Callable) -> argparse.ArgumentParser:
-    doc = inspect.getdoc(func) or ""
-    parser = argparse.ArgumentParser(prog=f"visctx {name}", description=doc.split("\n\n")[0])
+    """The parser of ``visctx name``: an option per parameter of ``func`` (``out_dir`` ->
+    ``--out-dir``), typed by its annotation, helped by its docstring's ``Args:`` entry."""
+    description, helps = parse_docstring(inspect.getdoc(func))
+    parser = argparse.ArgumentParser(prog=f"visctx {name}", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(func)
     for pname, p in inspect.signature(func).parameters.items():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        flag = "--" + pname.replace("_", "-")
-        tp = hints.get(pname, str)
         required = p.default is inspect.Parameter.empty
         default = None if required else p.default
-        if tp is bool:
-            parser.add_argument(flag, dest=pname, action=argparse.BooleanOptionalAction, default=default,
-                                required=required)
-            continue
-        conv, is_list = _converter(tp)
-        parser.add_argument(flag, dest=pname, type=conv, nargs="+" if is_list else None,
-                            required=required, default=default, metavar=pname.upper())
+        kwargs = _argument(hints.get(pname, str))
+        if kwargs.get("action") is not argparse.BooleanOptionalAction:
+            kwargs.setdefault("metavar", pname.upper())
+        text = f"{helps.get(pname, '')} ({'required' if required else 'default: ' + _shown(default)})".strip()
+        action = parser.add_argument("--" + pname.replace("_", "-"), dest=pname, required=required,
+                                     default=default, **kwargs)
+        action.help = text.replace("%", "%%")  # after: BooleanOptionalAction appends its own default
     return parser
 
 
-def main(argv: list[str] | None = None, preload: bool = True) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """``visctx <command> ...``: through the preload server where it is enabled, else in this process."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if preload and argv and argv[0] in COMMANDS and argv[0] not in IN_PROCESS:
-        from visctx import preload as server
+    if argv and argv[0] in COMMANDS and argv[0] not in IN_PROCESS:
+        from visctx import preload
 
-        if server.enabled():
-            code = server.run(argv)
+        if preload.enabled():
+            code = preload_server().run(argv)
             if code is not None:
                 return code
+    return run_command(argv)
+
+
+def run_command(argv: list[str]) -> int:
+    """Parse ``argv`` and run its command in this process; the exit code."""
     if not argv or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = [f"  {k.ljust(width)}  {h}" for k, (_, _, h) in COMMANDS.items()]

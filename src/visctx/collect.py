@@ -94,7 +94,15 @@ def check_same_kernels(evaluations: list[dict]) -> None:
 
 def collect(evals: list[str], studies: dict, out_arms: str, out_design: str, out_videos: str | None = None) -> dict:
     """Write the tidy per-(arm, seed) table, the study design and the per-video table; every designed
-    arm must be evaluated, with the same seeds as every other arm."""
+    arm must be evaluated, with the same seeds as every other arm.
+
+    Args:
+        evals: the per-(arm, seed) evaluation JSONs.
+        studies: params' ``studies`` section (JSON): the design every arm comes from.
+        out_arms: the tidy table (CSV): one row per (arm, seed, benchmark).
+        out_design: the design table (CSV): one row per (study, method, point).
+        out_videos: the per-video table (CSV): one row per (arm, seed, benchmark, video).
+    """
     evaluations = [read_evaluation(p) for p in evals]
     check_same_videos(evaluations)
     check_same_kernels(evaluations)

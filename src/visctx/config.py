@@ -309,7 +309,12 @@ def dumps(obj: Any) -> str:
 
 
 def describe(params: str = "params.yaml") -> dict:
-    """Validate a params file and list each study's design points and the unique arms to train."""
+    """Validate a params file and list each study's design points and the unique arms to train.
+
+    Args:
+        params: the params file (YAML), as the workflow reads it: its preset resolved, then
+            validated against the schema.
+    """
     resolved = load_params(params)
     points = study_points(resolved["studies"])
     arms = unique_arms(points)

@@ -491,7 +491,17 @@ def padding(train_json: str, llm: str, arms: list[Arm], batch_size: int = 16, le
             seed: int = 0, prompt_format: dict | None = None) -> dict:
     """How much of an epoch's padded batches is padding, per arm and ``length_groups`` setting
     (default 0 and 50): the figure behind ``train.*.length_groups``. Text lengths come from the
-    tokenizer of ``llm`` and the prompt layout; no features or model weights are read."""
+    tokenizer of ``llm`` and the prompt layout; no features or model weights are read.
+
+    Args:
+        train_json: the instruction JSON.
+        llm: the LLM whose tokenizer measures the text.
+        arms: the arms whose visual blocks are laid out.
+        batch_size: records per batch.
+        length_groups: the settings of ``train.*.length_groups`` to compare (default 0 50).
+        seed: seed of the batch order.
+        prompt_format: PromptFormat fields (JSON) of the prompt layout.
+    """
     from visctx.model import PromptFormat
     from visctx.pretrained import load_tokenizer
 

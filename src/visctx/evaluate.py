@@ -39,7 +39,21 @@ def evaluate(
 ) -> dict:
     """Score every item of ``eval_json`` with the model in ``model_dir`` under ``arm``; write
     ``{"arm", "benchmark", "n", "loss", "accuracy", "score", "official", "predictions", "per_task", "T",
-    "M", "token_op", "frame_op", "time_kernel"}`` to ``out_json`` atomically and return it."""
+    "M", "token_op", "frame_op", "time_kernel"}`` to ``out_json`` atomically and return it.
+
+    Args:
+        model_dir: the trained model dir (``VideoModel.save``).
+        eval_json: the evaluation JSON (multiple-choice records).
+        features_dir: the features (or frames) of the evaluation videos.
+        arm: the arm (``T<frames>-M<tokens>-<op>[-tpool<k>]``) whose context the model sees.
+        out_json: the evaluation to write.
+        batch_size: items scored at once.
+        threads: torch's CPU threads.
+        benchmark: whose official rule scores the answers (``synthetic`` or a benchmark's name).
+        answer_mode: ``loglik`` (the option of highest log-likelihood) or ``generate`` (decode a
+            letter).
+        max_new_tokens: the most tokens decoded per answer (``generate``).
+    """
     from visctx.model import VideoModel
 
     torch.set_num_threads(threads)
@@ -189,7 +203,20 @@ def evaluate_arms(
     max_new_tokens: int = 16,
 ) -> dict:
     """:func:`evaluate` for each arm's ``<arms_dir>/<arm>/model`` into
-    ``<arms_dir>/<arm>/eval/<benchmark>.json``, in one process (items and features opened once)."""
+    ``<arms_dir>/<arm>/eval/<benchmark>.json``, in one process (items and features opened once).
+
+    Args:
+        arms: the arms to evaluate, each its own ``<arms_dir>/<arm>/model``.
+        arms_dir: the root of the per-arm layout.
+        eval_json: the evaluation JSON (multiple-choice records).
+        features_dir: the features (or frames) of the evaluation videos.
+        benchmark: whose official rule scores the answers (``synthetic`` or a benchmark's name).
+        batch_size: items scored at once.
+        threads: torch's CPU threads.
+        answer_mode: ``loglik`` (the option of highest log-likelihood) or ``generate`` (decode a
+            letter).
+        max_new_tokens: the most tokens decoded per answer (``generate``).
+    """
     from visctx.model import VideoModel
 
     torch.set_num_threads(threads)

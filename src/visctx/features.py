@@ -30,6 +30,15 @@ def build_tiny_vision_tower(out_dir: str | os.PathLike, image_size: int = 54, pa
     """A randomly initialised (seeded) ``SiglipVisionModel`` + matching image processor in ``out_dir``.
 
     No pooling head (``vision_use_head=False``): only patch hidden states are used.
+
+    Args:
+        out_dir: where the tower and its processor are saved (``save_pretrained``).
+        image_size: input side in pixels (a multiple of ``patch_size``).
+        patch_size: patch side in pixels; the grid is ``image_size / patch_size`` patches a side.
+        hidden_size: width of the tower (D of the features).
+        num_layers, num_heads, intermediate_size: the transformer's depth, attention heads and MLP
+            width.
+        seed: seed of the random init.
     """
     from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
@@ -208,6 +217,15 @@ def encode_shard(frames_npy: str | os.PathLike, frames_json: str | os.PathLike, 
     The frame shard's ``quarantined`` and ``short`` lists are carried over, so the feature store
     every arm reads knows which videos were left out and why. A shard whose videos were all
     quarantined gives an empty feature shard (the grid is probed on a blank frame).
+
+    Args:
+        frames_npy, frames_json: the frame shard and its index (``extract``'s outputs).
+        vision_tower: the vision tower (a ``save_pretrained`` dir or a hub name on disk).
+        out_npy, out_json: the feature shard and its index.
+        layer: which hidden state of the tower to keep (-2: the penultimate layer, as LLaVA).
+        batch_size: frames encoded at once (rounded down to whole videos).
+        threads: torch's CPU threads.
+        device: torch device of the tower (``cpu``, ``cuda``).
     """
     torch.set_num_threads(threads)
     with open(frames_json) as f:

@@ -1358,7 +1358,22 @@ def dumps(obj: Any) -> str:
 def write_fits(arms_csv: str | Path, design_csv: str | Path, budget: int, n_boot: int = 1000, seed: int = 0,
                benchmark: str = "synthetic", *, out_json: str | Path, t_max: int | None = None,
                strict: bool = False, workers: int | None = None, videos_csv: str | None = None) -> dict[str, Any]:
-    """:func:`run_fits` and write the result to ``out_json`` (compact numeric lists); returns it."""
+    """:func:`run_fits` and write the result to ``out_json`` (compact numeric lists); returns it.
+
+    Args:
+        arms_csv, design_csv: ``collect``'s tables.
+        budget: the window L (visual tokens) of the optimum.
+        n_boot: bootstrap resamples.
+        seed: seed of the bootstrap.
+        benchmark: whose losses are fitted.
+        out_json: the fits to write.
+        t_max: cap on T in the brute-force optimum (e.g. the frames kept per video).
+        strict: raise on a fit that cannot be made or does not converge (else recorded under
+            ``errors``).
+        workers: processes sharing the bootstrap (default 1; 0: every CPU this process may use).
+        videos_csv: ``collect``'s per-video table: the bootstrap then resamples evaluation videos
+            as well as training seeds.
+    """
     res = run_fits(arms_csv, design_csv, budget, n_boot, seed, benchmark, t_max=t_max, strict=strict,
                    workers=workers, videos_csv=videos_csv)
     out = Path(out_json)
@@ -1425,6 +1440,15 @@ def format_optimum(res: dict[str, Any]) -> str:
 def optimum_cli(fits: str, budget: int, method: str = "pool", t_max: int | None = None,
                 as_json: bool = False, form: str | None = None) -> None:
     """For a window of ``budget`` visual tokens, which (T, M)? Printed with bootstrap intervals and a
-    warning where the answer lies outside the (T, M) range the law was fitted on."""
+    warning where the answer lies outside the (T, M) range the law was fitted on.
+
+    Args:
+        fits: ``fits``' JSON.
+        budget: the window L (visual tokens).
+        method: the token operator (``pool`` or ``sample``): which M it can make.
+        t_max: cap on T (e.g. the frames kept per video).
+        as_json: print the answer as JSON.
+        form: the joint law to answer with (default: the one model selection chose).
+    """
     res = optimum_from_fits(fits, budget, method, t_max, form=form)
     print(json.dumps(res, indent=1) if as_json else format_optimum(res))

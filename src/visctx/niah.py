@@ -61,7 +61,20 @@ def niah(
 ) -> dict:
     """Accuracy of each frame-sampling arm (``<arms_dir>/<arm>/model``) on the needle questions of
     ``eval_json`` at every depth; writes the table (``out_csv``, with the models' training seed) and,
-    if asked, its heatmap (``out_png``; the study's map is :func:`niah_summary` over the seeds)."""
+    if asked, its heatmap (``out_png``; the study's map is :func:`niah_summary` over the seeds).
+
+    Args:
+        arms: the frame-sampling arms to score (the haystack is N = T - 1 frames).
+        arms_dir: the root of the per-arm layout.
+        eval_json: the synthetic evaluation JSON (its needle questions are asked).
+        videos_json: the scene specs, which say when each needle flashes.
+        features_dir: the features of the evaluation videos.
+        out_csv, out_png: the accuracy table and (optional) its heatmap.
+        extract_fps: the fps frames were extracted at (to find the needle's frame).
+        depths: needle depths in percent (0: first, 100: last; default 0 25 50 75 100).
+        batch_size: items scored at once.
+        threads: torch's CPU threads.
+    """
     import pandas as pd
 
     from visctx.data import load_eval_records, usable_records
@@ -122,7 +135,13 @@ def niah(
 def niah_summary(csvs: list[str], out_csv: str, out_png: str) -> dict:
     """Every seed's map (:func:`niah`) in one table: a row per (arm, depth) with the across-seed mean
     accuracy, its interval (:mod:`visctx.stats`) and each seed's value; the heatmap of the mean with
-    each replicate's map beside it."""
+    each replicate's map beside it.
+
+    Args:
+        csvs: one :func:`niah` table per training seed.
+        out_csv: the table over seeds.
+        out_png: its heatmap.
+    """
     import pandas as pd
 
     from visctx.stats import summarise

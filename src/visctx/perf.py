@@ -169,7 +169,15 @@ def startup_overhead(run: _Runner, tmp: Path) -> dict[str, float]:
 
 def perf(out_dir: str = "results/perf", repo: str = ".", fresh: bool = True, keep: bool = False) -> dict:
     """Run the harness; ``fresh``: clone ``repo`` into a temporary directory and run the whole
-    study there (install included); otherwise measure the finished study in ``repo`` itself."""
+    study there (install included); otherwise measure the finished study in ``repo`` itself.
+
+    Args:
+        out_dir: where ``perf.json``, ``perf.md`` and the log go (relative to ``repo``).
+        repo: the checkout to measure.
+        fresh: measure a fresh clone of ``repo`` (install and whole study) rather than ``repo``
+            itself.
+        keep: keep the temporary directory (the clone) afterwards.
+    """
     repo_p = Path(repo).resolve()
     tmp = Path(tempfile.mkdtemp(prefix="visctx-perf-"))
     root = tmp / "clone" if fresh else repo_p

@@ -100,6 +100,15 @@ def build_tiny_llm(
     size 64 the small init leaves attention near uniform for many hundred steps; measured on the
     synthetic needle task, 0.02 had not left the answer prior after 600 steps where 0.05-0.1
     reached 60-80% accuracy. Returns ``out_dir``, which :func:`load_llm` (and so every later stage) loads like a hub name.
+
+    Args:
+        out_dir: where the model and tokenizer are saved (``save_pretrained``).
+        corpus_jsons: the corpus files whose words make the vocabulary (train and eval JSON).
+        max_frames: the most frames a prompt labels (``frame 1:`` .. ``frame max_frames:``).
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: the Qwen2 architecture.
+        max_position_embeddings: the longest sequence (prompt plus visual tokens) it takes.
+        initializer_range: std of the weight init (see above).
+        seed: seed of the random init.
     """
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

@@ -34,6 +34,12 @@ def split_report(frames_jsons: list[str], split: str, out_json: str, max_quarant
     Raises ``ValueError`` listing the first paths and reasons when more than ``max_quarantined``
     (a fraction of the split's videos) were quarantined; nothing is written then, so nothing
     downstream (training, evaluation) runs on that split.
+
+    Args:
+        frames_jsons: the split's frame shard indexes (``extract``'s ``out_json``).
+        split: the split's name, for the report and the error.
+        out_json: the split's report.
+        max_quarantined: the largest fraction of the split's videos that may be unreadable.
     """
     if not 0 <= max_quarantined <= 1:
         raise ValueError(f"max_quarantined={max_quarantined}: must be a fraction in [0, 1]")
@@ -59,7 +65,12 @@ def split_report(frames_jsons: list[str], split: str, out_json: str, max_quarant
 
 def write_report(split_jsons: list[str], out_json: str, out_tsv: str) -> dict:
     """Join per-split reports into ``out_json`` (``{split: report}``) and ``out_tsv``
-    (``split, status, video, path, reason``: one line per quarantined or short video)."""
+    (``split, status, video, path, reason``: one line per quarantined or short video).
+
+    Args:
+        split_jsons: the splits' reports (``quarantine-split``'s ``out_json``).
+        out_json, out_tsv: the joined report and its table.
+    """
     splits = {}
     for p in split_jsons:
         rep = _read_split_report(Path(p))

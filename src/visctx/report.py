@@ -242,7 +242,13 @@ def _latex(df: pd.DataFrame) -> str:
 
 def write_tables(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
                  out_dir: str | Path) -> list[Path]:
-    """Write every table in :data:`TABLES` as ``.md``, ``.csv`` and ``.tex`` into ``out_dir``."""
+    """Write every table in :data:`TABLES` as ``.md``, ``.csv`` and ``.tex`` into ``out_dir``.
+
+    Args:
+        arms_csv, design_csv: ``collect``'s tables.
+        fits_json: ``fits``' output.
+        out_dir: the directory of the tables.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -425,7 +431,13 @@ def _accuracy_figure(inp: _Inputs, path: Path) -> Path:
 
 def write_figures(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
                   out_dir: str | Path) -> list[Path]:
-    """Write every figure in :data:`FIGURES` as ``<name>.png`` into ``out_dir``."""
+    """Write every figure in :data:`FIGURES` as ``<name>.png`` into ``out_dir``.
+
+    Args:
+        arms_csv, design_csv: ``collect``'s tables.
+        fits_json: ``fits``' output.
+        out_dir: the directory of the figures.
+    """
     inp = _Inputs(arms_csv, design_csv, fits_json)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -522,7 +534,13 @@ def _clean_json(obj: Any) -> Any:
 
 def write_metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
                   out_json: str | Path) -> dict[str, Any]:
-    """Write :func:`metrics` to ``out_json`` (for ``dvc exp show``); returns it."""
+    """Write :func:`metrics` to ``out_json`` (for ``dvc exp show``); returns it.
+
+    Args:
+        arms_csv, design_csv: ``collect``'s tables.
+        fits_json: ``fits``' output.
+        out_json: the metrics file.
+    """
     m = metrics(arms_csv, design_csv, fits_json)
     out = Path(out_json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -289,6 +289,14 @@ def collate_checkpoint(ckpt_dir: str, out_dir: str, init: str, prompt_format: di
     The LightningModule's ``model.`` prefix is stripped; every weight must match (strict load).
     ``vision_tower``/``vision_layer``: the tower's skeleton for a run that encoded frames in the
     forward and started from a pretrained LLM (``model.vision_features: forward``).
+
+    Args:
+        ckpt_dir: the DeepSpeed checkpoint directory (Lightning's ``*.ckpt/``).
+        out_dir: the model dir to write.
+        init: what the run started from (see above).
+        prompt_format: PromptFormat fields (JSON) when ``init`` is a pretrained LLM.
+        tag: the checkpoint tag to collate (default: the one named in ``latest``).
+        vision_tower, vision_layer: the tower's skeleton and layer (see above).
     """
     import torch
 

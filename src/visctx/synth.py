@@ -218,6 +218,19 @@ def make_corpus(out_dir: str | os.PathLike, n_train: int, n_eval: int, seed: int
 
     Deterministic in ``seed``. One record per (video, task); train and eval are different
     videos (different random streams and directories).
+
+    Args:
+        out_dir: directory of the three JSON files (created).
+        n_train, n_eval: videos of the train and eval split (each gives one record per task).
+        seed: the corpus's seed: each (split, video, purpose) draws its own stream from it.
+        seconds: length of each video in seconds.
+        fps: native frames per second of the rendered videos.
+        size: native width and height in pixels (a multiple of ``grid``, an even cell size).
+        grid: cells per side of the layout lattice (27: the encoder's patch grid).
+        max_count: the most bar appearances of the count task (1..max_count).
+        order_seconds: how long each of the order task's two squares shows.
+        dot: side of the detail task's dot in cells.
+        tasks: the tasks to ask about, any of needle, order, count, detail.
     """
     for t in tasks:
         if t not in QUESTIONS:
@@ -333,7 +346,16 @@ def load_videos_json(videos_json: str | os.PathLike) -> dict[str, Any]:
 def render_shard(videos_json: str | os.PathLike, video_root: str | os.PathLike, split: str, shard: int,
                  n_shards: int, manifest_out: str | os.PathLike, crf: int = 12) -> list[str]:
     """Render the shard's videos (contiguous chunk of the split's sorted keys) to
-    ``video_root/<key>`` and write a manifest ``{"split","shard","n_shards","videos"}``."""
+    ``video_root/<key>`` and write a manifest ``{"split","shard","n_shards","videos"}``.
+
+    Args:
+        videos_json: the scene specs (``videos.json`` of :func:`make_corpus`).
+        video_root: where the mp4 files go, as ``<video_root>/<key>``.
+        split: the split whose videos to render (``train`` or ``eval``).
+        shard, n_shards: this shard's index among ``n_shards`` contiguous chunks of the sorted keys.
+        manifest_out: the manifest JSON to write once every video of the shard is rendered.
+        crf: x264 constant rate factor (lower: closer to lossless).
+    """
     data = load_videos_json(videos_json)
     specs = {v["video"]: v for v in data["videos"] if v["video"].startswith(f"{split}/")}
     if not specs:

@@ -71,7 +71,24 @@ def throughput(
     dir or a hub name already on disk) at T frames x M tokens; report tokens/s per device, MFU
     (with ``peak_tflops`` or a known GPU) and peak memory. ``vision_dim``: the tower's width
     (SigLIP-so400m: 1152; taken from ``vision_tower`` when that is given, see above). Writes
-    ``out_json`` when given."""
+    ``out_json`` when given.
+
+    Args:
+        llm: the LLM (a ``save_pretrained`` dir or a hub name on disk).
+        T, M: frames and tokens per frame of the visual context.
+        vision_dim: width of the visual features (see above).
+        batch_size: sequences per step.
+        steps: timed training steps.
+        warmup: untimed steps before them.
+        device: ``auto`` (CUDA if there is one), ``cpu`` or ``cuda[:i]``.
+        dtype: ``fp32``, ``bf16`` or ``fp16``.
+        gradient_checkpointing: recompute activations in the backward pass.
+        peak_tflops: the device's peak for the MFU (default: known GPUs' table; none on CPU).
+        threads: torch's CPU threads (0: torch's default).
+        out_json: where to write the report (default: not written).
+        vision_tower: a tower to run in the forward on random frames (else features are random).
+        vision_trainable: train the tower too.
+    """
     from visctx.config import Arm
     from visctx.model import Projector, PromptEncoder, VideoModel
     from visctx.pretrained import load_llm

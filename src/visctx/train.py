@@ -216,22 +216,49 @@ def train(
 ) -> dict:
     """Train projector + LLM on answer tokens for ``steps`` steps; save the model dir atomically.
 
-    ``arms``: one arm (a fine-tune) or every arm of the study (the base; one arm drawn per batch).
     An interrupted run resumes exactly (same batches, same final weights and losses as an
     uninterrupted run) from its newest readable checkpoint in ``log_dir`` (``last.ckpt`` and the
-    two newest ``step=N.ckpt``, every ``ckpt_every`` steps). ``prompt_format``: PromptFormat
-    fields for a fresh model (a trained model dir keeps its own). ``accelerator``/``precision``:
-    Lightning's (the embedded default runs on CPU in float32). ``arm_sampling`` (several arms):
-    ``uniform`` or ``time`` (each arm about the same compute; see ``data.arm_weights``). ``length_groups``:
-    batches of records of similar text length, from mega-batches of that many batches (0: off; see
-    ``data.ArmBatchSampler``). ``group_by_video``: a video's records in one batch, its visual
-    prefix computed once for all of them. Returns the summary that is also written to ``<out_dir>/train_summary.json``
-    (``pad_fraction``: how much of the padded batches was padding; ``tokens``: real tokens trained on).
-    ``strategy`` .. ``gradient_clipping``: ``train.scale`` (:mod:`visctx.strategy`; the defaults are
-    the CPU path).
-    ``features_dir``: cached features, or frames (``model.vision_features: forward``): then the
-    model runs ``vision_tower`` (its ``vision_layer``) in the forward, trained too if
-    ``vision_trainable``; a trained ``init`` brings its own tower.
+    two newest ``step=N.ckpt``, every ``ckpt_every`` steps). Returns the summary that is also
+    written to ``<out_dir>/train_summary.json`` (``pad_fraction``: how much of the padded batches
+    was padding; ``tokens``: real tokens trained on).
+
+    Args:
+        out_dir: the model dir to write (``VideoModel.save``; replaced atomically).
+        train_json: the instruction JSON (LLaVA-style records).
+        features_dir: cached features, or frames (``model.vision_features: forward``): then the
+            model runs ``vision_tower`` (its ``vision_layer``) in the forward, trained too if
+            ``vision_trainable``; a trained ``init`` brings its own tower.
+        init: a pretrained LLM (hub name or ``save_pretrained`` dir) or a trained model dir to continue.
+        arms: one arm (a fine-tune) or every arm of the study (the base; one arm drawn per batch).
+        steps: optimizer steps.
+        batch_size: the global batch (split over ``devices`` x ``num_nodes`` ranks).
+        lr: AdamW's peak learning rate.
+        warmup_steps: linear warmup to ``lr``, then linear decay to 0 at ``steps``.
+        seed: seeds the init, the batches and the arm drawn for each.
+        threads: torch's CPU threads.
+        log_dir: checkpoints and Lightning's CSV log.
+        progress_bar: show Lightning's progress bar.
+        weight_decay: AdamW's weight decay (not on norms and biases).
+        ckpt_every: steps between checkpoints.
+        prompt_format: PromptFormat fields (JSON) for a fresh model; a trained model dir keeps its own.
+        accelerator: Lightning's (``cpu``, ``gpu``, ``cuda``, ``auto``).
+        precision: Lightning's (``32-true``, ``bf16-mixed``, ``bf16-true``, ``16-mixed``).
+        arm_sampling: with several arms, ``uniform`` or ``time`` (each arm about the same compute)
+            or ``sqrt`` (see ``data.arm_weights``).
+        strategy, zero_stage, offload_optimizer, offload_params: ``train.scale``'s (``auto`` or
+            ``deepspeed`` with its ZeRO stage and offloading; :mod:`visctx.strategy`; the defaults
+            are the CPU path).
+        gradient_checkpointing: recompute activations in the backward pass (memory for time).
+        attn_implementation: the LLM's attention (``sdpa``, ``flash_attention_2``, ``eager``).
+        devices: ranks (GPUs) per node.
+        num_nodes: nodes.
+        gradient_clipping: clip the gradient norm to this (0: off).
+        length_groups: batches of records of similar text length, from mega-batches of that many
+            batches (0: off; see ``data.ArmBatchSampler``).
+        group_by_video: a video's records in one batch, its visual prefix computed once for all.
+        vision_tower: the tower a fresh model runs in its forward (frames in ``features_dir``).
+        vision_layer: the tower's hidden state the projector reads (-2: the penultimate).
+        vision_trainable: train the tower too (only with the tower in the forward).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -441,6 +468,37 @@ def train_arms(
 
     Each arm is exactly the run :func:`train` makes for it alone (same seed, same data order), in
     the layout the rules and evaluation read; the workflow runs it with one arm per job.
+
+    Args:
+        arms: the arms to fine-tune, each on its own.
+        arms_dir: the root of the per-arm layout.
+        train_json: the instruction JSON (LLaVA-style records).
+        features_dir: cached features, or frames (then the tower runs in the forward).
+        init: the base model dir (or a pretrained LLM) every arm starts from.
+        steps: optimizer steps per arm.
+        batch_size: the global batch (split over ``devices`` x ``num_nodes`` ranks).
+        lr: AdamW's peak learning rate.
+        warmup_steps: linear warmup to ``lr``, then linear decay to 0 at ``steps``.
+        seed: seeds the init and the batches (the same for every arm).
+        threads: torch's CPU threads.
+        progress_bar: show Lightning's progress bar.
+        weight_decay: AdamW's weight decay (not on norms and biases).
+        prompt_format: PromptFormat fields (JSON) for a fresh model; a trained model dir keeps its own.
+        accelerator: Lightning's (``cpu``, ``gpu``, ``cuda``, ``auto``).
+        precision: Lightning's (``32-true``, ``bf16-mixed``, ``bf16-true``, ``16-mixed``).
+        strategy, zero_stage, offload_optimizer, offload_params: ``train.scale``'s (``auto`` or
+            ``deepspeed`` with its ZeRO stage and offloading; :mod:`visctx.strategy`).
+        gradient_checkpointing: recompute activations in the backward pass (memory for time).
+        attn_implementation: the LLM's attention (``sdpa``, ``flash_attention_2``, ``eager``).
+        devices: ranks (GPUs) per node.
+        num_nodes: nodes.
+        gradient_clipping: clip the gradient norm to this (0: off).
+        length_groups: batches of records of similar text length, from mega-batches of that many
+            batches (0: off).
+        group_by_video: a video's records in one batch, its visual prefix computed once for all.
+        vision_tower: the tower a fresh model runs in its forward (frames in ``features_dir``).
+        vision_layer: the tower's hidden state the projector reads (-2: the penultimate).
+        vision_trainable: train the tower too (only with the tower in the forward).
     """
     shared = {k: v for k, v in locals().items() if k not in ("arms", "arms_dir")}  # train's options, as given
     arms = [a if isinstance(a, Arm) else Arm.from_id(str(a)) for a in arms]

@@ -287,6 +287,17 @@ def extract_shard(corpus_json: str | os.PathLike, video_root: str | os.PathLike,
     are kept (frames repeated: the paper's "sampling forced") and listed under ``"short"``.
     Written straight into a temporary memmap (a shard need not fit in memory twice) and renamed
     when complete; only when videos were quarantined are the good rows copied into a smaller one.
+
+    Args:
+        corpus_json: the instruction or evaluation JSON whose videos to decode.
+        video_root: directory the records' video paths are relative to.
+        shard, n_shards: this shard's index among ``n_shards`` contiguous chunks of the sorted video
+            keys.
+        out_npy, out_json: the frame array and its index (videos, quarantined, short).
+        fps: decode timestamps per second before the uniform pick (0 or None: every native frame).
+        max_frames: frames kept per video (F), uniformly over the decoded timestamps.
+        size: side in pixels each frame is resized to (S; the encoder's input).
+        num_threads: decord's decoding threads.
     """
     keys = shard_slice(corpus_videos(corpus_json), n_shards, shard)
     good: list[str] = []
