@@ -135,16 +135,20 @@ CALLS: dict[str, tuple[list[str], dict]] = {
              {"arms": [A, B], "arms_dir": "arms", "eval_json": "e.json", "videos_json": "v.json",
               "features_dir": "feat", "extract_fps": 1.0, "depths": [0, 50, 100], "batch_size": 32, "threads": 2,
               "out_csv": "n.csv", "out_png": "n.png"}),
+    "niah-summary": (["--csvs", "s0.csv", "s1.csv", "--out-csv", "n.csv", "--out-png", "n.png"],
+                     {"csvs": ["s0.csv", "s1.csv"], "out_csv": "n.csv", "out_png": "n.png"}),
     "collect": (["--evals", "a.json", "b.json", "--studies", '{"tokens": {"frames": 2}}', "--out-arms", "arms.csv",
-                 "--out-design", "design.csv"],
+                 "--out-design", "design.csv", "--out-videos", "videos.csv"],
                 {"evals": ["a.json", "b.json"], "studies": {"tokens": {"frames": 2}}, "out_arms": "arms.csv",
-                 "out_design": "design.csv"}),
+                 "out_design": "design.csv", "out_videos": "videos.csv"}),
     "fits": (["--arms-csv", "arms.csv", "--design-csv", "design.csv", "--budget", "6000", "--n-boot", "200",
-              "--seed", "0", "--t-max", "32", "--workers", "2", "--out-json", "fits.json", "--strict"],
+              "--seed", "0", "--t-max", "32", "--workers", "2", "--out-json", "fits.json", "--strict",
+              "--videos-csv", "videos.csv"],
              {"arms_csv": "arms.csv", "design_csv": "design.csv", "budget": 6000, "n_boot": 200, "seed": 0,
-              "t_max": 32, "workers": 2, "out_json": "fits.json", "strict": True}),
-    "optimum": (["--fits", "fits.json", "--budget", "6000", "--method", "sample", "--as-json"],
-                {"fits": "fits.json", "budget": 6000, "method": "sample", "as_json": True}),
+              "t_max": 32, "workers": 2, "out_json": "fits.json", "strict": True, "videos_csv": "videos.csv"}),
+    "optimum": (["--fits", "fits.json", "--budget", "6000", "--method", "sample", "--as-json", "--form",
+                 "joint_nooffset"],
+                {"fits": "fits.json", "budget": 6000, "method": "sample", "as_json": True, "form": "joint_nooffset"}),
     "throughput": (["--llm", "Qwen/Qwen2-7B", "--T", "32", "--M", "49", "--batch-size", "2", "--device", "cuda",
                     "--dtype", "bf16", "--gradient-checkpointing", "--peak-tflops", "989.5", "--out-json", "t.json"],
                    {"llm": "Qwen/Qwen2-7B", "T": 32, "M": 49, "batch_size": 2, "device": "cuda", "dtype": "bf16",
@@ -287,24 +291,33 @@ def test_module_entry_point_runs():
     assert json.loads(out)["n_arms"] > 40
 
 
-def _eval(path: Path, arm: str, loss: float) -> str:
-    path.write_text(json.dumps({"arm": arm, "benchmark": "synthetic", "n": 10, "loss": loss, "accuracy": 0.5,
-                                "per_task": {"needle": {"n": 5, "loss": loss, "accuracy": 0.4}}}))
+def _eval(path: Path, arm: str, loss: float, seed: int = 0) -> str:
+    path.write_text(json.dumps({"arm": arm, "seed": seed, "benchmark": "synthetic", "n": 10, "loss": loss,
+                                "accuracy": 0.5, "per_task": {"needle": {"n": 5, "loss": loss, "accuracy": 0.4}},
+                                "videos": {"v0": [6, 6 * loss, 6, 3], "v1": [4, 4 * loss, 4, 2]}}))
     return str(path)
 
 
 def test_collect_builds_the_tidy_table(tmp_path):
     studies = {"tokens": {"frames": 2, "tokens": [1, 9], "methods": ["pool"]},
                "frames": {"tokens": 9, "token_method": "pool", "frames": [2, 4], "methods": ["sample"], "pool_source": 4}}
-    evals = [_eval(tmp_path / f"{a}.json", a, 1.0 + i) for i, a in enumerate(["T2-M1-pool", "T2-M9-pool", "T4-M9-pool"])]
-    summary = collect(evals, studies, str(tmp_path / "arms.csv"), str(tmp_path / "design.csv"))
-    assert summary == {"arms": 3, "rows": 3, "design_points": 4}
+    evals = [_eval(tmp_path / f"{a}-{s}.json", a, 1.0 + i + s / 10, seed=s)
+             for i, a in enumerate(["T2-M1-pool", "T2-M9-pool", "T4-M9-pool"]) for s in (0, 1)]
+    summary = collect(evals, studies, str(tmp_path / "arms.csv"), str(tmp_path / "design.csv"),
+                      str(tmp_path / "videos.csv"))
+    assert summary == {"arms": 3, "seeds": [0, 1], "rows": 6, "design_points": 4}
     arms = pd.read_csv(tmp_path / "arms.csv")
-    assert list(arms.columns[:7]) == ["arm", "T", "M", "token_op", "frame_op", "time_kernel", "tokens"]
-    assert arms.set_index("arm").loc["T4-M9-pool", "tokens"] == 36
+    assert list(arms.columns[:8]) == ["arm", "T", "M", "token_op", "frame_op", "time_kernel", "tokens", "seed"]
+    assert arms.set_index(["arm", "seed"]).loc[("T4-M9-pool", 1), "loss"] == pytest.approx(3.1)
     assert "acc_needle" in arms.columns
     design = pd.read_csv(tmp_path / "design.csv")
     assert (design["arm"] == "T2-M9-pool").sum() == 2  # shared by both studies, evaluated once
+    videos = pd.read_csv(tmp_path / "videos.csv")
+    assert len(videos) == 3 * 2 * 2 and list(videos.columns) == ["arm", "seed", "benchmark", "video", "n", "nll",
+                                                                 "ntok", "correct"]
+    # an arm missing one seed is refused (the replicates must be the same for every arm)
+    with pytest.raises(ValueError, match="different seeds"):
+        collect(evals[:-1], studies, str(tmp_path / "a2.csv"), str(tmp_path / "d2.csv"))
 
 
 def test_collect_names_a_missing_arm(tmp_path):

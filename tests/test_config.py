@@ -54,7 +54,8 @@ def test_the_train_rules_options_reach_the_commands(preset, groups):
     base = {k: v for k, v in p["train"]["base"].items() if k != "arms"}
     for name, func, fixed, options in [("train", train, ["--out-dir", "o", "--log-dir", "l"], base),
                                        ("train-arms", train_arms, ["--arms-dir", "a"], p["train"]["arm"])]:
-        flags = [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+        flags = [x for k, v in options.items() for x in (  # as common.smk's cli_options writes them
+            [f"--{'' if v else 'no-'}{k.replace('_', '-')}"] if isinstance(v, bool) else [f"--{k.replace('_', '-')}", str(v)])]
         args = vars(build_parser(name, func).parse_args(common + fixed + flags))
         assert args["length_groups"] == options["length_groups"] == groups, name
         assert all(args[k] == v for k, v in options.items()), name
