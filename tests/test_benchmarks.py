@@ -709,7 +709,8 @@ def test_videomme_output_template(tmp_path):
         json.loads(path.read_text())
     s = score_videomme_results(path)
     assert s["overall"] == pytest.approx(7 / 9) and s["n"] == 9 and s["n_unanswered"] == 0
-    assert s["per_duration"] == {"short": pytest.approx(7 / 9)} and s["per_domain"] == {"Knowledge": pytest.approx(7 / 9)}
+    assert s["per_duration"] == {"short": pytest.approx(7 / 9)}
+    assert s["per_domain"] == {"Knowledge": pytest.approx(7 / 9)}
     assert s["per_task"]["Counting Problem"] == pytest.approx(3 / 4)
     assert score_videomme_results(path, scoring="lmms_eval")["overall"] == pytest.approx(7 / 9)
     # an unparsable response leaves the official denominator, not lmms-eval's
@@ -722,7 +723,8 @@ def test_videomme_output_template(tmp_path):
     assert score_videomme_results(p, scoring="lmms_eval")["overall"] == pytest.approx(7 / 9)
     videos[0]["questions"][0]["response"] = None
     p.write_text(json.dumps(videos))
-    with pytest.raises(ValueError, match=r"out\.json: video 0 \(id '001'\): question 0 \(id '001-1'\): field 'response'"):
+    with pytest.raises(ValueError, match=r"out\.json: video 0 \(id '001'\): question 0 \(id '001-1'\): "
+                                         r"field 'response'"):
         score_videomme_results(p)
 
 

@@ -478,7 +478,8 @@ def mlvu_gold(where: str, gt: Any) -> str:
     """The gold letter of an MLVU result line's ``gt`` (``"(C) text"``): between the first ``(``
     and the first ``)`` (choice_bench.py lines 108-110, which fail without them)."""
     if not isinstance(gt, str) or "(" not in gt or ")" not in gt:
-        raise ValueError(f"{where}: field 'gt'={gt!r} is not '(<letter>) <answer>' (the official check_ans fails on it)")
+        raise ValueError(f"{where}: field 'gt'={gt!r} is not '(<letter>) <answer>' "
+                         f"(the official check_ans fails on it)")
     return gt[gt.index("(") + 1:gt.index(")")]
 
 
