@@ -112,9 +112,22 @@ def test_bad_values_are_named(override, needles):
 
 
 def test_scoring_is_one_mode_or_one_per_benchmark():
+    """evaluate.scoring reaches `visctx evaluate-arms --scoring` resolved per benchmark
+    (workflow/rules/evaluate.smk, benchmarks.scoring_mode)."""
+    from visctx.benchmarks import scoring_mode
+    from visctx.cli import build_parser
+    from visctx.evaluate import evaluate_arms
+
     assert load_params(PARAMS)["evaluate"]["scoring"] == "official"
     p = load_params(PARAMS, {"evaluate": {"scoring": {"videomme": "lmms_eval", "mlvu": "strict"}}})
     assert p["evaluate"]["scoring"] == {"videomme": "lmms_eval", "mlvu": "strict"}
+    assert [scoring_mode(p["evaluate"]["scoring"], b) for b in ("videomme", "mlvu", "vnbench")] == \
+        ["lmms_eval", "strict", "official"]
+    rule = (PARAMS.parent / "workflow/rules/evaluate.smk").read_text()
+    assert "--scoring {params.scoring}" in rule and "scoring_mode(CFG[\"evaluate\"].get(\"scoring\")" in rule
+    args = build_parser("evaluate-arms", evaluate_arms).parse_args(
+        ["--arms", "T1-M1-pool", "--arms-dir", "a", "--eval-json", "e", "--features-dir", "f", "--scoring", "strict"])
+    assert args.scoring == "strict"
 
 
 def test_missing_params_file(tmp_path):
