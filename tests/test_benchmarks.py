@@ -563,7 +563,7 @@ def test_mlvu_real_odd_annotations():
 
 
 def test_mlvu_lmms_eval_rule():
-    """lmms-eval mlvu/utils.py: extract_mcq_answer (lines 72-81) against the gold letter, then the
+    """lmms-eval mlvu/utils.py: extract_mcq_answer (lines 66-86) against the gold letter, then the
     mean over its 7 dev task names with an absent task as 0 (lines 89-124)."""
     items = [item(0, 1, "count"), item(1, 1, "count"), item(2, 0, "ego")]
     s = score_mlvu(items, ["B.", "b", "Answer: A"], scoring="lmms_eval")
@@ -583,7 +583,7 @@ RANDOM = "random"
     ("B or E", "B"), ("E or B", "E"),  # E on a 4-option item: read, and wrong (not random)
     ("a red cat", RANDOM), ("Eating", "E"),  # an option's text: its capitals
     ("zzz", RANDOM),
-    ("Best answer: C", "C"), ("The answer is C", "C"),  # prefixes deleted first (lines 190-205)
+    ("Best answer: C", "C"), ("The answer is C", "C"),  # prefixes deleted first (lines 193-205)
 ])
 def test_longvideobench_official_shapes(pred, letter):
     """lmms-eval longvideobench/utils.py parse_multi_choice_response, lines 187-213 (the parser
@@ -619,8 +619,8 @@ def test_longvideobench_official_on_items():
 ])
 def test_videomme_official_and_lmms_eval_shapes(pred, official, lmms):
     """Official: thanku-all/parse_answer eval_your_results.py extract_characters_regex, lines
-    66-89 (the script Video-MME's README links). lmms-eval: videomme/utils.py line 256 ->
-    _task_utils/mcq_extract.py extract_mcq_answer, lines 66-155."""
+    65-89 (the script Video-MME's README links). lmms-eval: videomme/utils.py line 256 ->
+    _task_utils/mcq_extract.py extract_mcq_answer, lines 66-158."""
     assert videomme_letter(pred) == official
     assert lmms_eval_letter(pred) == lmms
 
@@ -647,7 +647,7 @@ def test_vnbench_llava_example_results():
     """VideoNIAH's LLaVA-OneVision results (18 videos x 4 tries copied from llava_examples/), by
     the scorer they ship with, evaluation_utils.py: the numbers its get_detail_result prints on
     this file (run outside the repository), including its ret_insert1 / ret_insert2 label swap
-    (lines 59-61) and the family means (lines 39-58)."""
+    (lines 48-50) and the family means (lines 36-57)."""
     s = score_vnbench_results(LLAVA)
     printed = {"cnt_edit1": 0.5, "cnt_edit2": 0.0, "cnt_insert1": 0.5, "ord_edit1": 1.0, "ord_insert1": 0.5,
                "ord_insert2": 1 / 3, "ret_edit1": 0.5, "ret_insert1": 2 / 3, "ret_insert2": 0.5}

@@ -509,7 +509,7 @@ _VIDEOMME_PREFIXES = ("The best answer is", "The correct answer is", "The answer
 
 
 def videomme_letter(response: str) -> str:
-    """Video-MME ``eval_your_results.py`` ``extract_characters_regex`` (lines 66-89): strip,
+    """Video-MME ``eval_your_results.py`` ``extract_characters_regex`` (lines 65-89): strip,
     delete each prefix in order (case-sensitive; two pairs fused by missing commas, so ``"Best
     answer: C"`` keeps its ``B``), then the first capital A-D anywhere, else ``""`` -- which the
     script leaves out of every denominator (lines 173-181)."""
@@ -531,7 +531,7 @@ _MCQ_FORMATS = (("parentheses", "({})", 6), ("period", "{}.", 5), ("colon", "{}:
 
 
 def lmms_eval_letter(response: str, choices: str = "ABCD") -> str:
-    """lmms-eval ``_task_utils/mcq_extract.py`` ``extract_mcq_answer`` (lines 66-155), which its
+    """lmms-eval ``_task_utils/mcq_extract.py`` ``extract_mcq_answer`` (lines 66-158), which its
     Video-MME and MLVU tasks use: every way a letter can appear is a candidate -- ``(X)``, ``X.``,
     ``X:``, ``X)``, ``X `` (each at its last occurrence), after an answer phrase, standing alone
     at the start or the end, and only if none, anywhere -- and the best-ranked one wins (start >
@@ -611,7 +611,7 @@ def _by_key(units: Sequence[Unit], key: Callable[[Unit], str]) -> dict[str, floa
 
 
 def _families(per_type: Mapping[str, float]) -> dict[str, float]:
-    """VNBench's evaluation_utils.py (lines 39-58): each of ret / ord / cnt sums the accuracies of
+    """VNBench's evaluation_utils.py (lines 36-57): each of ret / ord / cnt sums the accuracies of
     the types whose name contains it and divides by 3, whatever their number."""
     return {f: sum(v for k, v in per_type.items() if f in k) / 3 for f in ("cnt", "ord", "ret")}
 
@@ -963,9 +963,9 @@ def score_vnbench_results(path: str | Path, rule: str = "auto") -> dict:
     the types present. The LLaVA example's (``video_path``, ``task_type``, ``try``, ``pred``,
     ``gt``; ``llava_examples/``), by the scorer it ships with, ``evaluation_utils.py``
     ``get_detail_result``: :func:`vnbench_llava_judge` per line, a video right iff its judgements
-    sum to 4, exactly 4 lines per video (line 31's assertion), ``Overall`` = the mean of the ret /
+    sum to 4, exactly 4 lines per video (line 24's assertion), ``Overall`` = the mean of the ret /
     ord / cnt family means (:func:`_families`), and the per-type accuracies of ``ret_insert1`` and
-    ``ret_insert2`` reported under each other's name (lines 59-61). ``rule``: ``auto`` (by format),
+    ``ret_insert2`` reported under each other's name (lines 48-50). ``rule``: ``auto`` (by format),
     ``eval.py`` (either format) or ``evaluation_utils``."""
     if rule not in ("auto", "eval.py", "evaluation_utils"):
         raise ValueError(f"rule={rule!r}; allowed: auto, eval.py, evaluation_utils")
@@ -1013,14 +1013,14 @@ def _vnbench_llava(path: str | Path, lines: list[tuple[str, dict]]) -> dict:
         kinds[video] = _field(where, rec, "task_type", str)  # the last line's, as processed_data keeps
     if 4 * len(sums) != len(lines):
         raise ValueError(f"{path}: {len(lines)} lines for {len(sums)} videos: the official get_detail_result "
-                         f"asserts 4 tries per video (evaluation_utils.py line 31)")
+                         f"asserts 4 tries per video (evaluation_utils.py line 24)")
     us = [Unit(v, kinds[v], s == 4) for v, s in sums.items()]
     out = aggregate("vnbench_llava", "official", us)
     per = out["per_type"]
     missing = {"ret_insert1", "ret_insert2"} - set(per)
     if missing:
         raise ValueError(f"{path}: no {sorted(missing)} lines: the official get_detail_result swaps the "
-                         f"ret_insert1 / ret_insert2 labels and fails without both (lines 59-61)")
+                         f"ret_insert1 / ret_insert2 labels and fails without both (lines 48-50)")
     per["ret_insert1"], per["ret_insert2"] = per["ret_insert2"], per["ret_insert1"]
     return {**out, "per_type": dict(sorted(per.items())), "scoring": "official",
             "rule": "joez17/VideoNIAH@8193a3b llava_examples/evaluation_utils.py"}
