@@ -882,3 +882,17 @@ def test_evaluation_answers():
     assert evaluation_answers({"answer_mode": "loglik", "predictions": [2]}) == [2]
     with pytest.raises(ValueError, match="no 'generations'"):
         evaluation_answers({"answer_mode": "generate", "predictions": [1]})
+
+
+def test_score_results_command(capsys, tmp_path):
+    """`visctx score-results` picks the format's scorer: the published files score from the shell."""
+    from visctx.cli import main
+
+    assert main(["score-results", "--benchmark", "vnbench", "--path", str(LLAVA)], preload=False) == 0
+    assert json.loads(capsys.readouterr().out)["overall"] == pytest.approx(0.5)
+    tpl = str(FIX / "videomme" / "output_test_template.json")
+    assert main(["score-results", "--benchmark", "videomme", "--path", tpl, "--scoring", "lmms_eval"],
+                preload=False) == 0
+    assert json.loads(capsys.readouterr().out)["scoring"] == "lmms_eval"
+    assert main(["score-results", "--benchmark", "longvideobench", "--path", tpl], preload=False) == 1
+    assert "publishes no result format" in capsys.readouterr().err

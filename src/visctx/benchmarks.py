@@ -1150,6 +1150,29 @@ def score_lmms_eval_samples(path: str | Path, benchmark: str) -> dict:
     return {**aggregate(benchmark, mode, us), "scoring": mode, "rule": rule_of(benchmark, mode)[1]}
 
 
+def score_results(benchmark: str, path: str, scoring: str = "official", rule: str = "auto") -> dict:
+    """Score a result file in ``benchmark``'s published format by its official script's rule (the
+    ``visctx score-results`` command): VNBench (eval.py's format or the LLaVA example's; ``rule``),
+    Event-Bench (its result jsonl), MLVU (``test_all_choice.json``), Video-MME (the output
+    template; ``scoring``: official or lmms_eval); an lmms-eval ``--log_samples`` file for
+    LongVideoBench, Video-MME or MLVU."""
+    lines = Path(path).suffix == ".jsonl" and Path(path).is_file() and _result_lines(path)
+    if lines and benchmark in _LMMS_METRICS and _LMMS_METRICS[benchmark] in lines[0][1]:
+        return score_lmms_eval_samples(path, benchmark)
+    if benchmark == "vnbench":
+        return score_vnbench_results(path, rule)
+    if benchmark == "eventbench":
+        return score_eventbench_results(path)
+    if benchmark == "mlvu":
+        return score_mlvu_results(path)
+    if benchmark == "videomme":
+        return score_videomme_results(path, scoring)
+    if benchmark == "longvideobench":
+        raise ValueError(f"{path}: LongVideoBench publishes no result format; its official rule is lmms-eval's, "
+                         f"so give an lmms-eval --log_samples file (lines with 'lvb_acc')")
+    raise ValueError(f"unknown benchmark {benchmark!r}; allowed: {', '.join(sorted(LOADERS))}")
+
+
 # ---------------------------------------------------------------------------------------------
 # The pipeline's side: published annotations -> the evaluation JSON every arm is scored on
 
