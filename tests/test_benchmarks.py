@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from visctx.benchmarks import (LOADERS, MLVU_LMMS_EVAL_TASKS, SCORERS, STRICT_RULE, BenchItem, bootstrap_score,
-                               circular_orderings, evaluation_answers, eventbench_match, lmms_eval_letter,
-                               load_eventbench, load_longvideobench, load_mlvu, load_videomme, load_vnbench,
-                               longvideobench_letter, mlvu_match, mlvu_open_ended, paired_difference, parse_letter,
+                               circular_orderings, evaluation_answers, evaluation_items, eventbench_match,
+                               lmms_eval_letter, load_eventbench, load_longvideobench, load_mlvu, load_videomme,
+                               load_vnbench, longvideobench_letter, mlvu_match, mlvu_open_ended, paired_difference, parse_letter,
                                prompt_letters, random_fallback, rule_of, score, score_eventbench,
                                score_eventbench_results, score_lmms_eval_samples, score_longvideobench, score_mlvu,
                                score_mlvu_results, score_videomme, score_videomme_results, score_vnbench,
@@ -874,6 +874,16 @@ def test_paired_difference_on_the_same_resamples():
     same = paired_difference("mlvu", mlvu, a, a, n_boot=200, seed=1)
     assert same["diff"] == same["low"] == same["high"] == same["se"] == 0.0
     assert d == paired_difference("mlvu", mlvu, a, b, n_boot=800, seed=1)
+
+
+def test_evaluation_items_follow_the_scored_ids():
+    items = [item(i) for i in range(3)]
+    assert evaluation_items({"ids": ["q2", "q0"], "predictions": [0, 0]}, items) == [items[2], items[0]]
+    assert evaluation_items({"predictions": [0, 0, 0]}, items) == items
+    with pytest.raises(ValueError, match="scored 1 items not among the 3 given, e.g. 'q9'"):
+        evaluation_items({"ids": ["q9"], "predictions": [0]}, items)
+    with pytest.raises(ValueError, match="no 'ids' and 2 answers for 3 items"):
+        evaluation_items({"predictions": [0, 0]}, items)
 
 
 def test_evaluation_answers():

@@ -218,6 +218,7 @@ def test_generation_mode_decodes_and_parses_letters(setup, tmp_path):
                      answer_mode="generate", max_new_tokens=3, scoring=mode)
         assert r["scoring"] == mode and r["official"] == score("videomme", items, r["generations"], scoring=mode)
         assert r["predictions"] == gen["predictions"] and r["score"] == r["official"]["overall"]
+        assert r["ids"] == [it.id for it in items]
     with pytest.raises(ValueError, match="scoring='loose'"):
         evaluate(*args, str(tmp_path / "bad.json"), benchmark="mlvu", scoring="loose")
     # MLVU's answer outside the candidates (-1): always wrong, and no loss to take

@@ -1228,6 +1228,24 @@ def read_items(path: str | Path) -> list[BenchItem]:
     return _unique(path, items)
 
 
+def evaluation_items(result: Mapping[str, Any], items: Sequence[BenchItem]) -> list[BenchItem]:
+    """The items an evaluation JSON scored, in its order, out of the benchmark's ``items``
+    (:func:`read_items` of its eval JSON): evaluation leaves out the items of quarantined videos,
+    so its answers align with these, not with every item."""
+    by_id = {it.id: it for it in items}
+    ids = result.get("ids")
+    if ids is None:
+        if len(items) != len(result.get("predictions", ())):
+            raise ValueError(f"evaluation result has no 'ids' and {len(result.get('predictions', ()))} answers "
+                             f"for {len(items)} items")
+        return list(items)
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(f"evaluation result scored {len(missing)} items not among the {len(items)} given, "
+                         f"e.g. {missing[0]!r}")
+    return [by_id[i] for i in ids]
+
+
 def evaluation_answers(result: Mapping[str, Any]) -> list:
     """The answers an evaluation JSON (``visctx.evaluate``) was scored on, to re-score or bootstrap
     it: the generated texts in ``generate`` mode (what the official extractors read), else the

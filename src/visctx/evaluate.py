@@ -135,6 +135,7 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
         "official": official,
         "scoring": official["scoring"],  # the mode applied (its rule: official["rule"])
         "answer_mode": answer_mode,
+        "ids": [r.id for r in records],  # the items scored (quarantined videos' items are not)
         "predictions": preds,  # per item, in eval_json order (generate: parse_letter's reading, None: unparsable);
         # the rules re-apply to benchmarks.evaluation_answers(result): these, or the generated texts
         **({"generations": texts, "unparsed": sum(p is None for p in preds)} if texts is not None else {}),
