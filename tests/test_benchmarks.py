@@ -1,7 +1,12 @@
-"""Benchmark loaders on each benchmark's published format, letter parsing, and the official scoring
-rules, pinned by hand-made cases and by the benchmarks' own example result files."""
+"""Benchmark loaders on each benchmark's published format, letter parsing, and the scoring rules:
+each official rule pinned case by case, the expected result read off the official script (file
+and lines named at each case; versions in ``benchmarks.RULES``), and by the benchmarks' own
+example result files. The same rules were run against the official scripts themselves on random
+prediction sets outside the repository (README, "Real benchmarks")."""
 
+import dataclasses
 import json
+import random
 import re
 import shutil
 from collections import defaultdict
@@ -10,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from visctx.benchmarks import (LOADERS, SCORERS, BenchItem, circular_orderings, load_eventbench,
-                               load_longvideobench, load_mlvu, load_videomme, load_vnbench, parse_letter,
-                               prompt_letters, random_fallback, score_eventbench, score_eventbench_results,
-                               score_longvideobench, score_mlvu, score_videomme, score_vnbench,
-                               score_vnbench_results)
+from visctx.benchmarks import (LOADERS, MLVU_LMMS_EVAL_TASKS, SCORERS, STRICT_RULE, BenchItem, bootstrap_score,
+                               circular_orderings, evaluation_answers, evaluation_items, eventbench_match,
+                               lmms_eval_letter, load_eventbench, load_longvideobench, load_mlvu, load_videomme,
+                               load_vnbench, longvideobench_letter, mlvu_match, mlvu_open_ended, paired_difference, parse_letter,
+                               prompt_letters, random_fallback, rule_of, score, score_eventbench,
+                               score_eventbench_results, score_lmms_eval_samples, score_longvideobench, score_mlvu,
+                               score_mlvu_results, score_videomme, score_videomme_results, score_vnbench,
+                               score_vnbench_results, scoring_mode, videomme_letter, vnbench_letter)
 
 FIX = Path(__file__).parent / "fixtures" / "benchmarks"
 
@@ -28,18 +36,27 @@ def item(i, answer=0, task="t", group="", n=4, duration=""):
 # Loaders on the published formats
 
 
-def test_mlvu_real_files():
+def test_mlvu_real_files(capsys):
+    """The dev json/ folder as published: the 7 multiple-choice files load, the open-ended
+    8_sub_scene / 9_summary are skipped and reported with their count."""
     items = load_mlvu(FIX / "mlvu", video_root="/data/MLVU/video")
-    files = sorted((FIX / "mlvu").glob("*.json"))
+    assert "skipped 4 open-ended records" in capsys.readouterr().err  # 2 + 2 in the fixture
+    files = [f for f in sorted((FIX / "mlvu").glob("*.json")) if not f.stem.startswith(("8_", "9_"))]
     recs = [(f.stem, r) for f in files for r in json.loads(f.read_text())]
     assert len(items) == len(recs) == 21
     for it, (stem, r) in zip(items, recs):
         assert it.options == tuple(r["candidates"]) and it.options[it.answer] == r["answer"]
-        assert it.task_type == r["question_type"] and it.question == r["question"]
-        assert it.video == f"/data/MLVU/video/{stem}/{r['video']}"
-    assert len({it.task_type for it in items}) == 7
+        assert it.question == r["question"] and it.video == f"/data/MLVU/video/{stem}/{r['video']}"
+        # the official task names are choice_bench.py's data_list keys (lines 123-131), by file
+        assert it.task_type == stem.split("_", 1)[1]
+    assert {it.task_type for it in items} == {"count", "ego", "needle", "order", "plotQA", "anomaly_reco",
+                                              "topic_reasoning"}
+    assert "findNeedle" in {r["question_type"] for _, r in recs}  # what the records call the needle task
     assert len({it.id for it in items}) == 21
     assert load_mlvu(FIX / "mlvu" / "4_count.json")[1].video == "4_count/count_151.mp4"
+    assert mlvu_open_ended(FIX / "mlvu") == {"8_sub_scene.json": 2, "9_summary.json": 2}
+    with pytest.raises(ValueError, match="no multiple-choice MLVU records"):
+        load_mlvu(FIX / "mlvu" / "9_summary.json")
 
 
 def test_vnbench_annotation():
@@ -117,16 +134,16 @@ def copy_json(tmp_path, src, edit):
     return dst
 
 
-def test_mlvu_answer_not_a_candidate(tmp_path):
+def test_mlvu_open_ended_record_in_a_choice_file(tmp_path):
     d = tmp_path / "mlvu"
     d.mkdir()
     shutil.copy(FIX / "mlvu" / "1_plotQA.json", d)
-    copy_json(d, FIX / "mlvu" / "2_needle.json", lambda data: data[1].update(answer="Swimming"))
-    with pytest.raises(ValueError) as e:
+    copy_json(d, FIX / "mlvu" / "2_needle.json", lambda data: data[1].pop("candidates"))
+    with pytest.raises(ValueError, match=r"2_needle\.json: record 1 \(id '2_needle_1'\): missing field 'candidates'"):
         load_mlvu(d)
-    msg = str(e.value)
-    assert "2_needle.json" in msg and "record 1" in msg and "'2_needle_1'" in msg
-    assert "'answer'" in msg and "Swimming" in msg
+    copy_json(d, FIX / "mlvu" / "2_needle.json", lambda data: data[1].update(answer=3))
+    with pytest.raises(ValueError, match=r"2_needle\.json: record 1 \(id '2_needle_1'\): field 'answer' has type int"):
+        load_mlvu(d)
 
 
 @pytest.mark.parametrize("bench,src,field", [
@@ -284,20 +301,32 @@ def test_videomme_per_duration():
     items = ([item(0, 0, "count", duration="short"), item(1, 1, "count", duration="short")]
              + [item(2, 2, "ocr", duration="medium"), item(3, 3, "count", duration="medium")]
              + [item(4, 0, "ocr", duration="long")])
-    s = score_videomme(items, [0, 1, 2, None, 1])
+    s = score_videomme(items, [0, 1, 2, None, 1], scoring="strict")  # no answer counts wrong
     assert s["overall"] == pytest.approx(3 / 5)
     assert s["per_duration"] == {"long": 0.0, "medium": 0.5, "short": 1.0}
     assert s["per_task"] == {"count": pytest.approx(2 / 3), "ocr": 0.5}
+    # officially an unanswered question is in no denominator (eval_your_results.py lines 173-181)
+    s = score_videomme(items, [0, 1, 2, None, 1])
+    assert s["overall"] == pytest.approx(3 / 4) and s["n"] == 4 and s["n_unanswered"] == 1
+    assert s["per_duration"] == {"long": 0.0, "medium": 1.0, "short": 1.0}
+    assert s["per_task"] == {"count": 1.0, "ocr": 0.5}
 
 
 @pytest.mark.parametrize("name", sorted(SCORERS))
 def test_scorers_check_predictions(name):
-    items = [item(i, answer=i) for i in range(3)]
-    with pytest.raises(ValueError, match="2 predictions for 3 items"):
+    # VNBench questions have 4 tries (eval.py counts a question right at exactly 4 right tries)
+    items = ([BenchItem(f"q_{t}", "v", "q", ("w", "x", "y", "z"), t, "count", group="q", try_index=t) for t in range(4)]
+             if name == "vnbench" else [item(i, answer=i, task="count") for i in range(4)])
+    with pytest.raises(ValueError, match="2 answers for 4 items"):
         SCORERS[name](items, [0, 0])
-    with pytest.raises(ValueError, match=r"prediction 1 \(item 'q1'\) is 'B'"):
-        SCORERS[name](items, [0, "B", 2])
-    assert SCORERS[name](items, list(np.arange(3)))["overall"] == 1.0  # numpy argmax results
+    with pytest.raises(ValueError, match=r"answer 1 \(item 'q[_]?1'\) is 1.5: not an option index, a generated text"):
+        SCORERS[name](items, [0, 1.5, 2, 3])
+    assert SCORERS[name](items, list(np.arange(4)))["overall"] == 1.0  # numpy argmax results
+    # an index and an exact letter are right in every mode (lmms-eval's MLVU averages its 7 tasks)
+    for mode in ("official", "lmms_eval", "strict"):
+        full = 1 / 7 if (name, mode) == ("mlvu", "lmms_eval") else 1.0
+        assert SCORERS[name](items, list(np.arange(4)), scoring=mode)["overall"] == pytest.approx(full)
+        assert SCORERS[name](items, ["A", "B", "C", "D"], scoring=mode)["overall"] == pytest.approx(full)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +400,10 @@ def test_eventbench_example_result_file(tmp_path):
     assert score_eventbench_results(p)["overall"] == 0.0
     p.write_text(json.dumps(dict(rec, pred=["C", "(B)", "(D) x", "(A)"])) + "\n")
     assert score_eventbench_results(p)["overall"] == 1.0
-    p.write_text(json.dumps(dict(rec, pred=["", "(B)", "(D)", "(A)"])) + "\n")
+    # "" is right officially: its first token '' occurs in every gt option (evaluate_em.py line 23)
+    p.write_text(json.dumps(dict(rec, pred=["", "(B)", " (D)", "(A)"])) + "\n")
+    assert score_eventbench_results(p)["overall"] == 1.0
+    p.write_text(json.dumps(dict(rec, pred=["I think C", "(B)", "(D)", "(A)"])) + "\n")
     assert score_eventbench_results(p)["overall"] == 0.0
 
 
@@ -397,3 +429,478 @@ def test_write_items_round_trips_and_names_missing_videos(tmp_path):
     # the synthetic suite is scored like MLVU: the mean of per-task accuracies
     syn = [item(i, task="a" if i < 3 else "b") for i in range(4)]
     assert score("synthetic", syn, [0, 0, 0, 1])["overall"] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring modes
+
+
+def test_scoring_modes_per_benchmark():
+    assert scoring_mode(None, "mlvu") == scoring_mode("official", "mlvu") == "official"
+    assert scoring_mode({"videomme": "lmms_eval"}, "videomme") == "lmms_eval"
+    assert scoring_mode({"videomme": "lmms_eval"}, "mlvu") == "official"  # unlisted: official
+    with pytest.raises(ValueError, match=r"scoring='loose' for mlvu; allowed: official, lmms_eval, strict"):
+        scoring_mode({"mlvu": "loose"}, "mlvu")
+    # lmms-eval has no VNBench / Event-Bench task, and its LongVideoBench task is the official rule
+    assert rule_of("vnbench", "lmms_eval") == rule_of("vnbench", "official")
+    assert rule_of("longvideobench", "lmms_eval")[0] == "official"
+    assert "lmms-eval" in rule_of("longvideobench", "official")[1]
+    assert rule_of("videomme", "lmms_eval")[1].endswith("lmms_eval/tasks/videomme/utils.py")
+    assert rule_of("mlvu", "strict") == ("strict", STRICT_RULE)
+    with pytest.raises(ValueError, match="unknown benchmark 'imagenet'"):
+        rule_of("imagenet", "official")
+    s = score("videomme", [item(0, 1)], ["B"], scoring="lmms_eval")
+    assert s["scoring"] == "lmms_eval" and "mcq" not in s["rule"] and s["rule"].startswith("EvolvingLMMs-Lab")
+
+
+# ---------------------------------------------------------------------------------------------
+# Official rules, answer shape by answer shape. Each expected value is read off the official
+# code (file and lines in each test's docstring; versions in benchmarks.RULES).
+
+EB_GT = "(C) The girl didn't try to relieve her drowsiness."  # a gt of Event-Bench's example result
+
+
+@pytest.mark.parametrize("pred, right", [
+    ("(C)", True), ("(B)", False), ("C.", True), ("B.", False), ("c", True), ("b", False),
+    (" D", True),  # first token '' is 'in' every option (line 23)
+    ("", True),  # the same
+    ("I think C", False), ("Answer: C", False),  # first tokens 'i', 'answer:'
+    ("C or E", True), ("B or E", False),  # only the first token counts
+    ("The girl didn't try to relieve her drowsiness.", False),  # the option's text: 'the'
+    ("zzz", False), ("C) blue", True), (")", True),  # 'c)' and ')' occur in '(c)'
+    ("(c)x", True),  # the other way round: '(c)' occurs in '(c)x' (line 25)
+    ("(C) Snoring.", True),  # the text after the option is never compared
+])
+def test_eventbench_official_shapes(pred, right):
+    """RUCAIBox/Event-Bench evaluation/evaluate_em.py check_ans, lines 16-26."""
+    assert eventbench_match(pred, EB_GT) is right
+
+
+def test_eventbench_official_on_items():
+    """An item is right only if all 4 orderings are (lines 36-40); a generated " D" is right in
+    every ordering officially (line 23), only where D is the answer for the strict reading."""
+    items = event_items("1", "Episodic Reasoning")
+    assert score_eventbench(items, [" D"] * 4)["overall"] == 1.0
+    assert score_eventbench(items, [" D"] * 4, scoring="strict")["overall"] == 0.0
+    gold = ["ABCD"[it.answer] for it in items]
+    assert score_eventbench(items, gold)["overall"] == 1.0
+    assert score_eventbench(items, gold[:3] + ["I think " + gold[3]])["overall"] == 0.0  # 'i' is no option
+    assert score_eventbench(items, gold[:3] + [None])["overall"] == 0.0  # no answer: wrong
+    with pytest.raises(ValueError, match=r"has no text after its option: the official check_ans fails"):
+        eventbench_match("C", "(C)")
+
+
+@pytest.mark.parametrize("pred, letter", [
+    ("(B)", "B"), ("B.", "B"), ("b", "b"), (" D", "D"), ("", ""), ("I think C", "C"),
+    ("Answer: C", "A"),  # the 'A' of 'Answer' wins: A is tested first (line 41)
+    ("B or E", "B"), ("E or B", "B"), ("B or A", "A"),  # A before B before C before D, wherever they are
+    ("tv monitor, cow, sheep", "tv monitor, cow, sheep"),  # no capital: the text itself, never a letter
+    ("Cow, sheep", "C"), ("zzz", "zzz"),
+    ("D. A book", "D"),  # cut at the first '.' (line 18) before looking
+    ("A book (D)", "A"),
+])
+def test_vnbench_official_shapes(pred, letter):
+    """joez17/VideoNIAH evaluation/eval.py lines 18 and 40-48; the letter then has to equal gt."""
+    assert vnbench_letter(pred) == letter
+
+
+def vn_items(n_questions, kind="ret_insert1"):
+    return [BenchItem(f"q{g}_{kind}_{t}", f"v{g}.mp4", "q", ("w", "x", "y", "z"), 1, kind,
+                      group=f"q{g}_{kind}", try_index=t) for g in range(n_questions) for t in range(4)]
+
+
+def test_vnbench_official_nulls_and_tries():
+    """eval.py lines 12-13: a null pred is skipped before its question is seen, so a question whose
+    4 tries are all null is in no denominator, and one with a null try can never reach the 4
+    right tries it needs (lines 51-53); a type with only null preds is absent from the mean."""
+    items = vn_items(3) + vn_items(1, "cnt_edit1")
+    answers = ["B"] * 4 + [None] * 4 + ["B", "B", "B", None] + [None] * 4
+    s = score_vnbench(items, answers)
+    assert s["per_type"] == {"ret_insert1": 0.5} and s["n"] == 2 and s["n_dropped"] == 2
+    assert s["overall"] == 0.5
+    strict = score_vnbench(items, answers, scoring="strict")  # ours: no answer is a wrong try
+    assert strict["per_type"] == {"cnt_edit1": 0.0, "ret_insert1": pytest.approx(1 / 3)} and strict["n"] == 4
+    with pytest.raises(ValueError, match="every question was dropped"):
+        score_vnbench(vn_items(1), [None] * 4)
+    # "exactly 4 right" (line 52): a question asked 5 times with 4 right still counts
+    five = vn_items(1) + [BenchItem("q0_ret_insert1_4", "v0.mp4", "q", ("w", "x", "y", "z"), 1, "ret_insert1",
+                                    group="q0_ret_insert1", try_index=4)]
+    assert score_vnbench(five, ["B"] * 4 + ["A"])["overall"] == 1.0
+    assert score_vnbench(five, ["B"] * 5)["overall"] == 0.0
+
+
+@pytest.mark.parametrize("pred, right", [
+    ("(B)", True), ("B", True), ("B) blue", True), ("(B) blue", True), ("xB)", True),  # the char before ')'
+    ("B.", False), ("b", False), (" B", False), ("", False), ("b)", False),  # exact, case-sensitive
+    ("I think B", False), ("Answer: B", False), ("B or E", False), ("Blue", False),  # an option's text
+    ("(A) or (B)", False),  # the first ')' decides: A
+    (")", False),  # ')' first: nothing before it
+    ("zzz", False),
+])
+def test_mlvu_official_shapes(pred, right):
+    """JUNJIE99/MLVU evaluation/multiple_choice_evaluation/choice_bench.py check_ans, lines 105-119
+    (gold letter B)."""
+    assert mlvu_match(pred, "B") is right
+
+
+def test_mlvu_real_odd_annotations():
+    """Real records of the published dev files (tests/fixtures/benchmarks/mlvu_odd): duplicate
+    candidates -> the last match is the answer, an empty candidate is an option like any, an answer
+    outside the candidates makes the gold letter '@' (qa_template, lines 83-89)."""
+    items = {it.id: it for it in load_mlvu(FIX / "mlvu_odd")}
+    answers = {"1_plotQA_0": 2, "1_plotQA_1": 1, "1_plotQA_2": 2, "2_needle_0": -1, "2_needle_1": -1, "3_ego_0": 2,
+               "3_ego_1": 3, "6_anomaly_reco_0": 3, "6_anomaly_reco_1": 2, "7_topic_reasoning_0": 3,
+               "7_topic_reasoning_1": 3}
+    assert {k: it.answer for k, it in items.items()} == answers
+    assert items["7_topic_reasoning_0"].options == ("", "", "", "")
+    assert items["1_plotQA_2"].options[1] == items["1_plotQA_2"].options[2] == "Three"
+    one = lambda rid, a: score_mlvu([items[rid]], [a])["overall"]  # noqa: E731
+    assert one("1_plotQA_2", "(C)") == 1.0 and one("1_plotQA_2", "(B)") == 0.0  # the same text, first copy
+    assert one("1_plotQA_2", 1) == 0.0  # also as an index: a log-likelihood tie picks the first copy
+    assert one("2_needle_0", "(B)") == 0.0 and one("2_needle_0", 1) == 0.0  # no candidate is the answer...
+    assert one("2_needle_0", "(@)") == 1.0  # ...except officially the letter '@'
+    assert one("3_ego_0", "(C)") == 1.0 and one("7_topic_reasoning_0", "D)") == 1.0
+
+
+def test_mlvu_lmms_eval_rule():
+    """lmms-eval mlvu/utils.py: extract_mcq_answer (lines 66-86) against the gold letter, then the
+    mean over its 7 dev task names with an absent task as 0 (lines 89-124)."""
+    items = [item(0, 1, "count"), item(1, 1, "count"), item(2, 0, "ego")]
+    s = score_mlvu(items, ["B.", "b", "Answer: A"], scoring="lmms_eval")
+    assert s["per_task"]["count"] == 0.5 and s["per_task"]["ego"] == 1.0 and s["per_task"]["order"] == 0.0
+    assert s["overall"] == pytest.approx(1.5 / 7)
+    assert score_mlvu(items, ["B.", "b", "Answer: A"])["overall"] == 0.0  # officially none is right
+    with pytest.raises(ValueError, match=r"tasks \['findNeedle'\]: lmms-eval's MLVU dev scorer knows only"):
+        score_mlvu([item(0, 1, "findNeedle")], ["B"], scoring="lmms_eval")
+
+
+RANDOM = "random"
+
+
+@pytest.mark.parametrize("pred, letter", [
+    ("(B)", "B"), ("B.", "B"), ("b", RANDOM), (" D", "D"), ("", RANDOM), ("I think C", "C"),
+    ("Answer: C", "A"),  # the 'A' of 'Answer': the first capital A-E anywhere (line 210)
+    ("B or E", "B"), ("E or B", "E"),  # E on a 4-option item: read, and wrong (not random)
+    ("a red cat", RANDOM), ("Eating", "E"),  # an option's text: its capitals
+    ("zzz", RANDOM),
+    ("Best answer: C", "C"), ("The answer is C", "C"),  # prefixes deleted first (lines 193-205)
+])
+def test_longvideobench_official_shapes(pred, letter):
+    """lmms-eval longvideobench/utils.py parse_multi_choice_response, lines 187-213 (the parser
+    LongVideoBench's README points to): a parse failure is random.choice of the item's letters,
+    drawn from Python's random as lmms-eval draws it (random.seed(s), then random.choice)."""
+    for seed in range(5):
+        lmms = random.Random(seed).choice(list("ABCD"))  # what random.seed(seed); random.choice(...) gives
+        got = longvideobench_letter(pred, 4, random.Random(seed))
+        assert got == (lmms if letter == RANDOM else letter)
+
+
+def test_longvideobench_official_on_items():
+    items = [item(i, 2, "TOS", duration="600") for i in range(3)]
+    s = score_longvideobench(items, ["I think C", "Answer: C", "C"], seed=0)
+    assert s["overall"] == pytest.approx(2 / 3) and s["n_random"] == 0
+    strict = score_longvideobench(items, ["I think C", "Answer: C", "C"], seed=0, scoring="strict")
+    assert strict["n_random"] == 1 and strict["per_duration"] == {"600": strict["overall"]}  # ours: "I think"
+
+
+@pytest.mark.parametrize("pred, official, lmms", [
+    ("(B)", "B", "B"), ("B.", "B", "B"), ("b", "", ""), (" D", "D", "D"), ("", "", ""),
+    ("I think C", "C", "C"),
+    ("Answer: C", "C", "C"),  # official: "Answer:" is one of its prefixes (parse_answer line 76)
+    ("B or E", "B", "B"), ("E or B", "B", "B"),
+    ("Apples.", "A", "A"),  # an option's text: its capital A-D (fallback, lmms mcq_extract line 146)
+    ("zzz", "", ""),
+    ("Best answer: C", "B", "C"),  # official: "Best answer:" "Best option:" fused by a missing comma (74-75)
+    ("The answer is (A) or (B)", "A", "B"),  # lmms: after the phrase, the later letter wins
+    ("A book (D)", "A", "A"),  # lmms: a standalone letter at the start outranks "(D)"
+    ("The best option isThe correct option is D", "D", "D"),
+    ("**C**", "C", "C"), ("I choose B.", "B", "B"),
+])
+def test_videomme_official_and_lmms_eval_shapes(pred, official, lmms):
+    """Official: thanku-all/parse_answer eval_your_results.py extract_characters_regex, lines
+    65-89 (the script Video-MME's README links). lmms-eval: videomme/utils.py line 256 ->
+    _task_utils/mcq_extract.py extract_mcq_answer, lines 66-158."""
+    assert videomme_letter(pred) == official
+    assert lmms_eval_letter(pred) == lmms
+
+
+def test_videomme_denominators():
+    """Officially an empty extraction is in no denominator (lines 173-181); lmms-eval counts every
+    question (videomme/utils.py lines 320-327); strict counts it wrong too."""
+    items = [item(i, 1, "OCR Problems", duration="short") for i in range(4)]  # gold: B
+    answers = ["B", "b", "zzz", "Best answer: C"]
+    official = score_videomme(items, answers)  # B; ""; ""; B (from "Best"): 2 of the 2 answered
+    assert official["overall"] == 1.0 and official["n"] == 2 and official["n_unanswered"] == 2
+    assert score_videomme(items, answers, scoring="lmms_eval")["overall"] == pytest.approx(1 / 4)  # B; ""; ""; C
+    assert score_videomme(items, answers, scoring="strict")["overall"] == pytest.approx(2 / 4)  # B; b; -; C
+    assert score_videomme(items, ["zzz"] * 4)["overall"] == 0.0  # nothing answered: the script prints 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Result files in the benchmarks' own formats (real samples: tests/fixtures/benchmarks/README.md)
+
+LLAVA = FIX / "vnbench" / "llava-ov-7b-videoniah-result.jsonl"
+
+
+def test_vnbench_llava_example_results():
+    """VideoNIAH's LLaVA-OneVision results (18 videos x 4 tries copied from llava_examples/), by
+    the scorer they ship with, evaluation_utils.py: the numbers its get_detail_result prints on
+    this file (run outside the repository), including its ret_insert1 / ret_insert2 label swap
+    (lines 48-50) and the family means (lines 36-57)."""
+    s = score_vnbench_results(LLAVA)
+    printed = {"cnt_edit1": 0.5, "cnt_edit2": 0.0, "cnt_insert1": 0.5, "ord_edit1": 1.0, "ord_insert1": 0.5,
+               "ord_insert2": 1 / 3, "ret_edit1": 0.5, "ret_insert1": 2 / 3, "ret_insert2": 0.5}
+    assert s["per_type"] == pytest.approx(printed) and s["overall"] == pytest.approx(0.5)
+    assert s["per_family"] == pytest.approx({"cnt": 1 / 3, "ord": 0.6111111111111, "ret": 0.5555555555556})
+    assert s["n"] == 18 and s["rule"].endswith("llava_examples/evaluation_utils.py")
+    # independent reading: first character of pred == gt, 4 of 4 per video
+    rows = [json.loads(line) for line in LLAVA.read_text().splitlines()]
+    per_video = defaultdict(list)
+    for r in rows:
+        per_video[(r["task_type"], r["video_path"])].append(r["pred"][0] == r["gt"])
+    per_type = defaultdict(list)
+    for (kind, _), rights in per_video.items():
+        per_type[kind].append(len(rights) == 4 and all(rights))
+    mine = {k: sum(v) / len(v) for k, v in per_type.items()}
+    assert mine["ret_insert2"] == s["per_type"]["ret_insert1"] == pytest.approx(2 / 3)  # the swap
+    assert any(r["pred"].endswith(".") for r in rows)  # "B." shapes among the real answers
+    # eval.py's rule on the same file: the same overall here (3 types a family), labels unswapped
+    e = score_vnbench_results(LLAVA, rule="eval.py")
+    assert e["per_type"] == pytest.approx(mine) and e["overall"] == pytest.approx(0.5)
+
+
+def test_vnbench_llava_results_where_the_official_script_fails(tmp_path):
+    rows = LLAVA.read_text().splitlines()
+    p = tmp_path / "res.jsonl"
+    bad = json.loads(rows[5])
+    p.write_text("\n".join(rows[:5] + [json.dumps(dict(bad, pred=""))] + rows[6:]) + "\n")
+    with pytest.raises(ValueError, match=r"res\.jsonl: line 6 \(id '\./VNBench/[^']+'\): field 'pred'='': the official "
+                                         r"evaluation_utils\.py reads pred\[0\]"):
+        score_vnbench_results(p)
+    assert score_vnbench_results(p, rule="eval.py")["n"] == 18  # eval.py reads "" (as wrong)
+    p.write_text("\n".join(rows[:-1]) + "\n")
+    with pytest.raises(ValueError, match=r"71 lines for 18 videos: the official get_detail_result asserts 4 tries"):
+        score_vnbench_results(p)
+    p.write_text("\n".join(r for r in rows if "ret_insert1" not in json.loads(r)["task_type"]) + "\n")
+    with pytest.raises(ValueError, match=r"no \['ret_insert1'\] lines: the official get_detail_result swaps"):
+        score_vnbench_results(p)
+
+
+def test_vnbench_eval_py_results_with_nulls(tmp_path):
+    """eval.py's format: null preds skipped (line 12), gt as an index 0-3 turned into a letter
+    (16-17), the question id minus its last 2 characters (10), gpt_judge deciding when present."""
+    lines = ([{"question_id": f"a_cnt_{t}", "pred": None, "gt": "B", "type": "cnt"} for t in range(4)]
+             + [{"question_id": f"b_ret_{t}", "pred": "B. x", "gt": 1, "type": "ret"} for t in range(4)]
+             + [{"question_id": f"c_ret_{t}", "pred": "B", "gt": "B", "type": "ret"} for t in range(3)]
+             + [{"question_id": "c_ret_3", "pred": "A", "gt": "B", "type": "ret", "gpt_judge": ["1"]}])
+    p = tmp_path / "res.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    s = score_vnbench_results(p)
+    assert s["per_type"] == {"ret": 1.0} and s["n"] == 2  # the all-null cnt question and type are gone
+
+
+def test_videomme_output_template(tmp_path):
+    """Video-MME's own output template (copied unchanged; json.load refuses its trailing commas,
+    so the official script cannot read it; we can): 7 of 9 responses right under the official
+    extractor -- "Answer: C. Jade." reads C once "Answer:" is deleted (parse_answer line 76)."""
+    path = FIX / "videomme" / "output_test_template.json"
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(path.read_text())
+    s = score_videomme_results(path)
+    assert s["overall"] == pytest.approx(7 / 9) and s["n"] == 9 and s["n_unanswered"] == 0
+    assert s["per_duration"] == {"short": pytest.approx(7 / 9)}
+    assert s["per_domain"] == {"Knowledge": pytest.approx(7 / 9)}
+    assert s["per_task"]["Counting Problem"] == pytest.approx(3 / 4)
+    assert score_videomme_results(path, scoring="lmms_eval")["overall"] == pytest.approx(7 / 9)
+    # an unparsable response leaves the official denominator, not lmms-eval's
+    videos = json.loads(re.sub(r",(\s*[}\]])", r"\1", path.read_text()))
+    videos[0]["questions"][1]["response"] = "b"  # was "D." (wrong)
+    videos[1]["questions"][0]["response"] = "Best answer: C"  # right (C), read B officially
+    p = tmp_path / "out.json"
+    p.write_text(json.dumps(videos))
+    assert score_videomme_results(p)["overall"] == pytest.approx(6 / 8)
+    assert score_videomme_results(p, scoring="lmms_eval")["overall"] == pytest.approx(7 / 9)
+    videos[0]["questions"][0]["response"] = None
+    p.write_text(json.dumps(videos))
+    with pytest.raises(ValueError, match=r"out\.json: video 0 \(id '001'\): question 0 \(id '001-1'\): "
+                                         r"field 'response'"):
+        score_videomme_results(p)
+
+
+def test_mlvu_result_file(tmp_path):
+    """The file choice_bench.py writes (lines 191-196), scored with its check_ans and Avg."""
+    res = [{"pred": "B) x", "gt": "(B) Red", "question_type": "count", "video": "v0.mp4"},
+           {"pred": "B.", "gt": "(B) Red", "question_type": "count", "video": "v1.mp4"},
+           {"pred": "(@)", "gt": "(@) Catching a flying drone quadcopter", "question_type": "needle", "video": "n.mp4"}]
+    p = tmp_path / "test_all_choice.json"
+    p.write_text(json.dumps({"acc_dict": {}, "res_list": res}))
+    s = score_mlvu_results(p)
+    assert s["per_task"] == {"count": 0.5, "needle": 1.0} and s["overall"] == pytest.approx(0.75)
+    p.write_text(json.dumps([dict(res[0], gt="B Red")]))
+    with pytest.raises(ValueError, match=r"test_all_choice\.json: record 0: field 'gt'='B Red' is not"):
+        score_mlvu_results(p)
+
+
+def test_lmms_eval_sample_logs(tmp_path):
+    """lmms-eval's --log_samples lines: the metric dict each task's process_results returns."""
+    p = tmp_path / "samples_longvideobench_val_v.jsonl"
+    lvb = [{"id": "a", "duration_group": 600, "question_category": "TOS", "answer": "B", "parsed_pred": "B"},
+           {"id": "b", "duration_group": 15, "question_category": "TOS", "answer": "C", "parsed_pred": "A"}]
+    p.write_text("".join(json.dumps({"doc_id": i, "lvb_acc": m, "target": "x"}) + "\n" for i, m in enumerate(lvb)))
+    s = score_lmms_eval_samples(p, "longvideobench")
+    assert s["overall"] == 0.5 and s["per_duration"] == {"15": 0.0, "600": 1.0} and s["scoring"] == "official"
+    m = {"question_id": "001-1", "duration": "short", "category": "Knowledge", "sub_category": "Law",
+         "task_category": "OCR Problems", "pred_answer": "", "answer": "C", "score": 0.0, "videoID": "x"}
+    p.write_text(json.dumps({"doc_id": 0, "videomme_perception_score": m}) + "\n")
+    assert score_lmms_eval_samples(p, "videomme")["overall"] == 0.0  # "" counted (lmms-eval's denominator)
+    with pytest.raises(ValueError, match=r"line 1 \(id 0\): missing field 'lvb_acc'"):
+        score_lmms_eval_samples(p, "longvideobench")
+
+
+# ---------------------------------------------------------------------------------------------
+# Intervals clustered by video
+
+
+def mixed_items(seed=0):
+    """Items of several benchmarks' shapes: several questions per video, VNBench-style tries."""
+    rng = random.Random(seed)
+    mlvu = [BenchItem(f"m{i}", f"v{i // 3}.mp4", "q", ("a", "b", "c", "d"), rng.randrange(4) if i % 7 else -1,
+                      rng.choice(MLVU_LMMS_EVAL_TASKS[:4]), duration_group=rng.choice(["short", "long"]))
+            for i in range(60)]
+    kinds = [rng.choice("xyz") for _ in range(20)]
+    vn = [BenchItem(f"q{g}_{t}", f"n{g}.mp4", "q", ("a", "b", "c", "d"), rng.randrange(4), kinds[g],
+                    group=f"q{g}", try_index=t) for g in range(20) for t in range(4)]
+    return mlvu, vn
+
+
+MESSY = ("{}", "({})", "{}.", "{} or E", "Answer: {}", "zzz", "", "b")
+
+
+def answers_for(items, rng, p_right=0.6, p_null=0.05, shapes=MESSY):
+    out = []
+    for it in items:
+        if rng.random() < p_null:
+            out.append(None)
+            continue
+        letter = "ABCD"[it.answer] if it.answer >= 0 and rng.random() < p_right else rng.choice("ABCD")
+        out.append(rng.choice(shapes).format(letter))
+    return out
+
+
+def resampled(items, answers, row, keys):
+    """The resample ``row`` as an explicit item list: a video drawn k times appears k times, its
+    copies told apart (ids, groups and video keys suffixed)."""
+    by_video = defaultdict(list)
+    for it, a in zip(items, answers):
+        by_video[it.video].append((it, a))
+    its, ans = [], []
+    for key, k in zip(keys, row):
+        for copy in range(int(k)):
+            for it, a in by_video[key]:
+                its.append(dataclasses.replace(it, id=f"{it.id}#{copy}", video=f"{it.video}#{copy}",
+                                               group=f"{it.group}#{copy}" if it.group else ""))
+                ans.append(a)
+    return its, ans
+
+
+@pytest.mark.parametrize("benchmark, scoring, which", [
+    ("mlvu", "official", 0), ("mlvu", "lmms_eval", 0), ("mlvu", "strict", 0), ("videomme", "official", 0),
+    ("videomme", "lmms_eval", 0), ("longvideobench", "official", 0), ("vnbench", "official", 1),
+    ("vnbench", "strict", 1), ("eventbench", "official", 1),
+])
+def test_bootstrap_re_applies_the_official_rule_to_resampled_videos(benchmark, scoring, which):
+    """Each bootstrap value is exactly the rule applied to that resample's items (a video drawn
+    twice counts twice, with all its tries), so the interval is the official score's."""
+    from visctx.benchmarks import _boot_overall, _boot_weights, units
+
+    rng = random.Random(1)
+    items = mixed_items()[which]
+    if benchmark == "videomme":
+        items = [dataclasses.replace(it, answer=max(it.answer, 0)) for it in items]
+    answers = (answers_for(items, rng, p_right=0.9, shapes=("{}", "({})", "{}.", "{} or E")) if which else
+               answers_for(items, rng, p_null=0 if benchmark == "longvideobench" else 0.05))
+    if benchmark == "longvideobench":  # the random fallback is drawn once, before resampling
+        answers = [a if longvideobench_letter(a, 4, random.Random(0)) in "ABCD" and a.strip() and
+                   re.search("[ABCDE]", a) else "A" for a in answers]
+        items = [dataclasses.replace(it, answer=max(it.answer, 0)) for it in items]
+    us, _ = units(benchmark, items, answers, scoring)
+    keys, w = _boot_weights([u.cluster for u in us], 6, seed=3)
+    boot = _boot_overall(benchmark, scoring, us, keys, w)
+    for b in range(6):
+        its, ans = resampled(items, answers, w[b], keys)
+        assert boot[b] == pytest.approx(score(benchmark, its, ans, scoring=scoring)["overall"], abs=1e-12)
+    assert len(set(np.round(boot, 12))) > 1  # the resamples differ
+
+
+def test_bootstrap_interval_is_seeded_and_clustered():
+    mlvu, vn = mixed_items()
+    rng = random.Random(2)
+    answers = answers_for(vn, rng, p_right=0.9, shapes=("{}", "({})", "{}."))
+    a = bootstrap_score("vnbench", vn, answers, n_boot=400, seed=5)
+    assert a == bootstrap_score("vnbench", vn, answers, n_boot=400, seed=5)  # deterministic
+    assert a != bootstrap_score("vnbench", vn, answers, n_boot=400, seed=6)
+    assert a["score"] == score("vnbench", vn, answers)["overall"] and a["low"] <= a["score"] <= a["high"]
+    assert a["n_videos"] == 20 and a["n_boot"] == 400 and a["scoring"] == "official"  # 80 tries, 20 videos
+    assert a["se"] > 0 and a["high"] - a["low"] > 2 * a["se"]
+    wide = bootstrap_score("vnbench", vn, answers, n_boot=400, seed=5, level=0.99)
+    assert wide["low"] <= a["low"] and wide["high"] >= a["high"]
+    none = bootstrap_score("vnbench", vn, answers, n_boot=0)
+    assert none["score"] == a["score"] and none["low"] is None and none["se"] is None
+    # clustering matters: one video's 3 questions move together, so the interval is wider than
+    # if each question were its own video
+    answers = [it.answer if int(it.video[1:-4]) % 2 else (it.answer + 1) % 4 for it in mlvu]  # right by video
+    solo = [dataclasses.replace(it, video=it.id) for it in mlvu]
+    clustered = bootstrap_score("mlvu", mlvu, answers, scoring="strict", n_boot=1000, seed=0)
+    independent = bootstrap_score("mlvu", solo, answers, scoring="strict", n_boot=1000, seed=0)
+    assert clustered["n_videos"] == 20 and independent["n_videos"] == 60
+    assert clustered["se"] > independent["se"]
+    with pytest.raises(ValueError, match="level=1.5 must be in"):
+        bootstrap_score("mlvu", mlvu, answers, level=1.5)
+
+
+def test_paired_difference_on_the_same_resamples():
+    mlvu, _ = mixed_items()
+    rng = random.Random(3)
+    a = answers_for(mlvu, rng, p_right=0.8)
+    b = [x if i % 4 else "zzz" for i, x in enumerate(a)]  # b: a with a quarter of its answers lost
+    d = paired_difference("mlvu", mlvu, a, b, n_boot=800, seed=1)
+    sa, sb = score("mlvu", mlvu, a)["overall"], score("mlvu", mlvu, b)["overall"]
+    assert d["a"] == sa and d["b"] == sb and d["diff"] == pytest.approx(sa - sb) and d["diff"] > 0
+    assert d["low"] <= d["diff"] <= d["high"]
+    # paired: what both arms share cancels, so the difference is tighter than the arms' own spread
+    ia = bootstrap_score("mlvu", mlvu, a, n_boot=800, seed=1)
+    ib = bootstrap_score("mlvu", mlvu, b, n_boot=800, seed=1)
+    assert d["se"] < (ia["se"] ** 2 + ib["se"] ** 2) ** 0.5
+    same = paired_difference("mlvu", mlvu, a, a, n_boot=200, seed=1)
+    assert same["diff"] == same["low"] == same["high"] == same["se"] == 0.0
+    assert d == paired_difference("mlvu", mlvu, a, b, n_boot=800, seed=1)
+
+
+def test_evaluation_items_follow_the_scored_ids():
+    items = [item(i) for i in range(3)]
+    assert evaluation_items({"ids": ["q2", "q0"], "predictions": [0, 0]}, items) == [items[2], items[0]]
+    assert evaluation_items({"predictions": [0, 0, 0]}, items) == items
+    with pytest.raises(ValueError, match="scored 1 items not among the 3 given, e.g. 'q9'"):
+        evaluation_items({"ids": ["q9"], "predictions": [0]}, items)
+    with pytest.raises(ValueError, match="no 'ids' and 2 answers for 3 items"):
+        evaluation_items({"predictions": [0, 0]}, items)
+
+
+def test_evaluation_answers():
+    assert evaluation_answers({"answer_mode": "generate", "generations": ["B."], "predictions": [1]}) == ["B."]
+    assert evaluation_answers({"answer_mode": "loglik", "predictions": [2]}) == [2]
+    with pytest.raises(ValueError, match="no 'generations'"):
+        evaluation_answers({"answer_mode": "generate", "predictions": [1]})
+
+
+def test_score_results_command(capsys, tmp_path):
+    """`visctx score-results` picks the format's scorer: the published files score from the shell."""
+    from visctx.cli import run_command as main  # in this process (no preload server)
+
+    assert main(["score-results", "--benchmark", "vnbench", "--path", str(LLAVA)]) == 0
+    assert json.loads(capsys.readouterr().out)["overall"] == pytest.approx(0.5)
+    tpl = str(FIX / "videomme" / "output_test_template.json")
+    assert main(["score-results", "--benchmark", "videomme", "--path", tpl, "--scoring", "lmms_eval"]) == 0
+    assert json.loads(capsys.readouterr().out)["scoring"] == "lmms_eval"
+    assert main(["score-results", "--benchmark", "longvideobench", "--path", tpl]) == 1
+    assert "publishes no result format" in capsys.readouterr().err

@@ -135,6 +135,8 @@ CALLS: dict[str, tuple[list[str], dict]] = {
              {"arms": [A, B], "arms_dir": "arms", "eval_json": "e.json", "videos_json": "v.json",
               "features_dir": "feat", "extract_fps": 1.0, "depths": [0, 50, 100], "batch_size": 32, "threads": 2,
               "out_csv": "n.csv", "out_png": "n.png"}),
+    "score-results": (["--benchmark", "vnbench", "--path", "results.jsonl", "--rule", "eval.py"],
+                      {"benchmark": "vnbench", "path": "results.jsonl", "rule": "eval.py"}),
     "niah-summary": (["--csvs", "s0.csv", "s1.csv", "--out-csv", "n.csv", "--out-png", "n.png"],
                      {"csvs": ["s0.csv", "s1.csv"], "out_csv": "n.csv", "out_png": "n.png"}),
     "collect": (["--evals", "a.json", "b.json", "--studies", '{"tokens": {"frames": 2}}', "--out-arms", "arms.csv",

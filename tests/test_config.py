@@ -88,6 +88,8 @@ def test_shared_arms_are_trained_once():
         ({"studies": {"tokens": {"methods": ["sample"], "tokens": [1, 8]}}}, ["tokens[1]", "=8", "square"]),
         ({"evaluate": {"benchmarks": ["synthetic", "mlvu"]}}, ["benchmarks.mlvu.annotations=null", "mlvu"]),
         ({"evaluate": {"benchmarks": ["imagenet"]}}, ["evaluate.benchmarks[0]", "imagenet"]),
+        ({"evaluate": {"scoring": "exact"}}, ["evaluate.scoring", "'exact'"]),
+        ({"evaluate": {"scoring": {"mlvu": "loose"}}}, ["evaluate.scoring", "'loose'"]),
         ({"studies": {"window": {"budget": 100}}}, ["studies.window.combos[0]", "T*M=147", "<= 100"]),
         ({"studies": {"tokens": {"methods": ["avg"]}}}, ["studies.tokens.methods[0]", "'avg'", "sample", "pool"]),
         ({"studies": {"frames": {"tokens": 0}}}, ["studies.frames.tokens", "0", "minimum of 1"]),
@@ -108,6 +110,25 @@ def test_bad_values_are_named(override, needles):
         load_params(PARAMS, override)
     for needle in needles:
         assert needle in str(e.value), str(e.value)
+
+
+def test_scoring_is_one_mode_or_one_per_benchmark():
+    """evaluate.scoring reaches `visctx evaluate-arms --scoring` resolved per benchmark
+    (workflow/rules/evaluate.smk, benchmarks.scoring_mode)."""
+    from visctx.benchmarks import scoring_mode
+    from visctx.cli import build_parser
+    from visctx.evaluate import evaluate_arms
+
+    assert load_params(PARAMS)["evaluate"]["scoring"] == "official"
+    p = load_params(PARAMS, {"evaluate": {"scoring": {"videomme": "lmms_eval", "mlvu": "strict"}}})
+    assert p["evaluate"]["scoring"] == {"videomme": "lmms_eval", "mlvu": "strict"}
+    assert [scoring_mode(p["evaluate"]["scoring"], b) for b in ("videomme", "mlvu", "vnbench")] == \
+        ["lmms_eval", "strict", "official"]
+    rule = (PARAMS.parent / "workflow/rules/evaluate.smk").read_text()
+    assert "--scoring {params.scoring}" in rule and "scoring_mode(CFG[\"evaluate\"].get(\"scoring\")" in rule
+    args = build_parser("evaluate-arms", evaluate_arms).parse_args(
+        ["--arms", "T1-M1-pool", "--arms-dir", "a", "--eval-json", "e", "--features-dir", "f", "--scoring", "strict"])
+    assert args.scoring == "strict"
 
 
 def test_missing_params_file(tmp_path):

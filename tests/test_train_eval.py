@@ -209,3 +209,24 @@ def test_generation_mode_decodes_and_parses_letters(setup, tmp_path):
     assert gen["loss"] == pytest.approx(ll["loss"]) and "generations" not in ll
     with pytest.raises(ValueError, match="answer_mode"):
         evaluate(*args, str(tmp_path / "bad.json"), answer_mode="vote")
+    # the official rule reads the generated text itself, not parse_letter's reading of it
+    from visctx.benchmarks import read_items, score
+
+    items = read_items(evals)
+    for mode in ("official", "lmms_eval", "strict"):
+        r = evaluate(*args, str(tmp_path / f"vmme-{mode}.json"), batch_size=5, benchmark="videomme",
+                     answer_mode="generate", max_new_tokens=3, scoring=mode)
+        assert r["scoring"] == mode and r["official"] == score("videomme", items, r["generations"], scoring=mode)
+        assert r["predictions"] == gen["predictions"] and r["score"] == r["official"]["overall"]
+        assert r["ids"] == [it.id for it in items]
+    with pytest.raises(ValueError, match="scoring='loose'"):
+        evaluate(*args, str(tmp_path / "bad.json"), benchmark="mlvu", scoring="loose")
+    # MLVU's answer outside the candidates (-1): always wrong, and no loss to take
+    recs[0]["answer"] = -1
+    (tmp_path / "outside.json").write_text(json.dumps(recs))
+    out = evaluate(str(tmp_path / "model"), str(tmp_path / "outside.json"), str(root / "features/eval"), arm,
+                   str(tmp_path / "outside-out.json"), batch_size=5)
+    assert np.isfinite(out["loss"]) and out["loss"] != ll["loss"]
+    assert out["accuracy"] == pytest.approx(np.mean([p == t for p, t in zip(out["predictions"], [-1, *truth[1:]])]))
+    other = {t: v for t, v in ll["per_task"].items() if t != recs[0]["task_type"]}
+    assert other and all(out["per_task"][t] == v for t, v in other.items())  # other tasks' items untouched

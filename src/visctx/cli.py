@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "init-vision": ("visctx.features", "build_tiny_vision_tower", "build and save a tiny SigLIP tower"),
     "init-llm": ("visctx.pretrained", "build_tiny_llm", "build and save a tiny Qwen2 + tokenizer"),
     "benchmark-items": ("visctx.benchmarks", "write_items", "convert a benchmark's published annotations"),
+    "score-results": ("visctx.benchmarks", "score_results",
+                      "score a result file in a benchmark's published format by its official rule"),
     "encode": ("visctx.features", "encode_shard", "encode one shard of frames with the vision tower"),
     "train": ("visctx.train", "train", "train the shared base (or one model on any arms)"),
     "train-arms": ("visctx.train", "train_arms", "fine-tune each of several arms, one after another"),

@@ -7,8 +7,10 @@ option scored as a continuation of a prompt that does not list the options, so o
 matter and circular orderings (Event-Bench) give the same answer every time. ``generate`` (what the
 official harnesses do): the prompt lists the options as ``A. ...`` lines with the instruction to
 answer with the letter, the model decodes greedily, and :func:`visctx.benchmarks.parse_letter`
-reads the letter; an unparsable answer is ``None`` for the official rule to handle. Either way the
-official rule (:func:`visctx.benchmarks.score`) decides how items, tries and tasks are averaged.
+reads the letter into ``predictions`` (``None``: unparsable). The score is the benchmark's rule in
+the ``scoring`` mode (``evaluate.scoring``: ``official`` by default, :mod:`visctx.benchmarks`), which
+reads the generated text itself with its own extractor -- the official scripts read answers
+differently from ``parse_letter`` -- and decides how items, tries and tasks are averaged.
 The held-out LM loss is the study's y-axis: mean NLL per answer token of the correct option, with
 the same layout and answer tokens as in training.
 """
@@ -36,10 +38,12 @@ def evaluate(
     benchmark: str = "synthetic",
     answer_mode: str = "loglik",
     max_new_tokens: int = 16,
+    scoring: str = "official",
 ) -> dict:
     """Score every item of ``eval_json`` with the model in ``model_dir`` under ``arm``; write
-    ``{"arm", "benchmark", "n", "loss", "accuracy", "score", "official", "predictions", "per_task", "T",
-    "M", "token_op", "frame_op", "time_kernel"}`` to ``out_json`` atomically and return it.
+    ``{"arm", "benchmark", "n", "loss", "accuracy", "score", "official", "scoring", "predictions",
+    "per_task", "T", "M", "token_op", "frame_op", "time_kernel"}`` to ``out_json`` atomically and
+    return it (``official``: the benchmark's rule in the ``scoring`` mode).
 
     Args:
         model_dir: the trained model dir (``VideoModel.save``).
@@ -53,6 +57,8 @@ def evaluate(
         answer_mode: ``loglik`` (the option of highest log-likelihood) or ``generate`` (decode a
             letter).
         max_new_tokens: the most tokens decoded per answer (``generate``).
+        scoring: ``official`` (the benchmark's own script's rule), ``lmms_eval`` or ``strict``
+            (:mod:`visctx.benchmarks`).
     """
     from visctx.model import VideoModel
 
@@ -60,7 +66,7 @@ def evaluate(
     items, store = _open(eval_json, features_dir)
     return evaluate_model(VideoModel.load(model_dir), items, store, arm, out_json, batch_size, benchmark,
                           model_dir=str(model_dir), source=str(eval_json), answer_mode=answer_mode,
-                          max_new_tokens=max_new_tokens)
+                          max_new_tokens=max_new_tokens, scoring=scoring)
 
 
 def _open(eval_json: str, features_dir: str):
@@ -83,18 +89,18 @@ ANSWER_MODES = ("loglik", "generate")
 
 def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_size: int = 32,
                    benchmark: str = "synthetic", model_dir: str = "", source: str = "eval",
-                   answer_mode: str = "loglik", max_new_tokens: int = 16) -> dict:
+                   answer_mode: str = "loglik", max_new_tokens: int = 16, scoring: str = "official") -> dict:
     """:func:`evaluate` for an already loaded ``VideoModel`` on items from :func:`_open`."""
     if answer_mode not in ANSWER_MODES:
         raise ValueError(f"answer_mode={answer_mode!r}; allowed: {', '.join(ANSWER_MODES)}")
-    from visctx.benchmarks import score
-    from visctx.data import ContextCache, EvalRecord, choice_loader, is_frames, videos_sha
-
+    from visctx.benchmarks import rule_of, score
     from visctx import cpu
+    from visctx.data import ContextCache, EvalRecord, choice_loader, is_frames, videos_sha
 
     arm = arm if isinstance(arm, Arm) else Arm.from_id(str(arm))
     kernels = cpu.check()
     cpu.require_same(model.meta.get("cpu"), kernels, model_dir or "the model")
+    rule_of(benchmark, scoring)  # a bad mode fails before any item is scored
     if is_frames(store) != (model.vision is not None):
         raise ValueError(f"{model_dir or 'the model'}: a model {'with' if model.vision else 'without'} its own vision "
                          f"tower cannot be evaluated on {store.kind}s ({store.dir}); "
@@ -117,8 +123,9 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
             rows = torch.arange(len(idx))
             pred[idx] = s["logprob"].argmax(1)
             correct[idx] = pred[idx] == ans
-            nll[idx] = -s["logprob"][rows, ans].double()
-            ntok[idx] = s["ntokens"][rows, ans]
+            has = ans >= 0  # MLVU's answer -1 (not among the candidates) has no option to take the loss of
+            nll[idx] = torch.where(has, -s["logprob"][rows, ans.clamp(min=0)].double(), 0.0)
+            ntok[idx] = torch.where(has, s["ntokens"][rows, ans.clamp(min=0)], 0)
 
     preds: list[int | None] = pred.tolist()
     texts = None
@@ -137,7 +144,7 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
         by_task[r.task_type].append(i)
         by_video[r.video].append(i)
     overall = summarise(list(range(len(records))))
-    official = score(benchmark, items, preds)
+    official = score(benchmark, items, texts if texts is not None else preds, scoring=scoring)
     result = {
         "arm": arm.id,
         "benchmark": benchmark,
@@ -147,8 +154,11 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
         "accuracy": overall["accuracy"],
         "score": official["overall"],  # the benchmark's own rule (synthetic: mean of per-task accuracies)
         "official": official,
+        "scoring": official["scoring"],  # the mode applied (its rule: official["rule"])
         "answer_mode": answer_mode,
-        "predictions": preds,  # per item, in eval_json order (None: unparsable): any rule can be re-applied
+        "ids": [r.id for r in records],  # the items scored (quarantined videos' items are not)
+        "predictions": preds,  # per item, in eval_json order (generate: parse_letter's reading, None: unparsable);
+        # the rules re-apply to benchmarks.evaluation_answers(result): these, or the generated texts
         **({"generations": texts, "unparsed": sum(p is None for p in preds)} if texts is not None else {}),
         "per_task": {t: summarise(sel) for t, sel in sorted(by_task.items())},
         # per video: items, summed answer NLL, answer tokens, correct items -- what a bootstrap over
@@ -201,6 +211,7 @@ def evaluate_arms(
     threads: int = 1,
     answer_mode: str = "loglik",
     max_new_tokens: int = 16,
+    scoring: str = "official",
 ) -> dict:
     """:func:`evaluate` for each arm's ``<arms_dir>/<arm>/model`` into
     ``<arms_dir>/<arm>/eval/<benchmark>.json``, in one process (items and features opened once).
@@ -216,6 +227,8 @@ def evaluate_arms(
         answer_mode: ``loglik`` (the option of highest log-likelihood) or ``generate`` (decode a
             letter).
         max_new_tokens: the most tokens decoded per answer (``generate``).
+        scoring: ``official`` (the benchmark's own script's rule), ``lmms_eval`` or ``strict``
+            (:mod:`visctx.benchmarks`).
     """
     from visctx.model import VideoModel
 
@@ -228,7 +241,7 @@ def evaluate_arms(
         r = evaluate_model(VideoModel.load(root / "model"), items, store, arm,
                            str(root / "eval" / f"{benchmark}.json"), batch_size, benchmark,
                            model_dir=str(root / "model"), source=str(eval_json), answer_mode=answer_mode,
-                           max_new_tokens=max_new_tokens)
+                           max_new_tokens=max_new_tokens, scoring=scoring)
         out[arm.id] = {k: r[k] for k in ("n", "loss", "accuracy", "seconds")}
         print(f"{arm.id}: loss {r['loss']:.4f}, accuracy {r['accuracy']:.3f} ({r['seconds']} s)", flush=True)
     return out

@@ -1,5 +1,7 @@
 # One job per (arm, benchmark): adding a benchmark never retrains anything, and a changed arm is
 # evaluated again alone. Evaluation never imports Lightning.
+from visctx.benchmarks import scoring_mode  # evaluate.scoring: one mode, or one per benchmark
+
 def eval_inputs(wildcards):
     split = eval_split(wildcards.benchmark)
     return {"eval": corpus_json(split), "visual": visual_shards(split), "quarantine": quarantine_json(split)}
@@ -16,13 +18,14 @@ rule evaluate_arm:
         visual=lambda w: visual_dir(eval_split(w.benchmark)),
         batch_size=CFG["evaluate"]["batch_size"],
         answer=cli_options({k: CFG["evaluate"][k] for k in ("answer_mode", "max_new_tokens")}),
+        scoring=lambda w: scoring_mode(CFG["evaluate"].get("scoring"), w.benchmark),
     threads: 1
     log:
         f"{ARMS_DIR}/{{arm}}/eval/{{benchmark}}.log",
     shell:
         "visctx evaluate-arms --arms {wildcards.arm} --arms-dir {RESULTS}/arms/seed{wildcards.seed} --eval-json {input.eval}"
         " --features-dir {params.visual} --benchmark {wildcards.benchmark} --batch-size {params.batch_size}"
-        " {params.answer} --threads {threads} > {log} 2>&1"
+        " {params.answer} --scoring {params.scoring} --threads {threads} > {log} 2>&1"
 
 
 rule collect:
