@@ -38,8 +38,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from lmms_eval.api.instance import GenerationResult, Instance
-from lmms_eval.api.model import lmms
+try:
+    from lmms_eval.api.instance import GenerationResult, Instance
+    from lmms_eval.api.model import lmms
+except ImportError as e:  # pragma: no cover - the extra is missing
+    raise ImportError(f"visctx.lmms needs lmms-eval, the lmms extra: VISCTX_EXTRAS=lmms bash scripts/setup.sh ({e})") from e
 
 from visctx.config import Arm
 
