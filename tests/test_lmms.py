@@ -248,3 +248,44 @@ def test_bad_model_args_name_what_to_give(study, monkeypatch, tmp_path):
     (moved / "model.json").write_text(json.dumps({**info, "arm": "mixture"}))
     with pytest.raises(ValueError, match=r"'arm' is 'mixture'.*give T=, M="):
         VisctxArm(pretrained=str(moved))
+
+
+def test_the_dag_job_and_its_table(study, monkeypatch, tmp_path, capsys):
+    """`visctx lmms-eval-arm` (rule lmms_eval_arm) writes lmms-eval's scores of one task on one arm;
+    `visctx lmms-table` (rule lmms_table) puts them beside the project's own score of that benchmark."""
+    import pandas as pd
+
+    from visctx.cli import main
+
+    root, evals = study
+    for k, v in {**OFFLINE, "HF_HOME": str(root / "hf")}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(root)
+    out = tmp_path / f"{CACHE_ARM.id}/lmms/visctx_synthetic.json"
+    decoding = ["--fps", "1.0", "--max-frames", str(FRAMES), "--size", str(SIZE),
+                "--vision-tower", "results/models/pretrained/vision", "--vision-layer", "-2"]
+    assert main(["lmms-eval-arm", "--model-dir", f"results/arms/{CACHE_ARM.id}/model", "--task", "visctx_synthetic",
+                 "--include-path", str(TASKS), "--batch-size", str(BATCH), *decoding, "--out-json", str(out)],
+                preload=False) == 0
+    r = json.loads(out.read_text())
+    want = evals[CACHE_ARM.id, "loglik"]
+    assert r["arm"] == r["trained_arm"] == CACHE_ARM.id and r["n_samples"] == {"visctx_synthetic": 12}
+    assert r["results"]["visctx_synthetic"]["accuracy,none"] == pytest.approx(want["accuracy"], abs=1e-12)
+    assert r["decoding"] == {"fps": 1.0, "max_frames": FRAMES, "size": SIZE, "vision": "feature",
+                             "vision_tower": "results/models/pretrained/vision"}
+    assert r["lmms_eval"] == "0.7.3"
+
+    md, csv = tmp_path / "lmms_eval.md", tmp_path / "lmms_eval.csv"
+    own = f"results/arms/{CACHE_ARM.id}/eval/loglik.json"
+    assert main(["lmms-table", "--jsons", str(out), "--evals", own, "--out-md", str(md), "--out-csv", str(csv)],
+                preload=False) == 0
+    rows = pd.read_csv(csv)
+    assert set(rows["metric"]) >= {"accuracy", "score"} and set(rows["arm"]) == {CACHE_ARM.id}
+    assert rows.set_index("metric").loc["score", "value"] == pytest.approx(want["score"], rel=1e-5)
+    table = md.read_text()
+    assert "visctx_score" in table and f"{want['score']:.4g}" in table and "loglik" in table
+
+    capsys.readouterr()
+    assert main(["lmms-eval-arm", "--model-dir", f"results/arms/{CACHE_ARM.id}/model", "--task", "no_such_task",
+                 "--include-path", str(TASKS), *decoding, "--out-json", str(tmp_path / "x.json")], preload=False) == 1
+    assert "lmms-eval has no task 'no_such_task'" in capsys.readouterr().err
