@@ -63,8 +63,9 @@ def manifest():
 
 
 class _Video:
-    """One video's ``[max_frames, ...]`` row, decoded on first use; indexing it with frame indices
-    returns those frames, or for a feature source their features (only those frames encoded)."""
+    """One video's ``[max_frames, ...]`` row, decoded when indexed (the loaders' context cache keeps
+    the result): frame indices give those frames, or for a feature source their features (only
+    those frames encoded)."""
 
     def __init__(self, source: "VideoSource", path: str):
         self.source, self.path = source, path
@@ -111,7 +112,8 @@ class VideoSource:
 def training_store(model_dir: Path, meta: dict) -> dict:
     """The first shard json of the store the model was trained on (``model.json``'s
     ``features_dir``): frames (``fps``, ``frames``, ``size``) or features (``frames``,
-    ``vision_tower``, ``layer``); ``{}`` where that store is not on this disk."""
+    ``vision_tower``, ``layer``); ``{}`` where that store is not on this disk. A relative path is
+    read from where lmms-eval runs: the DAG records them from the repository root."""
     store = meta.get("features_dir")
     shard = next(iter(sorted(Path(store).glob("shard-*.json"))), None) if store and Path(store).is_dir() else None
     if shard is None:
