@@ -16,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/lmms.smk"
 
 
 rule all:
@@ -23,3 +24,4 @@ rule all:
     input:
         rules.analysis_all.input,
         rules.niah_all.input,
+        rules.lmms_all.input,

@@ -55,6 +55,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "figures": ("visctx.report", "write_figures", "draw the figures"),
     "metrics": ("visctx.report", "write_metrics", "write the metrics file for dvc exp show"),
     "perf": ("visctx.perf", "perf", "the performance harness: fresh-clone stage times, reruns, overheads"),
+    "lmms-eval-arm": ("visctx.lmms_jobs", "lmms_eval_arm", "run one lmms-eval task on one arm (the lmms extra)"),
+    "lmms-table": ("visctx.lmms_jobs", "write_table", "gather the arms' lmms-eval results beside the project's scores"),
 }
 
 # Commands that gain nothing from the preload server: quick without torch, or running other processes.
