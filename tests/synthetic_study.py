@@ -21,9 +21,11 @@ STUDIES = {  # an earlier embedded-default design (43 arms)
 }
 
 
-def write_study(tmp, studies=STUDIES, noise=0.005, seed=0, params=JOINT, frame_pool_gain=0.02):
+def write_study(tmp, studies=STUDIES, noise=0.005, seed=0, params=JOINT, frame_pool_gain=0.02, seeds=(0,),
+                seed_noise=0.003):
     """arms.csv + design.csv whose pool x frame-sample losses follow ``params`` exactly (x noise);
-    token sampling adds 0.3 M^-0.3 and frame pooling subtracts ``frame_pool_gain``."""
+    token sampling adds 0.3 M^-0.3 and frame pooling subtracts ``frame_pool_gain``. ``seeds``: a row
+    per training replicate, each arm's loss times exp(``seed_noise`` x N(0, 1)) per seed."""
     rng = np.random.default_rng(seed)
     rows = []
     for a in unique_arms(study_points(studies)):
@@ -33,10 +35,12 @@ def write_study(tmp, studies=STUDIES, noise=0.005, seed=0, params=JOINT, frame_p
         if a.frame_op == "pool":
             loss -= frame_pool_gain
         loss *= math.exp(noise * rng.normal())
-        acc = float(np.clip(1.3 - 0.6 * loss, 0, 1))
-        rows.append({"arm": a.id, "T": a.T, "M": a.M, "token_op": a.token_op, "frame_op": a.frame_op,
-                     "time_kernel": a.time_kernel, "tokens": a.tokens, "benchmark": "synthetic", "n": 200,
-                     "loss": loss, "accuracy": acc, "acc_needle": acc * 0.9, "acc_order": acc * 0.7})
+        for s in seeds:
+            ls = loss * math.exp(seed_noise * rng.normal()) if len(seeds) > 1 else loss
+            acc = float(np.clip(1.3 - 0.6 * ls, 0, 1))
+            rows.append({"arm": a.id, "T": a.T, "M": a.M, "token_op": a.token_op, "frame_op": a.frame_op,
+                         "time_kernel": a.time_kernel, "tokens": a.tokens, "seed": s, "benchmark": "synthetic",
+                         "n": 200, "loss": ls, "accuracy": acc, "acc_needle": acc * 0.9, "acc_order": acc * 0.7})
     arms, design = tmp / "arms.csv", tmp / "design.csv"
     pd.DataFrame(rows).to_csv(arms, index=False)
     design_table(studies).to_csv(design, index=False)

@@ -164,6 +164,7 @@ CALLS: dict[str, tuple[list[str], dict]] = {
                 {"arms_csv": "a.csv", "design_csv": "d.csv", "fits_json": "f.json", "out_dir": "figures"}),
     "metrics": (["--arms-csv", "a.csv", "--design-csv", "d.csv", "--fits-json", "f.json", "--out-json", "m.json"],
                 {"arms_csv": "a.csv", "design_csv": "d.csv", "fits_json": "f.json", "out_json": "m.json"}),
+    "readme": (["--readme", "README.md", "--root", ".", "--check"], {"readme": "README.md", "root": ".", "check": True}),
     "perf": (["--out-dir", "results/perf", "--repo", ".", "--no-fresh", "--keep"],
              {"out_dir": "results/perf", "repo": ".", "fresh": False, "keep": True}),
 }

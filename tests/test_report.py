@@ -13,7 +13,7 @@ from visctx.fit import FitError, write_fits
 
 
 def run_all(tmp, studies=STUDIES, n_boot=100):
-    arms, design = write_study(tmp, studies)
+    arms, design = write_study(tmp, studies, seeds=(0, 1, 2))
     fits = tmp / "fits.json"
     write_fits(arms, design, 160, n_boot=n_boot, seed=0, out_json=fits)
     out = tmp / "report"
@@ -41,11 +41,11 @@ def test_every_declared_file_is_written(full):
     declared = R.output_paths(out)
     assert sorted(tables) == sorted(declared["tables"])
     assert figures == declared["figures"]
-    assert len(tables) == 3 * len(R.TABLES) and len(figures) == len(R.FIGURES)
+    assert len(tables) == 3 * len(R.TABLES) and len(figures) == 2 * len(R.FIGURES)
     for p in tables + figures:
         assert p.exists() and p.stat().st_size > 0, p
     for p in figures:
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" if p.suffix == ".png" else p.read_bytes()[:5] == b"%PDF-"
     for t in R.TABLES:
         assert (out / f"{t}.tex").read_text().lstrip().startswith("\\begin{tabular}")
         assert (out / f"{t}.md").read_text().startswith("|")
@@ -57,8 +57,13 @@ def test_table1_and_table2_rows(full):
     assert len(t1) == 18
     assert set(zip(t1["method"], t1["M"])) == {(m, M) for m in ("sample", "pool")
                                                for M in STUDIES["tokens"]["tokens"]}
-    assert {"loss", "fit", "law", "accuracy", "acc_needle", "acc_order"} <= set(t1.columns)
-    assert (t1["T"] == 4).all() and t1["fit"].notna().all()
+    assert {"loss", "loss_lo", "loss_hi", "fit", "law", "accuracy", "accuracy_lo", "acc_needle", "acc_order_hi",
+            "seeds"} <= set(t1.columns)
+    assert (t1["T"] == 4).all() and t1["fit"].notna().all() and (t1["seeds"] == 3).all()
+    assert (t1["loss_lo"] < t1["loss"]).all() and (t1["loss"] < t1["loss_hi"]).all()
+    md = (out / "table1_tokens.md").read_text()  # the mean and its interval in one cell
+    r = t1.iloc[0]
+    assert f"{r['loss']:.4g} [{r['loss_lo']:.4g}, {r['loss_hi']:.4g}]" in md
     t2 = pd.read_csv(out / "table2_frames.csv")
     assert len(t2) == 16 and (t2["M"] == 9).all()
     assert set(t2.loc[t2["method"] == "pool", "time_kernel"]) == {32, 16, 8, 5, 4, 2, 1}
@@ -72,8 +77,12 @@ def test_table3_and_table4(full):
     assert (t3["residual_%"].abs() < 3).all()
     assert "T8-M25-pool" in set(t3["arm"]) and "T10-M16-pool" not in set(t3["arm"])
     t4 = pd.read_csv(out / "table4_window.csv")
-    assert set(t4["arm"]) == {"T4-M36-pool", "T6-M25-pool", "T10-M16-pool", "T16-M9-pool", "T32-M4-pool"}
-    assert (t4["T*M"] <= 160).all()
+    assert set(t4["arm"]) == {"T4-M36-pool", "T6-M25-pool", "T10-M16-pool", "T16-M9-pool", "T32-M4-pool",
+                              "rank check"}
+    check = t4.set_index("arm").loc["rank check", "mark"]
+    assert "best predicted = best observed: yes" in check and "Spearman rho" in check
+    t4 = t4[t4["arm"] != "rank check"]
+    assert (t4["T*M"] <= 160).all() and (t4["loss_lo"] < t4["loss"]).all()
     best = t4.loc[t4["arm"] == "T10-M16-pool", "mark"].item()
     assert "best observed" in best and "predicted best" in best and "predicted optimum" in best
 
@@ -83,28 +92,35 @@ def test_table5_and_model_selection(full):
     t5 = pd.read_csv(out / "table5_fits.csv")
     # 4 one-dimensional fits x (3 + 2 + 2 parameters) + joint (5) + joint without offset (4)
     assert len(t5) == 4 * 7 + 9
-    assert {"estimate", "boot_lo", "boot_hi", "r2", "aicc", "converged"} <= set(t5.columns)
+    assert {"estimate", "boot_lo", "boot_hi", "interval", "r2", "loo_mae", "converged"} <= set(t5.columns)
+    assert set(t5["interval"]) == {"seeds"}  # three replicates: the bootstrap resamples the seeds
     assert t5["converged"].all() and (t5["boot_lo"] <= t5["estimate"]).all() and (t5["estimate"] <= t5["boot_hi"]).all()
     ms = pd.read_csv(out / "model_selection.csv")
-    assert len(ms) == 4 * 3 + 2
+    assert len(ms) == 4 * 3 + 2 and set(ms["criterion"]) == {"loo_mae_1se"}
     assert ms.groupby(["study", "method"])["selected"].sum().eq(1).all()
+    assert ms.loc[ms["study"] == "joint"].set_index("form").loc["joint", "selected"]  # the law that made the data
 
 
 def test_metrics_keys(full):
     out, *_, metrics = full
     assert json.loads((out / "metrics.json").read_text()) == metrics
     flat = flatten(metrics)
-    for key in ("tokens.pool.alpha", "tokens.sample.alpha", "frames.pool.alpha", "frames.sample.alpha",
-                "tokens.pool.alpha_lo", "tokens.pool.alpha_hi", "joint.E", "joint.A", "joint.alpha", "joint.B",
-                "joint.beta", "joint.beta_lo", "joint.converged", "optimum.T", "optimum.M", "optimum.loss",
-                "optimum.budget", "optimum.T_lo", "optimum.M_hi", "optimum.T_star", "optimum.M_star_lo",
-                "prediction.best_match", "best.tokens.accuracy", "best.tokens.accuracy_arm", "best.window.loss_arm",
-                "converged"):
+    for key in ("seeds", "tokens.pool.law", "tokens.pool.alpha", "tokens.pool.alpha_lo", "tokens.pool.effect",
+                "tokens.pool.effect_sd", "frames.sample.effect", "joint.law", "joint.alpha", "joint.beta",
+                "joint.beta_lo", "optimum.T", "optimum.M", "optimum.budget", "optimum.T_lo", "optimum.M_hi",
+                "optimum.agree", "optimum.extrapolated", "prediction.best_match", "prediction.spearman",
+                "best_arm.window", "noise.loss_sd_median", "converged"):
         assert key in flat, key
+    assert flat["seeds"] == 3 and len(flat) <= 64  # a dvc exp show a person can read
     assert (flat["optimum.T"], flat["optimum.M"], flat["optimum.budget"]) == (10, 16, 160)
     assert flat["prediction.best_match"] is True and flat["converged"] is True
-    assert flat["best.window.loss_arm"] == "T10-M16-pool"
+    assert flat["best_arm.window"] == "T10-M16-pool"
     assert flat["joint.beta"] == pytest.approx(JOINT["beta"], rel=0.15)
+    # the token study's effect: loss at M = 196 vs M = 1, relative, per seed then averaged
+    t1 = pd.read_csv(out / "table1_tokens.csv").set_index(["method", "M"])
+    assert flat["tokens.pool.effect"] == pytest.approx(t1.loc[("pool", 196), "loss"] / t1.loc[("pool", 1), "loss"] - 1,
+                                                      abs=0.01)
+    assert 0 < flat["tokens.pool.effect_sd"] < 0.02
 
 
 def test_absent_studies_still_write_every_file(tmp_path):
@@ -113,7 +129,7 @@ def test_absent_studies_still_write_every_file(tmp_path):
         assert p.exists() and p.stat().st_size > 0, p
     t4 = pd.read_csv(out / "table4_window.csv")
     assert list(t4.columns) == ["note"] and "no window study" in t4["note"].item()
-    assert "prediction" not in metrics and "window" not in metrics["best"]
+    assert "prediction" not in metrics and "window" not in metrics["best_arm"]
     assert "optimum" in metrics  # the tokens x frames cross still fits the joint law
 
 
@@ -141,17 +157,22 @@ def test_missing_arm_is_a_clear_error(full, tmp_path):
 
 
 def test_benchmarks_table_has_a_column_per_benchmark(tmp_path):
-    arms, design = write_study(tmp_path)
-    df = pd.read_csv(arms)
-    df["score"] = df["accuracy"]
-    mlvu = df.assign(benchmark="mlvu", score=df["accuracy"] / 2, loss=df["loss"] + 1)
-    pd.concat([df, mlvu]).to_csv(arms, index=False)
+    arms, design = write_study(tmp_path, seeds=(0, 1))
     fits = tmp_path / "fits.json"
     write_fits(arms, design, 160, n_boot=0, seed=0, out_json=fits)
-    t = R.build_tables(arms, design, fits)["benchmarks"]
-    assert list(t.columns) == ["arm", "studies", "synthetic", "synthetic_loss", "mlvu", "mlvu_loss"]
-    assert sorted(t["arm"]) == sorted(df["arm"]) and t["arm"].iloc[0] == pd.read_csv(design)["arm"].iloc[0]
+    ids = list(dict.fromkeys(pd.read_csv(arms)["arm"]))
+    scores = pd.DataFrame([{"benchmark": b, "arm": a, "seeds": 2, "score": 0.5 + 0.01 * i - 0.2 * j,
+                            "boot_lo": 0.4, "boot_hi": 0.6, "vs": ids[-1], "diff": 0.01 * (i - len(ids) + 1),
+                            "diff_lo": -0.1, "diff_hi": 0.05}
+                           for j, b in enumerate(["synthetic", "mlvu"]) for i, a in enumerate(ids)])
+    scores.to_csv(tmp_path / "scores.csv", index=False)
+    t = R.build_tables(arms, design, fits, tmp_path / "scores.csv")["benchmarks"]
+    assert list(t.columns[:3]) == ["arm", "studies", "synthetic"]
+    assert {"synthetic_lo", "synthetic_hi", "synthetic_vs_best", "synthetic_vs_best_lo", "synthetic_loss",
+            "synthetic_loss_lo", "mlvu", "mlvu_vs_best_hi"} <= set(t.columns)
+    assert sorted(t["arm"]) == sorted(ids) and t["arm"].iloc[0] == pd.read_csv(design)["arm"].iloc[0]
     row = t.set_index("arm").loc["T4-M9-pool"]
-    src = df.set_index("arm").loc["T4-M9-pool"]
-    assert row["mlvu"] == pytest.approx(src["accuracy"] / 2) and row["mlvu_loss"] == pytest.approx(src["loss"] + 1)
+    i = ids.index("T4-M9-pool")
+    assert row["mlvu"] == pytest.approx(0.3 + 0.01 * i)
+    assert row["synthetic_loss"] == pytest.approx(pd.read_csv(arms).query("arm == 'T4-M9-pool'")["loss"].mean())
     assert set(row["studies"].split(",")) == {"tokens", "frames"}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from visctx.config import load_params
+from visctx.config import Arm, load_params
 from visctx.strategy import (build_strategy, check_scale, configure_llm, deepspeed_config,
                              resolve_attn_implementation, validate_strategy)
 from tiny_llm import tiny_llm
@@ -115,7 +115,7 @@ def test_cli_maps_the_scale_options():
     from visctx.cli import COMMANDS, build_parser
     from visctx.train import train_arms
 
-    assert COMMANDS["collate"][:2] == ("visctx.strategy", "collate_checkpoint")
+    assert COMMANDS["collate"][:2] == ("visctx.collate", "collate_checkpoint")
     args = vars(build_parser("train-arms", train_arms).parse_args([
         "--arms", "T1-M1-pool", "--arms-dir", "a", "--train-json", "t", "--features-dir", "f", "--init", "i",
         "--steps", "1", "--batch-size", "2", "--lr", "0.1", "--warmup-steps", "0", "--seed", "0", "--threads", "1",
@@ -225,7 +225,7 @@ for name, stage in (("zero2", 2), ("zero3", 3), ("zero2-vision", 2)):
     for _ in range(3):
         batch = enc.train_batch([prompt, prompt], 2, 4)
         if vision:
-            batch["frames"], batch["arm"] = torch.randint(0, 255, (2, 2, 54, 54, 3), dtype=torch.uint8), "T2-M4-pool"
+            batch["frames"], batch["arm"] = torch.randint(0, 255, (2, 2, 54, 54, 3), dtype=torch.uint8), Arm(2, 4)
         else:
             batch["visual"] = torch.randn(2, 2, 4, 8)
         loss = module.model(batch)
@@ -263,7 +263,7 @@ def test_collate_a_zero_checkpoint_into_a_model_dir(zero_checkpoints, llm_dir, t
     from safetensors.torch import load_file
 
     from visctx.model import VideoModel
-    from visctx.strategy import collate_checkpoint
+    from visctx.collate import collate_checkpoint
 
     ckpt = zero_checkpoints / f"{name}.ckpt"
     assert (ckpt / "checkpoint").is_dir()  # shards, not one file
@@ -284,7 +284,7 @@ def test_collate_a_zero_checkpoint_into_a_model_dir(zero_checkpoints, llm_dir, t
 
 
 def test_collate_refuses_what_is_not_a_deepspeed_checkpoint(tmp_path, llm_dir):
-    from visctx.strategy import collate_checkpoint
+    from visctx.collate import collate_checkpoint
 
     (tmp_path / "x.ckpt").mkdir()
     with pytest.raises(ValueError, match="not a DeepSpeed checkpoint"):
@@ -303,7 +303,7 @@ def test_deepspeed_trains_checkpoints_and_resumes(llm_dir, tmp_path):
 
     from visctx.model import VideoModel
     from visctx.pretrained import load_llm
-    from visctx.strategy import collate_checkpoint
+    from visctx.collate import collate_checkpoint
     from visctx.train import VideoLM
 
     def make():

@@ -897,6 +897,26 @@ def bootstrap_score(benchmark: str, items: Sequence[BenchItem], answers: Answers
             "scoring": mode, "rule": rule}
 
 
+def video_resamples(items: Sequence[BenchItem], n_boot: int, seed: int = 0):
+    """(sorted video keys, ``[n_boot, n_videos]`` draw counts): resamples of a benchmark's videos,
+    to be shared by every arm and seed scored with :func:`score_draws` (paired comparisons)."""
+    return _boot_weights([it.video for it in items], n_boot, seed)
+
+
+def score_draws(benchmark: str, items: Sequence[BenchItem], answers: Answers, keys: Sequence[str], weights, *,
+                scoring: str = "official", fallback_seed: int = 0):
+    """``(score, [n_boot] scores)``: the official score of ``answers`` and its value on each video
+    resample of :func:`video_resamples` (the same resamples for every answer set given them)."""
+    mode, _ = rule_of(benchmark, scoring)
+    us, _ = units(benchmark, items, answers, mode, fallback_seed)
+    if not us:
+        raise ValueError(f"{benchmark}: nothing to score (every question was dropped)")
+    unknown = sorted({u.cluster for u in us} - set(keys))
+    if unknown:
+        raise ValueError(f"{benchmark}: videos {unknown[:3]} are not among the resampled videos")
+    return aggregate(benchmark, mode, us)["overall"], _boot_overall(benchmark, mode, us, keys, weights)
+
+
 def paired_difference(benchmark: str, items: Sequence[BenchItem], answers_a: Answers, answers_b: Answers, *,
                       scoring: str = "official", n_boot: int = 2000, seed: int = 0, level: float = 0.95,
                       fallback_seed: int = 0) -> dict:

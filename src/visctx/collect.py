@@ -122,3 +122,66 @@ def collect(evals: list[str], studies: dict, out_arms: str, out_design: str, out
         table.to_csv(out, index=False, float_format="%.6g")
     return {"arms": int(df["arm"].nunique()), "seeds": sorted(df["seed"].unique().tolist()), "rows": len(df),
             "design_points": len(design)}
+
+
+def benchmark_scores(evals: list[str], items_jsons: list[str], out_csv: str, n_boot: int = 1000,
+                     seed: int = 0) -> dict:
+    """Every arm's official score per benchmark with its noise: the mean over training seeds, the
+    across-seed t interval, and a two-level bootstrap that resamples the seeds and, clustered by
+    video, the benchmark's items (a video's questions are not independent), re-applying the
+    official rule each time (:func:`visctx.benchmarks.score_draws`); and each arm's paired difference
+    to the benchmark's best arm on the same resamples, with its interval (does it differ from the
+    best beyond the noise?).
+
+    Args:
+        evals: the per-(arm, seed) evaluation JSONs of every benchmark.
+        items_jsons: each benchmark's evaluation items (the synthetic split's or the converted
+            benchmark's JSON), named ``<benchmark>.json`` or ``eval.json`` (synthetic).
+        out_csv: the table: one row per (benchmark, arm).
+        n_boot: bootstrap resamples.
+        seed: seed of the resamples.
+    """
+    import numpy as np
+
+    from visctx.benchmarks import evaluation_answers, evaluation_items, read_items, score_draws, video_resamples
+    from visctx.stats import seed_interval
+
+    by_bench: dict[str, dict[str, dict[int, dict]]] = {}
+    for path in evals:
+        rec = read_evaluation(path)
+        by_bench.setdefault(rec["benchmark"], {}).setdefault(rec["arm"], {})[rec["seed"]] = rec
+    items_of = {("synthetic" if Path(p).stem == "eval" else Path(p).stem): p for p in items_jsons}
+    rows = []
+    for bench, arms in sorted(by_bench.items()):
+        if bench not in items_of:
+            raise ValueError(f"benchmark {bench!r}: no items JSON among {items_jsons}")
+        items = read_items(items_of[bench])
+        seeds = sorted(next(iter(arms.values())))
+        keys, W = video_resamples(items, n_boot, seed)
+        rng = np.random.default_rng([seed, len(seeds)])
+        S = np.stack([np.bincount(rng.integers(0, len(seeds), len(seeds)), minlength=len(seeds))
+                      for _ in range(n_boot)]).astype(float) if n_boot else np.zeros((0, len(seeds)))
+        point, draws, per_seed = {}, {}, {}
+        for arm, recs in arms.items():
+            if sorted(recs) != seeds:
+                raise ValueError(f"benchmark {bench!r}: arm {arm} has seeds {sorted(recs)}, others {seeds}")
+            got = [score_draws(bench, evaluation_items(recs[s], items), evaluation_answers(recs[s]), keys, W,
+                               scoring=recs[s].get("scoring", "official")) for s in seeds]
+            per_seed[arm] = [g[0] for g in got]
+            point[arm] = float(np.mean(per_seed[arm]))
+            draws[arm] = (S @ np.stack([g[1] for g in got])) / len(seeds) if n_boot else np.zeros(0)
+        best = max(point, key=lambda a: (point[a], a))
+        for arm in sorted(arms):
+            t = seed_interval(per_seed[arm])
+            row = {"benchmark": bench, "arm": arm, "seeds": len(seeds), "score": point[arm], "score_sd": t["sd"],
+                   "seed_lo": t["lo"], "seed_hi": t["hi"]}
+            if n_boot:
+                lo, hi = np.percentile(draws[arm], [2.5, 97.5])
+                dlo, dhi = np.percentile(draws[arm] - draws[best], [2.5, 97.5])
+                row |= {"boot_lo": lo, "boot_hi": hi, "vs": best, "diff": point[arm] - point[best],
+                        "diff_lo": dlo, "diff_hi": dhi}
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_csv, index=False, float_format="%.6g")
+    return {"benchmarks": sorted(by_bench), "rows": len(df)}

@@ -90,8 +90,9 @@ def rerun_sets(run: _Runner, params: dict, tmp: Path) -> dict[str, Any]:
     pinned = copy.deepcopy(study)
     pinned["train"]["base"]["arms"] = arms
     n_bench = len(cfg["evaluate"]["benchmarks"])
+    n_seeds = len(cfg["seeds"])  # every arm is trained once per training replicate
     with_base = cfg["train"]["base"]["steps"] > 0 and cfg["train"]["base"].get("arms", "studies") == "studies"
-    retrained = len(new_arms) if with_base else len(new)
+    retrained = (len(new_arms) if with_base else len(new)) * n_seeds
     change = f"studies.window.combos[-1] = [{T - 1}, {M}]"
     out = {}
     for name, changed, expect in (
@@ -99,8 +100,8 @@ def rerun_sets(run: _Runner, params: dict, tmp: Path) -> dict[str, Any]:
         (change + (" (base mixture: every study arm)" if with_base else ""), study,
          lambda c: c.get("train_arm") == retrained and c.get("evaluate_arm") == retrained * n_bench),
         (change + " with train.base.arms pinned", pinned,
-         lambda c: "train_base" not in c and c.get("train_arm") == len(new)
-         and c.get("evaluate_arm") == len(new) * n_bench),
+         lambda c: "train_base" not in c and c.get("train_arm") == len(new) * n_seeds
+         and c.get("evaluate_arm") == len(new) * n_seeds * n_bench),
     ):
         path = tmp / "changed.yaml"
         path.write_text(yaml.safe_dump(changed, sort_keys=False))
@@ -147,6 +148,36 @@ def encoder_passes(data_dir: Path) -> dict[str, Any]:
             "passes_per_frame": round(encoded / max(1, len(distinct)), 3)}
 
 
+def kernel_cost(run: _Runner, tmp: Path, steps: int = 150) -> dict[str, Any]:
+    """What the CPU-kernel pin costs (:mod:`visctx.cpu`): one training job of the study's base
+    mixture, ``steps`` steps, run with the pin (the default), with native kernels
+    (``VISCTX_CPU_PIN=off``) and with MKL's conditional-numerical-reproducibility mode
+    (``MKL_CBWR=COMPATIBLE``, what would make Intel and AMD CPUs agree too): seconds inside the
+    training loop and each one's ratio to the pinned run. On a CPU whose best level is the pin the
+    first two coincide."""
+    from visctx.config import base_arms, load_params
+
+    cfg = load_params(run.root / "params.yaml")
+    arms = [a.id for a in base_arms(cfg)]
+    base = cfg["train"]["base"]
+    args = ["visctx", "train", "--train-json", "results/data/corpus/train.json", "--features-dir",
+            "results/data/features/train", "--init", "results/models/pretrained/llm", "--arms", *arms,
+            "--steps", str(steps), "--batch-size", str(base["batch_size"]), "--lr", str(base["lr"]),
+            "--warmup-steps", "10", "--arm-sampling", base.get("arm_sampling", "uniform"),
+            f"--{'' if base.get('group_by_video') else 'no-'}group-by-video", "--seed", "0",
+            "--threads", str(cfg["train"]["threads"]), "--no-progress-bar"]
+    out: dict[str, Any] = {"steps": steps}
+    for name, env in (("pinned", {}), ("native", {"VISCTX_CPU_PIN": "off"}), ("mkl_compatible", {"MKL_CBWR": "COMPATIBLE"})):
+        d = tmp / f"kernels-{name}"
+        run([*args, "--out-dir", str(d / "model"), "--log-dir", str(d / "logs")], VISCTX_PRELOAD="0", **env)
+        summary = json.loads((d / "model/train_summary.json").read_text())
+        out[f"{name}_s"] = round(summary["seconds"], 2)
+        out[f"{name}_torch"] = summary["cpu"]["torch"]
+    for name in ("native", "mkl_compatible"):
+        out[f"{name}_ratio"] = round(out[f"{name}_s"] / out["pinned_s"], 3)
+    return out
+
+
 def startup_overhead(run: _Runner, tmp: Path) -> dict[str, float]:
     """Wall time of a 1-step arm fine-tune minus the time its training loop reports."""
     from visctx.config import load_params, study_points, unique_arms
@@ -154,7 +185,7 @@ def startup_overhead(run: _Runner, tmp: Path) -> dict[str, float]:
     cfg = load_params(run.root / "params.yaml")
     arm = unique_arms(study_points(cfg["studies"]))[0].id
     args = ["visctx", "train-arms", "--arms", arm, "--train-json", "results/data/corpus/train.json",
-            "--features-dir", "results/data/features/train", "--init", "results/base/model", "--steps", "1",
+            "--features-dir", "results/data/features/train", "--init", "results/base/seed0/model", "--steps", "1",
             "--batch-size", "4", "--lr", "1e-4", "--warmup-steps", "0", "--seed", "0", "--threads", "1",
             "--no-progress-bar"]
     out = {}
@@ -185,7 +216,10 @@ def perf(out_dir: str = "results/perf", repo: str = ".", fresh: bool = True, kee
     out_p.mkdir(parents=True, exist_ok=True)
     log = out_p / "perf.log"
     log.write_text("")
-    report: dict[str, Any] = {"date": dt.date.today().isoformat(), "machine": _machine()}
+    from visctx import cpu
+
+    report: dict[str, Any] = {"date": dt.date.today().isoformat(), "machine": _machine(),
+                              "cpu": cpu.describe_host() | {"kernels": cpu.check()}}
     try:
         if fresh:
             subprocess.run(["git", "clone", "--quiet", str(repo_p), str(root)], check=True)
@@ -217,6 +251,7 @@ def perf(out_dir: str = "results/perf", repo: str = ".", fresh: bool = True, kee
             report["decode"] = decode_throughput(videos, extract["fps"], extract["max_frames"], extract["size"])
         report["encoder"] = encoder_passes(root / "results/data")
         report["startup"] = startup_overhead(run, tmp)
+        report["kernels"] = kernel_cost(run, tmp)
     finally:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -227,6 +262,11 @@ def perf(out_dir: str = "results/perf", repo: str = ".", fresh: bool = True, kee
 
 def to_markdown(r: dict) -> str:
     lines = [f"Measured {r['date']} on {r['machine']}" + (f", commit {r['commit']}" if "commit" in r else "") + ".", ""]
+    if "cpu" in r:
+        c = r["cpu"]
+        lines += [f"CPU: {c['vendor']} {c['model']}, {c['cpus']} CPUs, instruction sets {' '.join(c['isa'])}; "
+                  f"kernels used: torch {c['kernels'].get('torch')}, NumPy {c['kernels']['numpy']} "
+                  f"(pin {c['kernels']['pin']}).", ""]
     if "fresh_clone_s" in r:
         lines += ["| fresh clone, stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in r["fresh_clone_s"].items()] + [""]
@@ -248,4 +288,12 @@ def to_markdown(r: dict) -> str:
     s = r["startup"]
     lines += ["| one training job (1 step) | wall s | start-up overhead s |", "|---|---|---|"]
     lines += [f"| {k} | {s[f'{k}_wall_s']} | {s[f'{k}_overhead_s']} |" for k in ("plain", "preload_cold", "preload_warm")]
+    if "kernels" in r:
+        k = r["kernels"]
+        lines += ["", f"| CPU kernels, base mixture, {k['steps']} steps | torch kernels | seconds | ratio |",
+                  "|---|---|---|---|",
+                  f"| pinned (default) | {k['pinned_torch']} | {k['pinned_s']} | 1 |",
+                  f"| native (`VISCTX_CPU_PIN=off`) | {k['native_torch']} | {k['native_s']} | {k['native_ratio']} |",
+                  f"| pinned + `MKL_CBWR=COMPATIBLE` | {k['mkl_compatible_torch']} | {k['mkl_compatible_s']} | "
+                  f"{k['mkl_compatible_ratio']} |"]
     return "\n".join(lines) + "\n"

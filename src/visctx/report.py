@@ -21,12 +21,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from visctx.fit import LAWS, FitError, joint_loss, load_arms, load_design, load_fits
+from visctx.fit import LAWS, STUDY_X, FitError, joint_loss, load_arms, load_design, load_fits, load_replicates
+from visctx.stats import paired_effect, seed_interval, summarise
 
 TABLES = ["table1_tokens", "table2_frames", "table3_joint", "table4_window", "table5_fits", "model_selection",
           "benchmarks"]
 FIGURES = ["tokens_loss", "frames_loss", "joint_contour", "accuracy_by_task"]
 TABLE_FORMATS = ("md", "csv", "tex")
+FIGURE_FORMATS = ("png", "pdf")
 DPI = 120
 METHOD_ORDER = ("sample", "pool")
 METHOD_COLORS = {"sample": "#d95f02", "pool": "#1b9e77"}
@@ -36,7 +38,7 @@ def output_paths(out_dir: str | Path) -> dict[str, list[Path]]:
     """Every file :func:`write_tables` and :func:`write_figures` write into ``out_dir``."""
     out = Path(out_dir)
     return {"tables": [out / f"{t}.{ext}" for t in TABLES for ext in TABLE_FORMATS],
-            "figures": [out / f"{f}.png" for f in FIGURES]}
+            "figures": [out / f"{f}.{ext}" for f in FIGURES for ext in FIGURE_FORMATS]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,25 +46,34 @@ def output_paths(out_dir: str | Path) -> dict[str, list[Path]]:
 
 
 class _Inputs:
-    """The three inputs, read once; arms restricted to the benchmark the fits were made on."""
+    """The inputs, read once; arms restricted to the benchmark the fits were made on. ``arms``: one
+    row per arm (means over the training seeds, :func:`visctx.fit.load_arms`); ``replicates``: one
+    row per (arm, seed); ``summary``: per arm the across-seed mean and interval of every measure."""
 
-    def __init__(self, arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path) -> None:
+    def __init__(self, arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
+                 scores_csv: str | Path | None = None) -> None:
         self.fits = load_fits(fits_json)
         self.arms_csv = arms_csv
+        self.scores_csv = scores_csv
         self.benchmark = self.fits.get("benchmark", "synthetic")
+        self.replicates = load_replicates(arms_csv, self.benchmark)
         self.arms = load_arms(arms_csv, self.benchmark)
         self.design = load_design(design_csv)
         self.tasks = [c for c in self.arms.columns if c.startswith("acc_") and self.arms[c].notna().any()]
+        self.seeds = sorted(self.replicates["seed"].unique().tolist())
+        self.summary = summarise(self.replicates, ["arm"], ["loss", "accuracy", *self.tasks]).set_index("arm")
 
     def study(self, study: str) -> pd.DataFrame:
-        """Design rows of one study joined with the arms' measurements (missing arms: an error)."""
+        """Design rows of one study joined with the arms' measurements (means over seeds with
+        ``_sd``/``_lo``/``_hi``; missing arms: an error)."""
         d = self.design[self.design["study"] == study]
         missing = sorted(set(d["arm"]) - set(self.arms.index))
         if missing:
             raise FitError(f"design study {study!r}: arm(s) {missing} not in arms.csv for benchmark "
                            f"{self.benchmark!r}")
-        cols = [c for c in ("time_kernel", "tokens", "n", "loss", "accuracy", *self.tasks) if c in self.arms.columns]
-        return d.merge(self.arms[cols], left_on="arm", right_index=True, how="left")
+        cols = [c for c in ("time_kernel", "tokens", "n") if c in self.arms.columns]
+        out = d.merge(self.arms[cols], left_on="arm", right_index=True, how="left")
+        return out.merge(self.summary, left_on="arm", right_index=True, how="left")
 
     def fit_entry(self, study: str, method: str | None = None) -> dict[str, Any] | None:
         f = self.fits.get("fits", {}).get(study)
@@ -79,6 +90,11 @@ class _Inputs:
         if not f or arm not in f["arms"]:
             return None
         return f["fitted"][f["arms"].index(arm)]
+
+
+def _with_ci(row: dict, r: pd.Series | dict, name: str) -> dict:
+    """``name`` (the across-seed mean) and its interval ``name_lo``/``name_hi`` from ``r``."""
+    return row | {name: r.get(name), f"{name}_lo": r.get(f"{name}_lo"), f"{name}_hi": r.get(f"{name}_hi")}
 
 
 def _note(text: str) -> pd.DataFrame:
@@ -106,10 +122,13 @@ def _study_table(inp: _Inputs, study: str, x: str) -> pd.DataFrame:
             row = {"method": method, "T": int(r["T"]), "M": int(r["M"])}
             if "time_kernel" in r:
                 row["time_kernel"] = int(r["time_kernel"])
-            row |= {"arm": r["arm"], "loss": r["loss"], "fit": inp.fitted_value(study, method, r["arm"]),
-                    "law": e.get("selected"), "accuracy": r.get("accuracy", np.nan)}
-            row |= {t: r[t] for t in inp.tasks}
-            rows.append(row)
+            row["arm"] = r["arm"]
+            row = _with_ci(row, r, "loss")
+            row |= {"fit": inp.fitted_value(study, method, r["arm"]), "law": e.get("selected")}
+            row = _with_ci(row, r, "accuracy")
+            for t in inp.tasks:
+                row = _with_ci(row, r, t)
+            rows.append(row | {"seeds": int(r["seeds"])})
     return pd.DataFrame(rows)
 
 
@@ -124,25 +143,42 @@ def table2_frames(inp: _Inputs) -> pd.DataFrame:
     return _study_table(inp, "frames", "T")
 
 
+def _draw_band(f: dict, X: np.ndarray, level: float = 0.95) -> tuple[list, list]:
+    """Percentile band of a fitted law at ``X`` over its bootstrap draws (None without draws)."""
+    draws = np.asarray(f.get("draws") or [], float)
+    if not len(draws):
+        return [None] * len(X), [None] * len(X)
+    P = LAWS[f["form"]].predict_natural(draws.reshape(len(draws), -1), X)
+    lo, hi = np.percentile(P, [50 * (1 - level), 50 * (1 + level)], axis=0)
+    return lo.tolist(), hi.tolist()
+
+
 def table3_joint(inp: _Inputs) -> pd.DataFrame:
-    """Arms of the joint fit (token pool x frame sample, window arms held out): observed vs fitted."""
+    """Arms of the joint fit (token pool x frame sample, window arms held out): observed (mean over
+    seeds, interval) vs fitted by the selected joint law (bootstrap band)."""
     e = inp.fit_entry("joint")
-    if not e or "joint" not in e.get("forms", {}):
+    form = (e or {}).get("selected")
+    if not e or form not in e.get("forms", {}):
         return _note("no joint fit (needs token-pool x frame-sample arms varying both T and M)")
-    f = e["forms"]["joint"]
+    f = e["forms"][form]
     studies = inp.design.groupby("arm")["study"].agg(lambda s: ",".join(dict.fromkeys(s)))
+    lo, hi = _draw_band(f, np.asarray(f["x"], float))
     rows = []
-    for arm, obs, fit in zip(f["arms"], f["observed"], f["fitted"]):
-        a = inp.arms.loc[arm]
-        rows.append({"arm": arm, "T": int(a["T"]), "M": int(a["M"]), "tokens": int(a["T"] * a["M"]),
-                     "studies": studies.get(arm, ""), "loss": obs, "fitted": fit,
-                     "residual_%": 100 * (fit - obs) / obs, "accuracy": a.get("accuracy", np.nan)})
+    for i, (arm, fit) in enumerate(zip(f["arms"], f["fitted"])):
+        a, m = inp.arms.loc[arm], inp.summary.loc[arm]
+        row = {"arm": arm, "T": int(a["T"]), "M": int(a["M"]), "tokens": int(a["T"] * a["M"]),
+               "studies": studies.get(arm, "")}
+        row = _with_ci(row, m, "loss")
+        row |= {"fitted": fit, "fitted_lo": lo[i], "fitted_hi": hi[i], "law": form,
+                "residual_%": 100 * (fit - m["loss"]) / m["loss"]}
+        rows.append(_with_ci(row, m, "accuracy"))
     return pd.DataFrame(rows).sort_values(["M", "T"]).reset_index(drop=True)
 
 
 def table4_window(inp: _Inputs) -> pd.DataFrame:
-    """Fixed-window arms: observed vs predicted loss (law fitted without them), the best observed
-    arm, the predicted best arm, and the predicted optimum at the analysis budget."""
+    """Fixed-window arms: observed loss (mean over seeds, interval) vs predicted (the selected joint
+    law fitted without them, bootstrap band), the best observed and predicted arms, their rank
+    correlation, and the predicted optimum at the analysis budget."""
     p = inp.fits.get("prediction")
     d = inp.study("window")
     if d.empty or not p:
@@ -160,23 +196,31 @@ def table4_window(inp: _Inputs) -> pd.DataFrame:
         if bf and (r["T"], r["M"]) == (bf.get("T"), bf.get("M")):
             marks.append("predicted optimum")
         ci = r.get("predicted_ci") or [None, None]
-        rows.append({"arm": r["arm"], "T": r["T"], "M": r["M"], "T*M": r["tokens"], "loss": r["observed"],
-                     "predicted": r["predicted"], "pred_lo": ci[0], "pred_hi": ci[1],
-                     "error_%": 100 * r["rel_error"], "p_best": r.get("p_best"),
-                     "accuracy": inp.arms.loc[r["arm"]].get("accuracy", np.nan), "mark": ", ".join(marks)})
+        m = inp.summary.loc[r["arm"]]
+        row = _with_ci({"arm": r["arm"], "T": r["T"], "M": r["M"], "T*M": r["tokens"]}, m, "loss")
+        row |= {"predicted": r["predicted"], "predicted_lo": ci[0], "predicted_hi": ci[1],
+                "error_%": 100 * r["rel_error"], "p_best": r.get("p_best")}
+        rows.append(_with_ci(row, m, "accuracy") | {"mark": ", ".join(marks)})
     if bf and not any("predicted optimum" in r["mark"] for r in rows):
         b = opt.get("bootstrap") or {}
         rows.append({"arm": f"optimum (L={opt['budget']})", "T": bf["T"], "M": bf["M"], "T*M": bf["tokens"],
-                     "loss": None, "predicted": bf["loss"], "pred_lo": (b.get("loss") or {}).get("lo"),
-                     "pred_hi": (b.get("loss") or {}).get("hi"), "error_%": None, "p_best": None,
-                     "accuracy": None, "mark": "predicted optimum (not trained)"})
+                     "predicted": bf["loss"], "predicted_lo": (b.get("loss") or {}).get("lo"),
+                     "predicted_hi": (b.get("loss") or {}).get("hi"),
+                     "mark": "predicted optimum (not trained)" + ("" if opt.get("agree") else "; closed form disagrees")
+                     + ("; extrapolated" if opt.get("extrapolated") else "")})
+    rho = p.get("spearman")
+    rows.append({"arm": "rank check", "mark": f"best predicted = best observed: {'yes' if p['best_match'] else 'no'}; "
+                                              f"Spearman rho (predicted vs observed) = "
+                                              f"{'n/a' if rho is None else f'{rho:.2f}'}"})
     return pd.DataFrame(rows)
 
 
 def table5_fits(inp: _Inputs) -> pd.DataFrame:
-    """Every fit, one row per parameter: estimate, bootstrap percentile interval, Wald SE/interval,
-    R^2, AICc, convergence."""
+    """Every fit, one row per parameter: estimate, bootstrap percentile interval (``interval``: what
+    was resampled: training seeds and evaluation videos, or arms), Wald SE/interval (Gaussian, for
+    reference), R^2, leave-one-arm-out error, convergence, parameters at a bound."""
     rows = []
+    resampled = "+".join((inp.fits.get("bootstrap") or {}).get("resampled") or ["arms"])
     for study, method, entry in _fit_entries(inp.fits):
         for form, f in entry.get("forms", {}).items():
             boot = f.get("bootstrap") or {}
@@ -185,36 +229,51 @@ def table5_fits(inp: _Inputs) -> pd.DataFrame:
                 wald = (f.get("wald_ci") or {}).get(name) or [None, None]
                 rows.append({"study": study, "method": method, "form": form, "formula": f["formula"],
                              "selected": form == entry.get("selected"), "param": name, "estimate": value,
-                             "boot_lo": ci[0], "boot_hi": ci[1], "se": (f.get("se") or {}).get(name),
-                             "wald_lo": wald[0], "wald_hi": wald[1], "n": f["n"], "r2": f.get("r2"),
-                             "aicc": f.get("aicc"), "converged": f["converged"],
-                             "at_bound": ",".join(f.get("at_bound") or []),
+                             "boot_lo": ci[0], "boot_hi": ci[1], "interval": resampled,
+                             "se": (f.get("se") or {}).get(name), "wald_lo": wald[0], "wald_hi": wald[1],
+                             "n": f["n"], "r2": f.get("r2"), "loo_mae": (f.get("loo") or {}).get("loo_mae"),
+                             "converged": f["converged"], "at_bound": ",".join(f.get("at_bound") or []),
                              "n_boot_ok": boot.get("n_ok")})
     return pd.DataFrame(rows) if rows else _note("no fits")
 
 
 def model_selection_table(inp: _Inputs) -> pd.DataFrame:
+    """Per study and method, each law's leave-one-arm-out error (the criterion: the simplest law within
+    one standard error of the best), with the Gaussian AICc at the Huber optimum for reference."""
     rows = inp.fits.get("model_selection") or []
     if not rows:
         return _note("no fits")
-    cols = ["study", "method", "form", "formula", "n", "k", "llf", "aic", "aicc", "bic", "r2", "delta", "weight",
-            "criterion", "converged", "selected"]
-    return pd.DataFrame(rows)[cols]
+    df = pd.DataFrame(rows).rename(columns={"aicc": "aicc_gaussian"})
+    cols = ["study", "method", "form", "formula", "n", "k", "loo_mae", "delta", "within_1se", "criterion",
+            "selected", "r2", "aicc_gaussian", "converged"]
+    return df[[c for c in cols if c in df.columns]]
 
 
 def benchmarks_table(inp: _Inputs) -> pd.DataFrame:
     """The paper's benchmark columns: one row per arm (studies that use it), per benchmark its
-    official score (each benchmark's own rule, ``visctx.benchmarks``) and held-out loss."""
-    df = pd.read_csv(inp.arms_csv)
-    value = "score" if "score" in df.columns and df["score"].notna().all() else "accuracy"
-    wide = df.pivot(index="arm", columns="benchmark", values=[value, "loss"])
-    benches = list(dict.fromkeys(df["benchmark"]))
-    out = pd.DataFrame({"arm": wide.index})
+    official score (each benchmark's own rule, ``visctx.benchmarks``) as the mean over seeds with
+    the bootstrap interval over seeds and (clustered) videos, and its paired difference to the
+    benchmark's best arm with its interval (``collect.benchmark_scores``); and the held-out loss."""
+    if inp.scores_csv is None:
+        return _note("no benchmark scores (collect.benchmark_scores)")
+    sc = pd.read_csv(inp.scores_csv)
+    loss = summarise(pd.read_csv(inp.arms_csv), ["arm", "benchmark"], ["loss"])
+    out = pd.DataFrame({"arm": list(dict.fromkeys(sc["arm"]))})
     studies = inp.design.groupby("arm")["study"].agg(lambda s: ",".join(dict.fromkeys(s)))
     out["studies"] = out["arm"].map(studies).fillna("")
-    for b in benches:
-        out[b] = wide[(value, b)].to_numpy()
-        out[f"{b}_loss"] = wide[("loss", b)].to_numpy()
+    for b in dict.fromkeys(sc["benchmark"]):
+        s = sc[sc["benchmark"] == b].set_index("arm")
+        lb = loss[loss["benchmark"] == b].set_index("arm")
+        out[b] = out["arm"].map(s["score"])
+        for k in ("boot_lo", "boot_hi"):
+            if k in s:
+                out[f"{b}_{k.replace('boot_', '')}"] = out["arm"].map(s[k])
+        if "diff" in s:
+            out[f"{b}_vs_best"] = out["arm"].map(s["diff"])
+            out[f"{b}_vs_best_lo"] = out["arm"].map(s["diff_lo"])
+            out[f"{b}_vs_best_hi"] = out["arm"].map(s["diff_hi"])
+        for k, col in (("loss", f"{b}_loss"), ("loss_lo", f"{b}_loss_lo"), ("loss_hi", f"{b}_loss_hi")):
+            out[col] = out["arm"].map(lb[k])
     order = {a: i for i, a in enumerate(dict.fromkeys(inp.design["arm"]))}
     return out.sort_values("arm", key=lambda c: c.map(order).fillna(len(order))).reset_index(drop=True)
 
@@ -227,8 +286,9 @@ def _fit_entries(fits: dict[str, Any]):
         yield "joint", "pool", fits["fits"]["joint"]
 
 
-def build_tables(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path) -> dict[str, pd.DataFrame]:
-    inp = _Inputs(arms_csv, design_csv, fits_json)
+def build_tables(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
+                 scores_csv: str | Path | None = None) -> dict[str, pd.DataFrame]:
+    inp = _Inputs(arms_csv, design_csv, fits_json, scores_csv)
     builders = {"table1_tokens": table1_tokens, "table2_frames": table2_frames, "table3_joint": table3_joint,
                 "table4_window": table4_window, "table5_fits": table5_fits, "model_selection": model_selection_table,
                 "benchmarks": benchmarks_table}
@@ -236,31 +296,53 @@ def build_tables(arms_csv: str | Path, design_csv: str | Path, fits_json: str | 
     return {name: fn(inp) for name, fn in builders.items()}
 
 
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+
+
+def _with_intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """For reading: every ``x`` that has ``x_lo``/``x_hi`` becomes one cell ``x [lo, hi]``."""
+    out = df.copy()
+    for c in list(df.columns):
+        lo, hi = f"{c}_lo", f"{c}_hi"
+        if lo in df.columns and hi in df.columns:
+            out[c] = [_fmt(v) if pd.isna(a) or pd.isna(b) else f"{_fmt(v)} [{_fmt(a)}, {_fmt(b)}]"
+                      for v, a, b in zip(df[c], df[lo], df[hi])]
+            out = out.drop(columns=[lo, hi])
+    return out
+
+
 def _latex(df: pd.DataFrame) -> str:
     return df.to_latex(index=False, float_format="%.4g", escape=True, na_rep="--")
 
 
 def write_tables(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
-                 out_dir: str | Path) -> list[Path]:
-    """Write every table in :data:`TABLES` as ``.md``, ``.csv`` and ``.tex`` into ``out_dir``.
+                 out_dir: str | Path, scores_csv: str | None = None) -> list[Path]:
+    """Write every table in :data:`TABLES` as ``.md``, ``.csv`` and ``.tex`` into ``out_dir``: the CSV
+    with every interval bound as its own column, Markdown and LaTeX as ``value [lo, hi]`` cells.
 
     Args:
-        arms_csv, design_csv: ``collect``'s tables.
-        fits_json: ``fits``' output.
-        out_dir: the directory of the tables.
+        arms_csv: ``collect``'s tidy table (one row per arm x seed x benchmark).
+        design_csv: ``collect``'s design table.
+        fits_json: the fits (``visctx fits``).
+        out_dir: where the tables go.
+        scores_csv: ``benchmark-scores``' table (the benchmark table's scores and intervals).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, df in build_tables(arms_csv, design_csv, fits_json).items():
+    for name, df in build_tables(arms_csv, design_csv, fits_json, scores_csv).items():
+        shown = _with_intervals(df)
         p = out / f"{name}.md"
-        p.write_text(df.to_markdown(index=False, floatfmt=".4g", missingval="–") + "\n")
+        p.write_text(shown.to_markdown(index=False, floatfmt=".4g", missingval="–") + "\n")
         paths.append(p)
         p = out / f"{name}.csv"
-        df.to_csv(p, index=False)
+        df.to_csv(p, index=False, float_format="%.6g")
         paths.append(p)
         p = out / f"{name}.tex"
-        p.write_text(_latex(df))
+        p.write_text(_latex(shown))
         paths.append(p)
     return paths
 
@@ -283,7 +365,7 @@ def _placeholder(path: Path, text: str) -> Path:
     fig, ax = _figure()
     ax[0, 0].axis("off")
     ax[0, 0].text(0.5, 0.5, text, ha="center", va="center", wrap=True)
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path)
     return path
 
 
@@ -301,6 +383,7 @@ def _loss_figure(inp: _Inputs, study: str, x: str, path: Path) -> Path:
     d = inp.study(study)
     if d.empty:
         return _placeholder(path, f"no {study} study in design.csv")
+    reps = inp.replicates.set_index("arm")
     with sns.axes_style("whitegrid"):
         fig, axes = _figure()
         ax = axes[0, 0]
@@ -315,28 +398,52 @@ def _loss_figure(inp: _Inputs, study: str, x: str, path: Path) -> Path:
                 c = f.get("curve") or {}
                 boot = (f.get("bootstrap") or {}).get("ci") or {}
                 if "alpha" in f["params"]:
-                    label += f": {f['formula']}, α = {_fmt_ci(f['params']['alpha'], boot.get('alpha'))}"
+                    label += f": {_law_text(f['form'])}, α = {_fmt_ci(f['params']['alpha'], boot.get('alpha'))}"
                 else:
-                    label += f": {f['formula']}, b = {_fmt_ci(f['params']['b'], boot.get('b'))}"
+                    label += f": {_law_text(f['form'])}, b = {_fmt_ci(f['params']['b'], boot.get('b'))}"
                 if not f["converged"]:
                     label += " (NOT converged)"
                 if c:
                     ax.plot(c["x"], c["fit"], color=color, lw=1.6)
                     if "lo" in c:
                         ax.fill_between(c["x"], c["lo"], c["hi"], color=color, alpha=0.2, lw=0)
-            ax.scatter(sub[x], sub["loss"], color=color, s=28, zorder=3, label=label, edgecolor="white", lw=0.5)
+            each = reps.loc[sub["arm"]]  # every replicate, faint; the mean over seeds with its interval
+            ax.scatter(each[x], each["loss"], color=color, s=10, alpha=0.35, lw=0, zorder=2)
+            err = None
+            if sub["loss_lo"].notna().all():
+                err = [sub["loss"] - sub["loss_lo"], sub["loss_hi"] - sub["loss"]]
+            ax.errorbar(sub[x], sub["loss"], yerr=err, fmt="o", color=color, ms=5, mec="white", mew=0.5,
+                        capsize=2, zorder=3, label=label)
         ax.set_xscale("log")
-        lo, hi = float(d["loss"].min()), float(d["loss"].max())
+        lo, hi = float(reps.loc[d["arm"], "loss"].min()), float(reps.loc[d["arm"], "loss"].max())
         pad = 0.15 * (hi - lo) if hi > lo else 0.05 * abs(hi)
         ax.set_ylim(lo - pad, hi + pad)  # bootstrap bands can explode between sparse points; keep data in view
         fixed = "T" if x == "M" else "M"
         ax.set_xlabel(f"{x} ({'tokens per frame' if x == 'M' else 'frames'}; {fixed} = {int(d[fixed].iloc[0])})")
         ax.set_ylabel(f"held-out loss ({inp.benchmark})")
-        ax.set_title(f"{study} study: loss vs {x} (selected law, {int(100 * inp.fits.get('level', 0.95))}% bootstrap band)",
-                     fontsize=10)
+        n = len(inp.seeds)
+        ax.set_title(f"{study.capitalize()} study: loss against {x}\n"
+                     f"{n} seeds (faint), their mean ± 95% CI; selected law with its bootstrap band", fontsize=9)
         ax.legend(fontsize=8)
-        fig.savefig(path, dpi=DPI)
+        _save(fig, path)
     return path
+
+
+_LAW_TEXT = {"power_offset": r"$E + A\,x^{-\alpha}$", "power": r"$A\,x^{-\alpha}$", "linear": r"$a + b\,x$",
+             "joint": r"$E + A/T^{\alpha} + B/M^{\beta}$", "joint_nooffset": r"$A/T^{\alpha} + B/M^{\beta}$"}
+
+
+def _law_text(form: str) -> str:
+    """The law as typeset mathematics (matplotlib mathtext), for legends and titles."""
+    return _LAW_TEXT.get(form, form)
+
+
+def _save(fig, path: Path) -> None:
+    """PNG for the README and report, PDF (vector) beside it for papers. Metadata without dates,
+    so a figure that did not change is the same file."""
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None, "ModDate": None, "Producer": None,
+                                                    "Creator": None})
 
 
 def _joint_figure(inp: _Inputs, path: Path) -> Path:
@@ -344,21 +451,22 @@ def _joint_figure(inp: _Inputs, path: Path) -> Path:
     from matplotlib.colors import Normalize
 
     e = inp.fit_entry("joint")
-    if not e or "joint" not in e.get("forms", {}):
+    form = (e or {}).get("selected")
+    if not e or form not in e.get("forms", {}):
         return _placeholder(path, "no joint fit (needs token-pool x frame-sample arms varying both T and M)")
-    f = e["forms"]["joint"]
+    f = e["forms"][form]
     opt = inp.fits.get("optimum") or {}
     L = opt.get("budget") or inp.fits.get("budget")
     window = [a for a in e.get("held_out", []) if a in inp.arms.index]
     pts = inp.arms.loc[f["arms"]]
     wpts = inp.arms.loc[window] if window else pts.iloc[:0]
     Tmax = max(float(pts["T"].max()), float(wpts["T"].max()) if len(wpts) else 1.0,
-               (opt.get("closed_form") or {}).get("T", 1.0)) * 1.5
+               (opt.get("closed_form") or {}).get("T") or 1.0) * 1.5
     Mmax = max(float(pts["M"].max()), float(wpts["M"].max()) if len(wpts) else 1.0) * 1.5
     T = np.geomspace(0.8, Tmax, 160)
     M = np.geomspace(0.8, Mmax, 160)
     TT, MM = np.meshgrid(T, M)
-    Z = joint_loss(f["params"], TT.ravel(), MM.ravel()).reshape(TT.shape)
+    Z = joint_loss({"E": 0.0, **f["params"]}, TT.ravel(), MM.ravel()).reshape(TT.shape)
     allobs = np.r_[pts["loss"].to_numpy(float), wpts["loss"].to_numpy(float)]
     norm = Normalize(vmin=float(min(Z.min(), allobs.min())), vmax=float(np.quantile(Z, 0.9)))
     with sns.axes_style("white"):
@@ -376,7 +484,7 @@ def _joint_figure(inp: _Inputs, path: Path) -> Path:
             ax.scatter(wpts["T"], wpts["M"], c=wpts["loss"], cmap="viridis_r", norm=norm, edgecolor="r", marker="s",
                        s=46, lw=1.2, label="window arms (held out)", zorder=3)
         cf = opt.get("closed_form")
-        if cf:
+        if cf and cf.get("T") is not None:
             b = opt.get("bootstrap") or {}
             ts, ms = b.get("T_star") or {}, b.get("M_star") or {}
             # a percentile interval need not contain the point estimate: clip the bar at the point
@@ -394,11 +502,18 @@ def _joint_figure(inp: _Inputs, path: Path) -> Path:
         ax.set_ylim(0.8, Mmax)
         ax.set_xlabel("T (frames)")
         ax.set_ylabel("M (tokens per frame)")
-        p = f["params"]
-        ax.set_title(f"L(T,M) = {p['E']:.3g} + {p['A']:.3g}/T^{p['alpha']:.3g} + {p['B']:.3g}/M^{p['beta']:.3g}"
-                     + ("" if f["converged"] else "  (NOT converged)"), fontsize=9)
+        p = {"E": 0.0, **f["params"]}
+        terms = ([rf"{p['E']:.3g}"] if form == "joint" else []) + [rf"{p['A']:.3g}/T^{{{p['alpha']:.3g}}}",
+                                                                   rf"{p['B']:.3g}/M^{{{p['beta']:.3g}}}"]
+        flags = [] if f["converged"] else ["NOT converged"]
+        if f.get("at_bound"):
+            flags.append(f"at a bound: {', '.join(f['at_bound'])}")
+        if opt and not opt.get("agree", True):
+            flags.append("optimum: closed form and brute force disagree")
+        ax.set_title(f"Joint law (selected: {_law_text(form)})\n$L(T, M) = " + " + ".join(terms) + "$"
+                     + (f"\n({'; '.join(flags)})" if flags else ""), fontsize=9)
         ax.legend(fontsize=7, loc="lower left", framealpha=0.85)
-        fig.savefig(path, dpi=DPI)
+        _save(fig, path)
     return path
 
 
@@ -417,7 +532,11 @@ def _accuracy_figure(inp: _Inputs, path: Path) -> Path:
                 ax = axes[i, j]
                 for method in _methods(d):
                     sub = d[d["method"] == method].drop_duplicates("arm").sort_values(x)
-                    ax.plot(sub[x], sub[metric], marker="o", ms=4, color=METHOD_COLORS.get(method), label=method)
+                    err = None
+                    if f"{metric}_lo" in sub and sub[f"{metric}_lo"].notna().all():
+                        err = [sub[metric] - sub[f"{metric}_lo"], sub[f"{metric}_hi"] - sub[metric]]
+                    ax.errorbar(sub[x], sub[metric], yerr=err, marker="o", ms=4, capsize=2,
+                                color=METHOD_COLORS.get(method), label=method)
                 ax.set_xscale("log")
                 ax.set_xlabel(x)
                 ax.set_title(f"{study}: {metric.removeprefix('acc_')}", fontsize=9)
@@ -425,13 +544,14 @@ def _accuracy_figure(inp: _Inputs, path: Path) -> Path:
                     ax.set_ylabel("accuracy")
                 if i == 0 and j == 0:
                     ax.legend(fontsize=7)
-        fig.savefig(path, dpi=DPI)
+        fig.suptitle(f"Accuracy by task (mean of {len(inp.seeds)} seeds ± 95% CI)", fontsize=10)
+        _save(fig, path)
     return path
 
 
 def write_figures(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
                   out_dir: str | Path) -> list[Path]:
-    """Write every figure in :data:`FIGURES` as ``<name>.png`` into ``out_dir``.
+    """Write every figure in :data:`FIGURES` as ``<name>.png`` and ``<name>.pdf`` into ``out_dir``.
 
     Args:
         arms_csv, design_csv: ``collect``'s tables.
@@ -441,12 +561,13 @@ def write_figures(arms_csv: str | Path, design_csv: str | Path, fits_json: str |
     inp = _Inputs(arms_csv, design_csv, fits_json)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [
+    pngs = [
         _loss_figure(inp, "tokens", "M", out / "tokens_loss.png"),
         _loss_figure(inp, "frames", "T", out / "frames_loss.png"),
         _joint_figure(inp, out / "joint_contour.png"),
         _accuracy_figure(inp, out / "accuracy_by_task.png"),
     ]
+    return [p.with_suffix(f".{ext}") for p in pngs for ext in FIGURE_FORMATS]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,60 +581,71 @@ def _ci_keys(name: str, value: Any, ci: Sequence | None) -> dict[str, Any]:
     return out
 
 
+def _effect(inp: _Inputs, study: str, method: str, x: str) -> dict[str, Any] | None:
+    """The study's effect for one method: loss at the largest setting minus at the smallest, relative
+    to the smallest, paired within each seed (the arms of one replicate share its base); its mean
+    and across-seed SD and interval."""
+    d = inp.study(study)
+    d = d[d["method"] == method].drop_duplicates("arm").sort_values(x)
+    if len(d) < 2:
+        return None
+    a, b = d["arm"].iloc[0], d["arm"].iloc[-1]
+    e = paired_effect(inp.replicates, a, b, "loss", relative=True)
+    return {"from": a, "to": b, "effect": e["mean"], "effect_sd": e["sd"], "effect_lo": e["lo"], "effect_hi": e["hi"]}
+
+
 def metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path) -> dict[str, Any]:
-    """Nested (dvc flattens it to ``tokens.pool.alpha`` etc.), numeric where possible."""
+    """What ``dvc exp show`` shows (nested; DVC flattens it to ``tokens.pool.alpha`` etc.): per study
+    and method the selected law with its exponent and interval and the effect with its across-seed
+    SD; the joint law; the optimum and its interval; the prediction check; the noise."""
     inp = _Inputs(arms_csv, design_csv, fits_json)
     fits = inp.fits
-    out: dict[str, Any] = {"benchmark": inp.benchmark, "n_arms": int(len(inp.arms)),
+    out: dict[str, Any] = {"seeds": len(inp.seeds), "n_arms": int(len(inp.arms)),
                            "n_errors": len(fits.get("errors") or [])}
     all_conv = True
     for study, method, entry in _fit_entries(fits):
         forms = entry.get("forms", {})
-        main = "joint" if study == "joint" else "power_offset"
-        m: dict[str, Any] = {"selected": entry.get("selected")}
-        f = forms.get(main)
+        sel = entry.get("selected")
+        m: dict[str, Any] = {"law": sel}
+        f = forms.get(sel)
         if f:
             ci = (f.get("bootstrap") or {}).get("ci") or {}
+            keep = ("alpha", "beta") if study == "joint" else ("alpha", "b")
             for name, v in f["params"].items():
-                m |= _ci_keys(name, v, ci.get(name))
-            m |= {"r2": f.get("r2"), "aicc": f.get("aicc"), "converged": bool(f["converged"])}
+                if name in keep:
+                    m |= _ci_keys(name, v, ci.get(name))
+            m["r2"] = f.get("r2")
+            if study == "joint":
+                m["at_bound"] = len(f.get("at_bound") or [])
             all_conv &= bool(f["converged"])
-        if study != "joint" and "linear" in forms:
-            m["linear_slope"] = forms["linear"]["params"]["b"]
-        if study == "joint":
-            out["joint"] = m
-        else:
+        if study != "joint":
+            eff = _effect(inp, study, method, STUDY_X[study])
+            if eff:
+                m |= {k: eff[k] for k in ("effect", "effect_sd")}
             out.setdefault(study, {})[method] = m
+        else:
+            out["joint"] = m
     opt = fits.get("optimum")
     if opt:
         bf, cf, b = opt["brute_force"], opt["closed_form"], opt.get("bootstrap") or {}
-        o: dict[str, Any] = {"budget": opt["budget"], "T": bf["T"], "M": bf["M"], "tokens": bf["tokens"],
-                             "loss": bf["loss"], "T_star": cf["T"], "M_star": cf["M"], "loss_star": cf["loss"],
-                             "agree": bool(opt["agree"]), "converged": bool(opt.get("converged", True))}
-        for key, src in (("T", "T"), ("M", "M"), ("T_star", "T_star"), ("M_star", "M_star"), ("loss", "loss")):
-            if b.get(src):
-                o[f"{key}_lo"], o[f"{key}_hi"] = b[src]["lo"], b[src]["hi"]
+        o: dict[str, Any] = {"budget": opt["budget"], "T": bf["T"], "M": bf["M"], "T_star": cf["T"], "M_star": cf["M"],
+                             "agree": bool(opt["agree"]), "extrapolated": bool(opt.get("extrapolated", False))}
+        for key in ("T", "M"):
+            if b.get(key):
+                o[f"{key}_lo"], o[f"{key}_hi"] = b[key]["lo"], b[key]["hi"]
         out["optimum"] = o
     p = fits.get("prediction")
     if p:
-        out["prediction"] = {"mae": p["mae"], "mape": p["mape"], "best_match": bool(p["best_match"]),
-                             "best_observed": p["best_observed"], "best_predicted": p["best_predicted"]}
-        if "spearman" in p:
-            out["prediction"]["spearman"] = p["spearman"]
+        out["prediction"] = {"best_match": bool(p["best_match"]), "spearman": p.get("spearman"), "mape": p["mape"]}
     best: dict[str, Any] = {}
     for study in ("tokens", "frames", "joint", "window"):
         d = inp.study(study).drop_duplicates("arm")
-        if d.empty:
-            continue
-        s: dict[str, Any] = {}
-        if "accuracy" in d and d["accuracy"].notna().any():
-            i = d["accuracy"].idxmax()
-            s |= {"accuracy": float(d.loc[i, "accuracy"]), "accuracy_arm": d.loc[i, "arm"]}
-        if d["loss"].notna().any():
-            i = d["loss"].idxmin()
-            s |= {"loss": float(d.loc[i, "loss"]), "loss_arm": d.loc[i, "arm"]}
-        best[study] = s
-    out["best"] = best
+        if not d.empty and d["loss"].notna().any():
+            best[study] = d.loc[d["loss"].idxmin(), "arm"]
+    out["best_arm"] = best
+    sd = inp.summary["loss_sd"].dropna()
+    out["noise"] = {"loss_sd_median": float(sd.median()) if len(sd) else None,
+                    "loss_sd_max": float(sd.max()) if len(sd) else None}
     out["converged"] = all_conv
     return _clean_json(out)
 

@@ -13,6 +13,7 @@ rule fits:
     input:
         arms=rules.collect.output.arms,
         design=rules.collect.output.design,
+        videos=rules.collect.output.videos,
     output:
         json=f"{RESULTS}/fits/fits.json",
     params:
@@ -26,7 +27,7 @@ rule fits:
         f"{LOGS}/fits.log",
     shell:
         "visctx fits --arms-csv {input.arms} --design-csv {input.design} --budget {params.budget}"
-        " --n-boot {params.n_boot} --seed {params.seed} --t-max {params.t_max} --workers {threads}"
+        " --videos-csv {input.videos} --n-boot {params.n_boot} --seed {params.seed} --t-max {params.t_max} --workers {threads}"
         " --out-json {output.json} > {log} 2>&1"
 
 
@@ -35,17 +36,18 @@ rule tables:
         arms=rules.collect.output.arms,
         design=rules.collect.output.design,
         fits=rules.fits.output.json,
+        scores=rules.benchmark_scores.output.csv,
     output:
         csv=[report(f"{RESULTS}/tables/{t}.csv", caption=f"../report/{t}.rst", category="Tables") for t in TABLES],
         md=[f"{RESULTS}/tables/{t}.md" for t in TABLES],
         tex=[f"{RESULTS}/tables/{t}.tex" for t in TABLES],
     params:
-        code=code_version("report", "fit"),
+        code=code_version("report"),
     log:
         f"{LOGS}/tables.log",
     shell:
         "visctx tables --arms-csv {input.arms} --design-csv {input.design} --fits-json {input.fits}"
-        " --out-dir {RESULTS}/tables > {log} 2>&1"
+        " --scores-csv {input.scores} --out-dir {RESULTS}/tables > {log} 2>&1"
 
 
 rule figures:
@@ -55,8 +57,9 @@ rule figures:
         fits=rules.fits.output.json,
     output:
         [report(f"{RESULTS}/figures/{f}.png", caption=f"../report/{f}.rst", category="Figures") for f in FIGURES],
+        [f"{RESULTS}/figures/{f}.pdf" for f in FIGURES],
     params:
-        code=code_version("report", "fit"),
+        code=code_version("report"),
     log:
         f"{LOGS}/figures.log",
     shell:
@@ -72,7 +75,7 @@ rule metrics:
     output:
         json=f"{RESULTS}/metrics.json",
     params:
-        code=code_version("report", "fit"),
+        code=code_version("report"),
     log:
         f"{LOGS}/metrics.log",
     shell:

@@ -1,9 +1,9 @@
-import hashlib
 import os
 import sys
 from pathlib import Path
 
 from visctx.config import ParamsError, base_arms, dumps, resolve_preset, study_points, unique_arms, validate
+from visctx.imports import digest as import_digest
 
 # Params are validated before any job starts; a bad value names the key, value and what is allowed.
 try:
@@ -120,11 +120,9 @@ def cli_options(options):
 
 
 def code_version(*modules):
-    """Digest of the library modules a rule runs: a code change reruns exactly the jobs it affects."""
-    digest = hashlib.sha256()
-    for name in sorted(modules):
-        digest.update((SRC / f"{name}.py").read_bytes())
-    return digest.hexdigest()[:12]
+    """Digest of the library modules a rule's command runs and of everything they import, read from
+    the import graph (visctx.imports): a code change reruns exactly the jobs it affects."""
+    return import_digest(*modules, src=SRC)
 
 
 SRC = Path(workflow.basedir) / "src" / "visctx"

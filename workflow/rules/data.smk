@@ -22,7 +22,7 @@ rule render_videos:
     output:
         manifest=f"{DATA}/videos/{{split}}/shard-{{shard}}.json",
     params:
-        code=code_version("synth", "video"),
+        code=code_version("synth"),
         n_shards=lambda w: n_shards(w.split),
     log:
         f"{LOGS}/render_videos/{{split}}-{{shard}}.log",
@@ -61,7 +61,7 @@ rule extract_frames:
         npy=f"{DATA}/frames/{{split}}/shard-{{shard}}.npy",
         json=f"{DATA}/frames/{{split}}/shard-{{shard}}.json",
     params:
-        code=code_version("video", "context"),
+        code=code_version("video"),
         root=lambda w: video_root(w.split),
         n_shards=lambda w: n_shards(w.split),
         options=cli_options({k: v for k, v in CFG["data"]["extract"].items() if k != "max_quarantined"}),

@@ -14,7 +14,7 @@ rule evaluate_arm:
     output:
         json=ARM_EVAL_JSON,
     params:
-        code=code_version("evaluate", "model", "data", "context", "benchmarks", "features", "cpu"),
+        code=code_version("evaluate"),
         visual=lambda w: visual_dir(eval_split(w.benchmark)),
         batch_size=CFG["evaluate"]["batch_size"],
         answer=cli_options({k: CFG["evaluate"][k] for k in ("answer_mode", "max_new_tokens")}),
@@ -36,7 +36,7 @@ rule collect:
         design=f"{RESULTS}/tables/design.csv",
         videos=f"{RESULTS}/tables/videos.csv",
     params:
-        code=code_version("collect", "config", "context"),
+        code=code_version("collect"),
         studies=dumps(CFG["studies"]),
     log:
         f"{LOGS}/collect.log",
@@ -45,9 +45,29 @@ rule collect:
         " --out-arms {output.arms} --out-design {output.design} --out-videos {output.videos} > {log} 2>&1"
 
 
+# Each arm's official score per benchmark, with intervals over seeds and (clustered) videos, and its
+# paired difference to the best arm: the benchmark table's numbers.
+rule benchmark_scores:
+    input:
+        evals=rules.collect.input.evals,
+        questions=[corpus_json(eval_split(b)) for b in BENCHMARKS],
+    output:
+        csv=f"{RESULTS}/tables/benchmark_scores.csv",
+    params:
+        code=code_version("collect"),
+        n_boot=CFG["analysis"]["n_boot"],
+        seed=CFG["analysis"]["seed"],
+    log:
+        f"{LOGS}/benchmark_scores.log",
+    shell:
+        "visctx benchmark-scores --evals {input.evals} --items-jsons {input.questions} --n-boot {params.n_boot}"
+        " --seed {params.seed} --out-csv {output.csv} > {log} 2>&1"
+
+
 rule train_all:
     input:
         rules.collect.output,
+        rules.benchmark_scores.output,
 
 
 # Needle in a haystack on the frame study's sampling arms (synthetic corpus: the needle frame of
@@ -67,7 +87,7 @@ if NIAH:
         output:
             csv=f"{RESULTS}/niah/seed{{seed}}.csv",
         params:
-            code=code_version("niah", "model", "context", "data", "video", "features", "cpu"),
+            code=code_version("niah"),
             arms=" ".join(NIAH_ARMS),
             visual=visual_dir("eval"),
             fps=CFG["data"]["extract"]["fps"],
@@ -88,7 +108,7 @@ if NIAH:
             csv=f"{RESULTS}/niah/niah.csv",
             png=report(f"{RESULTS}/niah/niah_heatmap.png", caption="../report/niah.rst", category="Figures"),
         params:
-            code=code_version("niah", "stats"),
+            code=code_version("niah"),
         log:
             f"{LOGS}/niah_summary.log",
         shell:

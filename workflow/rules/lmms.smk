@@ -37,7 +37,7 @@ if LMMS_TASKS:
         output:
             json=LMMS_JSON,
         params:
-            code=code_version("lmms", "lmms_jobs", "model", "data", "context", "video", "features"),
+            code=code_version("lmms_jobs"),
             decoding=lmms_decoding(),
             batch_size=CFG["evaluate"]["batch_size"],
         wildcard_constraints:

@@ -21,7 +21,7 @@ rule train_base:
     output:
         model=directory(f"{BASE_DIR}/model"),
     params:
-        code=code_version("train", "model", "data", "context", "pretrained", "strategy", "features", "cpu"),
+        code=code_version("train"),
         optim=cli_options({k: v for k, v in TRAIN["base"].items() if k != "arms"}),
         scale=cli_options(TRAIN["scale"]),
         init=pretrained_llm(),
@@ -52,7 +52,7 @@ rule train_arm:
     output:
         model=directory(ARM_MODEL),
     params:
-        code=code_version("train", "model", "data", "context", "pretrained", "strategy", "features", "cpu"),
+        code=code_version("train"),
         optim=cli_options(TRAIN["arm"]),
         scale=cli_options(TRAIN["scale"]),
         init=lambda w: f"{RESULTS}/base/seed{w.seed}/model" if BASE else pretrained_llm(),
@@ -82,7 +82,7 @@ rule collate_checkpoint:
         arm="[^/]+",
         ckpt="[^/]+",
     params:
-        code=code_version("strategy", "model", "pretrained", "features"),
+        code=code_version("collate"),
         init=rules.train_arm.params.init,
         prompt=rules.train_arm.params.prompt,
         vision=f"--vision-tower {vision_tower()} --vision-layer {CFG['model']['vision_layer']}" if VISION_FORWARD else "",

@@ -1,0 +1,103 @@
+"""Across-seed statistics, the noise bootstrap of the fits, and the benchmark table's intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from visctx import fit as F
+from visctx.stats import paired_effect, seed_interval, summarise
+
+
+def test_seed_interval_is_students_t():
+    s = seed_interval([1.0, 2.0, 3.0])
+    assert s["mean"] == 2.0 and s["sd"] == 1.0 and s["n"] == 3
+    half = 4.302652729911275 / math.sqrt(3)  # t(2) at 97.5 %
+    assert s["lo"] == pytest.approx(2 - half) and s["hi"] == pytest.approx(2 + half)
+    assert seed_interval([5.0]) == {"mean": 5.0, "sd": None, "lo": None, "hi": None, "n": 1}
+    assert seed_interval([]) ["n"] == 0
+
+
+def test_summarise_and_paired_effects_pair_within_a_seed():
+    # the seeds differ a lot, but within every seed arm b is 10 % below arm a: the paired effect is exact
+    rows = [{"arm": arm, "seed": s, "loss": base * (0.9 if arm == "b" else 1.0)}
+            for s, base in enumerate([1.0, 1.5, 2.0]) for arm in ("a", "b")]
+    df = pd.DataFrame(rows)
+    e = paired_effect(df, "a", "b", relative=True)
+    assert e["mean"] == pytest.approx(-0.1) and e["sd"] == pytest.approx(0.0, abs=1e-12)
+    assert e["per_seed"] == pytest.approx([-0.1] * 3)
+    s = summarise(df, ["arm"], ["loss"]).set_index("arm")
+    assert s.loc["a", "loss"] == pytest.approx(1.5) and s.loc["a", "seeds"] == 3
+    assert s.loc["a", "loss_lo"] < 1.0 < 2.0 < s.loc["a", "loss_hi"]  # unpaired, the seeds' spread shows
+    with pytest.raises(KeyError, match="needs arms a and c"):
+        paired_effect(df, "a", "c")
+
+
+def _replicates(tmp_path, seeds=(0, 1, 2), videos=4):
+    rng = np.random.default_rng(0)
+    arms, vids = [], []
+    for arm, level in (("x", 1.0), ("y", 2.0)):
+        for s in seeds:
+            nll = level * (1 + 0.1 * rng.normal(size=videos)) * 4
+            vids += [{"arm": arm, "seed": s, "benchmark": "synthetic", "video": f"v{v}", "n": 4, "nll": nll[v],
+                      "ntok": 4, "correct": 2} for v in range(videos)]
+            arms.append({"arm": arm, "T": 1, "M": 1, "token_op": "pool", "frame_op": "sample", "seed": s,
+                         "benchmark": "synthetic", "loss": nll.sum() / (4 * videos)})
+    pd.DataFrame(arms).to_csv(tmp_path / "arms.csv", index=False)
+    pd.DataFrame(vids).to_csv(tmp_path / "videos.csv", index=False)
+    return F.load_replicates(tmp_path / "arms.csv")
+
+
+def test_noise_draws_resample_seeds_and_videos(tmp_path):
+    reps = _replicates(tmp_path)
+    Y = F.noise_draws(reps, ["x", "y"], 400, seed=1, videos_csv=tmp_path / "videos.csv")
+    point = reps.groupby("arm")["loss"].mean()
+    assert Y.shape == (400, 2) and np.isfinite(Y).all()
+    assert np.mean(Y, 0) == pytest.approx(point[["x", "y"]].to_numpy(), rel=0.03)  # centred on the estimate
+    assert Y[:, 0].std() > 0 and len(np.unique(Y[:, 0])) > 50  # videos and seeds both vary
+    seeds_only = F.noise_draws(reps, ["x", "y"], 400, seed=1)
+    assert len(np.unique(seeds_only[:, 0].round(12))) <= 10  # 3 seeds: at most 10 multisets
+    assert F.noise_draws(reps[reps["seed"] == 0], ["x"], 10) is None  # nothing to resample
+    assert np.array_equal(Y, F.noise_draws(reps, ["x", "y"], 400, seed=1, videos_csv=tmp_path / "videos.csv"))
+
+
+def test_fits_with_replicates_bootstrap_the_noise(tmp_path):
+    from synthetic_study import write_study
+
+    arms, design = write_study(tmp_path, seeds=(0, 1, 2), seed_noise=0.01)
+    res = F.run_fits(arms, design, 160, n_boot=100, seed=0)
+    assert res["bootstrap"] == {"kind": "noise", "resampled": ["seeds"]}
+    f = res["fits"]["frames"]["pool"]["forms"]["power"]
+    assert f["bootstrap"]["kind"] == "noise" and f["bootstrap"]["n_ok"] > 90
+    assert f["n"] == 8  # the points are the arms (means over seeds), not arm x seed rows
+
+
+def test_benchmark_scores_average_seeds_and_pair_arms(tmp_path):
+    from visctx.collect import benchmark_scores
+
+    questions = [{"id": f"q{v}{t}", "video": f"v{v}", "question": "q", "options": ["a", "b", "c", "d"],
+                  "answer": 0, "task_type": t} for v in range(6) for t in ("needle", "count")]
+    (tmp_path / "eval.json").write_text(json.dumps(questions))
+    evals = []
+    for arm, right in (("T1-M1-pool", 9), ("T1-M4-pool", 3)):
+        for seed in (0, 1):
+            preds = [0 if i < right + seed else 1 for i in range(len(questions))]
+            p = tmp_path / f"{arm}-{seed}.json"
+            p.write_text(json.dumps({"arm": arm, "seed": seed, "benchmark": "synthetic", "n": 12, "loss": 1.0,
+                                     "accuracy": 0.5, "predictions": preds, "ids": [q["id"] for q in questions]}))
+            evals.append(str(p))
+    benchmark_scores(evals, [str(tmp_path / "eval.json")], str(tmp_path / "s.csv"), n_boot=200)
+    s = pd.read_csv(tmp_path / "s.csv").set_index("arm")
+    from visctx.benchmarks import read_items, score
+
+    items = read_items(tmp_path / "eval.json")
+    for arm, right in (("T1-M1-pool", 9), ("T1-M4-pool", 3)):
+        per_seed = [score("synthetic", items, [0 if i < right + k else 1 for i in range(12)])["overall"] for k in (0, 1)]
+        assert s.loc[arm, "score"] == pytest.approx(np.mean(per_seed), rel=1e-5)  # written with 6 digits
+        assert s.loc[arm, "boot_lo"] <= s.loc[arm, "score"] <= s.loc[arm, "boot_hi"]
+    assert (s["vs"] == "T1-M1-pool").all() and s.loc["T1-M1-pool", "diff"] == 0
+    assert s.loc["T1-M4-pool", "diff_hi"] < 0  # clearly worse than the best arm on the same resamples
