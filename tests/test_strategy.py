@@ -225,7 +225,7 @@ for name, stage in (("zero2", 2), ("zero3", 3), ("zero2-vision", 2)):
     for _ in range(3):
         batch = enc.train_batch([prompt, prompt], 2, 4)
         if vision:
-            batch["frames"], batch["arm"] = torch.randint(0, 255, (2, 2, 54, 54, 3), dtype=torch.uint8), Arm(2, 4)
+            batch["frames"], batch["arm"] = torch.randint(0, 255, (2, 2, 54, 54, 3), dtype=torch.uint8), "T2-M4-pool"
         else:
             batch["visual"] = torch.randn(2, 2, 4, 8)
         loss = module.model(batch)

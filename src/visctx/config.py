@@ -8,6 +8,7 @@ arm requested by two studies is one arm, trained once.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -88,6 +89,12 @@ class Arm:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "frame_op": self.frame_op, "id": self.id, "tokens": self.tokens}
+
+
+@functools.lru_cache(maxsize=None)
+def parse_arm(arm_id: str) -> Arm:
+    """:meth:`Arm.from_id`, parsed once per id (the model reads a batch's arm on every forward)."""
+    return Arm.from_id(arm_id)
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ def add_context(batch: dict[str, Any], context: torch.Tensor, store: FeatureSour
     """Cached features go in as ``visual``; frames as ``frames`` with the arm whose operators the
     model applies after its tower (:meth:`visctx.model.VideoModel.embed`)."""
     if is_frames(store):
-        batch["frames"], batch["arm"] = context, arm  # the arm itself: the model cuts its context from it
+        batch["frames"], batch["arm"] = context, arm.id  # an id: Lightning's batch transfer refuses frozen dataclasses
     else:
         batch["visual"] = context
     return batch

@@ -326,9 +326,10 @@ class VideoModel(nn.Module):
         if self.vision is None:
             raise ValueError("the batch holds frames but this model has no vision tower (it was trained on "
                              "cached features; give it the feature store)")
+        from visctx.config import parse_arm
         from visctx.context import visual_context
 
-        return visual_context(self.vision(batch["frames"]), batch["arm"])
+        return visual_context(self.vision(batch["frames"]), parse_arm(batch["arm"]))
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token embeddings with the projected visual tokens scattered into their slots (of the

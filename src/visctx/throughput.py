@@ -122,7 +122,7 @@ def throughput(
     else:
         size = _processor_size(vision.processor)
         batch["frames"] = torch.randint(0, 256, (batch_size, T, size, size, 3), dtype=torch.uint8)
-        batch["arm"] = Arm(T, M, "pool")
+        batch["arm"] = Arm(T, M, "pool").id
     batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
