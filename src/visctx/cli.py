@@ -56,6 +56,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "tables": ("visctx.report", "write_tables", "write the paper's tables (md, csv, tex)"),
     "figures": ("visctx.report", "write_figures", "draw the figures"),
     "metrics": ("visctx.report", "write_metrics", "write the metrics file for dvc exp show"),
+    "compare-runs": ("visctx.stats", "compare_runs", "which arms of an earlier run fall outside this run's across-seed intervals"),
     "readme": ("visctx.readme", "readme", "regenerate the README's results section from results/ (--check: only compare)"),
     "perf": ("visctx.perf", "perf", "the performance harness: fresh-clone stage times, reruns, overheads"),
     "lmms-eval-arm": ("visctx.lmms_jobs", "lmms_eval_arm", "run one lmms-eval task on one arm (the lmms extra)"),

@@ -30,7 +30,21 @@ def lmms_eval_arm(model_dir: str, task: str, out_json: str, include_path: str = 
     (:class:`visctx.lmms.VisctxArm`; ``include_path``: a dir of local task YAMLs) and write
     ``{"arm", "task", "results": {task or subtask: {metric: value}}, "n_samples", ...}`` to
     ``out_json``. Unlike lmms-eval's CLI, which prints a failed task's error and exits 0, a failure
-    raises. ``limit`` > 0: only the first items (a smoke run; the JSON says so)."""
+    raises. ``limit`` > 0: only the first items (a smoke run; the JSON says so).
+
+    Args:
+        model_dir: the trained arm's model dir.
+        task: an lmms-eval task name (one of lmms-eval's, or a local one under ``include_path``).
+        out_json: the result to write.
+        include_path: a directory of local task YAMLs ('' for none).
+        batch_size: items answered at once.
+        fps, max_frames, size: decoding of the task's videos (default: as the arm's training store).
+        vision_tower: the tower that encodes frames for an arm trained on cached features.
+        vision_layer: that tower's hidden state the projector reads.
+        device: torch device ('' for the default).
+        limit: only the first this many items (0: all).
+        threads: torch's CPU threads.
+    """
     import lmms_eval
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
@@ -84,7 +98,14 @@ def write_table(jsons: list[str], out_md: str, out_csv: str, evals: list[str] | 
     """Tidy rows (arm, task, result, metric, value, ...) of the :func:`lmms_eval_arm` JSONs in
     ``out_csv``; in ``out_md`` one row per arm and task with its metrics (no stderrs) and, where
     the project evaluates the same benchmark (:data:`SAME_BENCHMARK`; ``evals``: the arms'
-    ``eval/<benchmark>.json``), the project's official score and answer mode beside them."""
+    ``eval/<benchmark>.json``), the project's official score and answer mode beside them.
+
+    Args:
+        jsons: the :func:`lmms_eval_arm` results.
+        out_md: the readable table (one row per arm, seed and task).
+        out_csv: the tidy table (one row per metric).
+        evals: the arms' own evaluation JSONs, for the project's score beside lmms-eval's.
+    """
     import pandas as pd
 
     from visctx.config import Arm

@@ -85,7 +85,8 @@ def _study_paragraph(name: str, x: str, table: pd.DataFrame, reps: pd.DataFrame,
             lines.append(f"pooling below sampling beyond the noise at {below} of {len(pairs)} settings of {x}, "
                          f"above at {above}, within the noise at {n_unclear}"
                          + (f" ({x} = {', '.join(str(int(u)) for u in unclear)})" if unclear else ""))
-    return f"**{name.capitalize()} study** ({fixed} = {int(table[fixed].iloc[0])}, {x} = " \
+    title = {"tokens": "Token study", "frames": "Frame study"}.get(name, name)
+    return f"**{title}** ({fixed} = {int(table[fixed].iloc[0])}, {x} = " \
            f"{', '.join(str(int(v)) for v in sorted(set(table[x])))}): " + "; ".join(lines) + "."
 
 
@@ -144,6 +145,8 @@ def render(root: str | Path = ".") -> str:
         by = n.groupby("haystack")
         cells = []
         for h, g in by:
+            if h == 0:
+                continue
             cells.append(f"N = {h}: {_f(g['accuracy'].mean(), 2)} (depths {_f(g['accuracy'].min(), 2)}–"
                          f"{_f(g['accuracy'].max(), 2)})")
         alone = n[n["haystack"] == 0].iloc[0] if (n["haystack"] == 0).any() else None

@@ -65,3 +65,27 @@ def paired_effect(df: pd.DataFrame, a: str, b: str, value: str = "loss", level: 
     out = seed_interval(d.to_numpy(), level)
     out["per_seed"] = [float(x) for x in d.to_numpy()]
     return out
+
+
+def compare_runs(old: str, new: str, benchmark: str = "synthetic", level: float = LEVEL) -> dict:
+    """Does an earlier run's arms.csv (one value per arm, or means over its seeds) fall inside this
+    run's across-seed intervals? The arms outside, per measure: what a replication should report.
+
+    Args:
+        old: the earlier run's arms.csv (e.g. ``git show <commit>:results/tables/arms.csv``).
+        new: this run's arms.csv, with a row per (arm, seed).
+        benchmark: which benchmark's rows to compare.
+        level: the interval's level.
+    """
+    o = pd.read_csv(old)
+    o = o[o["benchmark"] == benchmark].groupby("arm")[["loss", "accuracy"]].mean()
+    n = pd.read_csv(new)
+    s = summarise(n[n["benchmark"] == benchmark], ["arm"], ["loss", "accuracy"], level).set_index("arm")
+    common = sorted(set(o.index) & set(s.index))
+    out: dict = {"arms": len(common), "only_old": sorted(set(o.index) - set(s.index)),
+                 "only_new": sorted(set(s.index) - set(o.index))}
+    for m in ("loss", "accuracy"):
+        outside = [a for a in common if not s.loc[a, f"{m}_lo"] <= o.loc[a, m] <= s.loc[a, f"{m}_hi"]]
+        out[f"{m}_outside"] = {a: {"old": float(o.loc[a, m]), "lo": float(s.loc[a, f"{m}_lo"]),
+                                   "hi": float(s.loc[a, f"{m}_hi"])} for a in outside}
+    return out
