@@ -214,7 +214,19 @@ def _visual_for(batch, per_video):
     return torch.stack([per_video[k] for k in keys]) if keys is not None else None
 
 
-def test_shared_prefix_gives_the_full_layouts_loss_and_gradients(model):
+@pytest.fixture
+def share_any_prefix(monkeypatch):
+    """Share prefixes of any length: these tests' blocks are shorter than SHARED_PREFIX_MIN."""
+    monkeypatch.setattr("visctx.model.SHARED_PREFIX_MIN", 0)
+
+
+def test_short_prefixes_are_not_shared(model):
+    p = model.encoder.train_prompt([("<video>\nwhat colour is the ball ?", "red")])
+    assert "prefix_ids" not in model.encoder.train_batch([p, p], 2, 2, keys=["a", "a"])  # 2 x (label + 2) tokens
+    assert "prefix_ids" in model.encoder.train_batch([p, p], 4, 8, keys=["a", "a"])
+
+
+def test_shared_prefix_gives_the_full_layouts_loss_and_gradients(model, share_any_prefix):
     enc = model.encoder
     qa = [("what colour is the ball ?", "red"), ("how many times did the bar flash ?", "3"),
           ("what colour is the ball ?", "dark blue")]
@@ -246,7 +258,7 @@ def test_shared_prefix_gives_the_full_layouts_loss_and_gradients(model):
     assert abs(float(model(unshared).detach()) - losses[1]) < 1e-6
 
 
-def test_shared_prefix_gives_the_full_layouts_option_scores(model):
+def test_shared_prefix_gives_the_full_layouts_option_scores(model, share_any_prefix):
     enc = model.encoder
     single = [enc.choice_prompt("what colour is the ball ?", ["red", "green", "blue"], 0),
               enc.choice_prompt("how many times did the bar flash ?", ["1", "2", "3", "4"], 2),
@@ -267,7 +279,7 @@ def test_shared_prefix_gives_the_full_layouts_option_scores(model):
             assert torch.allclose(a["logprob"], b["logprob"], atol=1e-5)
 
 
-def test_rows_that_share_no_video_or_differ_before_it_keep_the_full_layout(model):
+def test_rows_that_share_no_video_or_differ_before_it_keep_the_full_layout(model, share_any_prefix):
     enc = model.encoder
     p = enc.train_prompt([("<video>\nwhat colour is the ball ?", "red")])
     q = enc.train_prompt([("what colour <video>\nis the ball ?", "red")])  # text before the video
