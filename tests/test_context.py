@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from visctx.config import Arm, frame_arm
-from visctx.context import (pool_grid, pool_kernel, poolable_token_counts, sample_tokens, uniform_indices,
-                            visual_context)
+from visctx.context import (mask_indices, pool_grid, pool_kernel, poolable_token_counts, sample_tokens,
+                            uniform_indices, visual_context)
 
 
 def test_uniform_indices_are_segment_centres():
@@ -90,3 +90,100 @@ def test_batched_shapes():
     assert visual_context(x, Arm(4, 196, "pool")).shape == (2, 4, 196, 4)
     assert visual_context(x, Arm(4, 196, "sample")).shape == (2, 4, 196, 4)
     assert visual_context(x, Arm(32, 1, "pool")).shape == (2, 32, 1, 4)
+
+
+# -- random masking (LongViViT, paper-notes §5) ----------------------------------------------------
+
+
+def positions_grid(F=4, G=27):
+    """Features whose value is the patch's raster position (and the frame in a second channel)."""
+    pos = torch.arange(G * G, dtype=torch.float32).reshape(1, G, G, 1).expand(F, G, G, 1)
+    frame = torch.arange(F, dtype=torch.float32).reshape(F, 1, 1, 1).expand(F, G, G, 1)
+    return torch.cat([pos, frame], -1)
+
+
+@pytest.mark.parametrize("op", ["mask", "tube"])
+def test_masking_keeps_exactly_m_distinct_grid_tokens_per_frame_in_raster_order(op):
+    out = visual_context(positions_grid(), Arm(4, 49, op), seeds=7, train=True)
+    assert out.shape == (4, 49, 2)
+    for t in range(4):
+        kept = out[t, :, 0]
+        assert len(set(kept.tolist())) == 49 and kept.tolist() == sorted(kept.tolist())
+        assert kept.min() >= 0 and kept.max() < 729 and (kept == kept.round()).all()  # real tokens, unmixed
+        assert (out[t, :, 1] == t).all()  # frame t's own tokens
+    rows = {tuple(out[t, :, 0].tolist()) for t in range(4)}
+    assert len(rows) == (1 if op == "tube" else 4)  # a tube: the same positions in every frame
+
+
+def test_mask_is_a_pure_function_of_video_and_arm():
+    from visctx.context import mask_seed, mask_seeds
+
+    x = positions_grid()
+    arm = Arm(4, 16, "mask")
+    seeds = mask_seeds(["a.mp4", "b.mp4"], arm)
+    assert seeds == [mask_seed("a.mp4", arm.id), mask_seed("b.mp4", arm.id)] and seeds[0] != seeds[1]
+    assert mask_seed("a.mp4", arm.id) == 1442204338  # CRC-32: the same in every process and on every machine
+    assert mask_seeds(["a.mp4"], Arm(4, 16, "pool")) is None
+    a1, b = visual_context(torch.stack([x, x]), arm, seeds, train=True)
+    a2 = visual_context(x, arm, seeds[0], train=True)
+    assert torch.equal(a1, a2) and not torch.equal(a1, b)  # same video and arm: same mask; another video: another
+    other_arm = visual_context(x, Arm(4, 16, "tube"), mask_seed("a.mp4", "T4-M16-tube"), train=True)
+    assert not torch.equal(other_arm[0], a1[0])
+    with pytest.raises(ValueError, match="pass one seed per video"):
+        visual_context(x, arm, train=True)
+    with pytest.raises(ValueError, match="3 mask seeds for 2 videos"):
+        visual_context(torch.stack([x, x]), arm, [1, 2, 3], train=True)
+
+
+@pytest.mark.parametrize("op", ["masktrain", "tubetrain"])
+def test_train_only_masking_is_evaluated_on_the_grid_pooled_to_m(op):
+    x = torch.randn(2, 8, 27, 27, 3)
+    arm = Arm(4, 49, op)
+    evaluated = visual_context(x, arm)  # evaluation: no seeds needed
+    assert torch.equal(evaluated, visual_context(x, Arm(4, 49, "pool")))
+    trained = visual_context(x, arm, [1, 2], train=True)
+    kin = Arm(4, 49, op.removesuffix("train"))  # the same draw as the arm masked at evaluation too
+    assert torch.equal(trained, visual_context(x, kin, [1, 2], train=True))
+    assert not torch.allclose(trained, evaluated)
+
+
+def test_masking_at_evaluation_too_masks_as_in_training():
+    x = torch.randn(8, 27, 27, 3)
+    arm = Arm(4, 25, "mask")
+    assert torch.equal(visual_context(x, arm, 3, train=False), visual_context(x, arm, 3, train=True))
+
+
+def test_masking_with_frame_pooling_masks_the_time_pooled_frames():
+    x = torch.randn(8, 27, 27, 3)
+    out = visual_context(x, Arm(2, 9, "tube", time_kernel=4), 5, train=True)
+    pooled = x.reshape(2, 4, 27, 27, 3).mean(1).reshape(2, 729, 3)
+    idx = mask_indices(5, 2, 729, 9, tube=True)
+    torch.testing.assert_close(out, pooled.gather(1, idx.unsqueeze(-1).expand(-1, -1, 3)))
+
+
+def test_masking_arms_ids_and_token_counts():
+    for arm_id in ("T32-M49-mask", "T32-M49-tube", "T8-M49-masktrain-tpool4", "T1-M50-mask", "T1-M729-tube",
+                   "T8-M196-pool-vst4w784", "T8-M49-mask-tpool2-vst7w49", "T4-M9-sample-vst2w2"):
+        assert Arm.from_id(arm_id).id == arm_id
+    assert Arm.from_id("T8-M196-pool-vst4w784") == Arm(8, 196, "pool", 1, 4, 784)
+    for bad in ("T8-M49-pool-vst1w0", "T8-M49-pool-vst4", "T8-M49-pool-vst4w"):
+        with pytest.raises(ValueError, match="not an arm id"):
+            Arm.from_id(bad)
+    Arm(1, 50, "mask")  # any M of the grid when evaluation masks too
+    with pytest.raises(ValueError):
+        Arm(1, 50, "masktrain")  # evaluated pooled to M: a poolable M
+    with pytest.raises(ValueError, match="M <= 729"):
+        Arm(1, 730, "tube")
+    for r, w in ((4, 2), (1, 8), (4, 0)):
+        with pytest.raises(ValueError, match="summary tokens"):
+            Arm(8, 49, "pool", 1, r, w)
+
+
+def test_summary_arms_count_what_the_text_after_the_video_keeps():
+    arm = Arm(8, 196, "pool", 1, 4, 392)  # 4 windows of 392 raw tokens, 98 summaries each
+    assert arm.tokens == 1568 and arm.summaries == arm.kept_tokens == 392
+    assert Arm(3, 5, "mask", 1, 4, 6).summaries == 2 + 2 + 1  # windows 6, 6, 3: ceil(6/4) + ceil(6/4) + ceil(3/4)
+    assert Arm(8, 49).kept_tokens == 392 and Arm(8, 49).summaries == 0
+    assert Arm(8, 49).to_dict() == {"T": 8, "M": 49, "token_op": "pool", "time_kernel": 1, "frame_op": "sample",
+                                    "id": "T8-M49-pool", "tokens": 392}  # the record it always had
+    assert arm.to_dict()["kept_tokens"] == 392 and arm.to_dict()["summary"] == 4

@@ -298,3 +298,43 @@ def test_grouping_by_video_puts_each_videos_records_in_one_batch():
     assert ArmBatchSampler(48, arms, 8, seed=3, videos=videos).epoch_batches(1) == s.epoch_batches(1)
     with pytest.raises(ValueError, match="cannot be combined"):
         ArmBatchSampler(48, arms, 8, videos=videos, lengths=[1] * 48, length_groups=2)
+
+
+@pytest.mark.parametrize("arm", [Arm(2, 9, "mask"), Arm(3, 4, "tubetrain", 2)], ids=lambda a: a.id)
+def test_masked_contexts_are_cut_per_video_and_cached_per_mode(tmp_path, arm):
+    """Each video masked by its own (video, arm) seed, in training; a *train arm is evaluated pooled,
+    and the cache keeps the two apart."""
+    from visctx.context import mask_seeds
+    from visctx.data import ContextCache
+
+    keys = ["a.mp4", "b.mp4"]
+    x = torch.from_numpy(write_features(tmp_path / "f", keys).astype(np.float32))
+    store = FeatureStore(tmp_path / "f")
+    trained = load_context(store, keys, arm, train=True)
+    torch.testing.assert_close(trained, visual_context(x, arm, mask_seeds(keys, arm), train=True))
+    torch.testing.assert_close(load_context(store, keys[1:], arm, train=True), trained[1:])  # per video, not per batch
+    evaluated = load_context(store, keys, arm)
+    cache = ContextCache(store)
+    torch.testing.assert_close(cache.get(keys, arm, train=True), trained)
+    torch.testing.assert_close(cache.get(keys, arm), evaluated)
+    if arm.token_op == "tubetrain":
+        torch.testing.assert_close(evaluated, visual_context(x, Arm(3, 4, "pool", 2)))
+        assert len(cache._items) == 4
+    else:
+        torch.testing.assert_close(evaluated, trained)
+        assert len(cache._items) == 2
+
+
+def test_frames_of_a_masking_arm_carry_their_videos_seeds():
+    from visctx.context import mask_seeds
+    from visctx.data import add_context
+
+    class Frames:
+        kind = "frame"
+
+    arm = Arm(2, 9, "tube")
+    batch = add_context({}, torch.zeros(2, 2, 4, 4, 3, dtype=torch.uint8), Frames(), arm, ["a.mp4", "b.mp4"])
+    assert batch["mask_seeds"] == mask_seeds(["a.mp4", "b.mp4"], arm) and batch["arm"] == arm.id
+    assert "mask_seeds" not in add_context({}, torch.zeros(1), Frames(), Arm(2, 9, "pool"), ["a.mp4"])
+    with pytest.raises(ValueError, match="needs the videos"):
+        add_context({}, torch.zeros(1), Frames(), arm)

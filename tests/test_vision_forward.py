@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from visctx.config import Arm, ParamsError, load_params
-from visctx.data import TrainCollator, TrainDataset, load_train_records
+from visctx.data import ChoiceCollator, TrainCollator, TrainDataset, load_train_records
 from visctx.evaluate import evaluate
 from visctx.features import (FeatureStore, FrameStore, VisionEncoder, build_tiny_vision_tower, encode_shard,
                              open_store)
@@ -113,6 +113,29 @@ def test_the_tower_in_the_forward_gives_the_cached_context(setup, arm):
         cached_loss = model(from_cache)
         model.vision = vision
         torch.testing.assert_close(model(from_frames), cached_loss, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("arm", [Arm(2, 9, "mask"), Arm(2, 4, "tubetrain")], ids=lambda a: a.id)
+def test_the_tower_in_the_forward_masks_as_the_cache(setup, arm):
+    """Random masking after the tower: the same videos' seeds as on the cache, masked in training
+    (the model in train mode), a *train arm pooled in evaluation."""
+    llm, tok = load_llm(setup / "llm")
+    vision = VisionEncoder.load(setup / "vision")
+    model = VideoModel(llm, tok, vision.dim, vision=vision)
+    enc = PromptEncoder(tok)
+    records = load_train_records(setup / "train.json")[:3]
+    items = [(p, r.video, arm) for p, r in zip(TrainDataset(records, enc).prompts, records)]
+    from_frames = TrainCollator(FrameStore(setup / "frames" / "train"), enc)(items)
+    cached = FeatureStore(setup / "features" / "train")
+    tol = dict(rtol=2e-3, atol=2e-3)
+    with torch.no_grad():
+        got = model.train().visual_tokens(from_frames)
+        want = TrainCollator(cached, enc)(items)["visual"]
+        torch.testing.assert_close(got, want, atol=tol["atol"] * float(want.abs().max()), rtol=tol["rtol"])
+        got = model.eval().visual_tokens(from_frames)
+        want = ChoiceCollator(cached, enc, arm)([(enc.choice_prompt("what color is it ?", COLOURS, 0), r.video, i)
+                                                for i, r in enumerate(records)])["visual"]
+        torch.testing.assert_close(got, want, atol=tol["atol"] * float(want.abs().max()), rtol=tol["rtol"])
 
 
 def test_frozen_tower_trains_the_rest_and_round_trips(setup):

@@ -17,9 +17,9 @@ from typing import Any, Iterable
 
 import yaml
 
-from visctx.context import GRID, pool_kernel, poolable_token_counts
+from visctx.context import GRID, MASK_OPS, pool_kernel, poolable_token_counts
 
-TOKEN_OPS = ("sample", "pool")
+TOKEN_OPS = ("sample", "pool", *MASK_OPS)
 FRAME_OPS = ("sample", "pool")
 STUDIES = ("tokens", "frames", "joint", "window")
 
@@ -35,20 +35,37 @@ class Arm:
     ``time_kernel`` is how many uniformly sampled frames are mean-pooled into each of the T
     frames (1 = plain frame sampling), so frame pooling that pools nothing is the same arm as
     frame sampling and is trained once.
+
+    Random masking (``token_op`` in :data:`visctx.context.MASK_OPS`) keeps any 1 <= M <= 27*27
+    tokens; ``masktrain`` / ``tubetrain`` are evaluated pooled to M, so their M must be poolable.
+
+    ``summary`` = r > 1: Video-XL's summary tokens (:mod:`visctx.summary`): one learned summary
+    token after every r of the T*M raw tokens, in windows of ``summary_window`` = w raw tokens,
+    after each of which only the summaries' keys and values are kept. Id tail ``-vst<r>w<w>``.
     """
 
     T: int
     M: int
     token_op: str = "pool"
     time_kernel: int = 1
+    summary: int = 1
+    summary_window: int = 0
 
     def __post_init__(self) -> None:
         if self.T < 1 or self.M < 1 or self.time_kernel < 1:
             raise ValueError(f"arm needs positive T, M, time_kernel; got {self}")
         if self.token_op not in TOKEN_OPS:
             raise ValueError(f"unknown token_op {self.token_op!r}; allowed: {', '.join(TOKEN_OPS)}")
+        if self.summary < 1 or (self.summary > 1) != (self.summary_window > 0) or 0 < self.summary_window < self.summary:
+            raise ValueError(f"summary tokens need a ratio r > 1 and a window w >= r raw tokens (r = 1, w = 0: "
+                             f"none); got r={self.summary}, w={self.summary_window}")
         if self.token_op == "pool":
             pool_kernel(self.M)
+        elif self.token_op in MASK_OPS:
+            if self.M > GRID * GRID:
+                raise ValueError(f"random masking keeps M <= {GRID * GRID} of the {GRID}x{GRID} tokens, got M={self.M}")
+            if not MASK_OPS[self.token_op][1]:  # evaluated on the grid pooled to M
+                pool_kernel(self.M)
         elif math.isqrt(self.M) ** 2 != self.M or self.M > GRID * GRID:
             raise ValueError(f"token sampling needs a square M <= {GRID * GRID}, got M={self.M}")
 
@@ -71,24 +88,55 @@ class Arm:
         return self.T * self.M
 
     @property
+    def summary_layout(self) -> tuple[int, int] | None:
+        """(r, w) of the summary tokens, None without: what the prompt layout needs."""
+        return (self.summary, self.summary_window) if self.summary > 1 else None
+
+    @property
+    def summaries(self) -> int:
+        """Summary tokens in the visual stream: ceil(n / r) for each window of n <= w raw tokens."""
+        if self.summary == 1:
+            return 0
+        n, w = self.tokens, self.summary_window
+        return (n // w) * -(-w // self.summary) + -(-(n % w) // self.summary)
+
+    @property
+    def kept_tokens(self) -> int:
+        """Visual tokens whose keys and values the text after the video attends to: the T*M, or
+        the summaries (what a window L bounds when the arms are compared at equal L)."""
+        return self.summaries or self.tokens
+
+    @property
     def id(self) -> str:
         tail = f"-tpool{self.time_kernel}" if self.time_kernel > 1 else ""
+        tail += f"-vst{self.summary}w{self.summary_window}" if self.summary > 1 else ""
         return f"T{self.T}-M{self.M}-{self.token_op}{tail}"
 
     @classmethod
     def from_id(cls, arm_id: str) -> "Arm":
         try:
-            parts = arm_id.split("-")
+            base, vst, tail = arm_id.partition("-vst")
+            r, _, w = tail.partition("w") if vst else ("1", "", "0")
+            summary = dict(summary=int(r), summary_window=int(w))
+            if vst and summary["summary"] < 2:  # r = 1 is no summary tokens: the plain id
+                raise ValueError
+            parts = base.split("-")
             T, M, op = int(parts[0].removeprefix("T")), int(parts[1].removeprefix("M")), parts[2]
             kt = int(parts[3].removeprefix("tpool")) if len(parts) > 3 else 1
             if not parts[0].startswith("T") or not parts[1].startswith("M") or len(parts) > 4:
                 raise ValueError
         except (IndexError, ValueError):
-            raise ValueError(f"not an arm id: {arm_id!r} (expected e.g. T32-M49-pool or T8-M49-pool-tpool4)") from None
-        return cls(T, M, op, kt)
+            raise ValueError(f"not an arm id: {arm_id!r} (expected e.g. T32-M49-pool, T8-M49-pool-tpool4 or "
+                             f"T8-M196-pool-vst4w784)") from None
+        return cls(T, M, op, kt, **summary)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "frame_op": self.frame_op, "id": self.id, "tokens": self.tokens}
+        d = asdict(self)
+        if self.summary == 1:  # an arm without summary tokens keeps the record it always had
+            del d["summary"], d["summary_window"]
+        else:
+            d["kept_tokens"] = self.kept_tokens
+        return {**d, "frame_op": self.frame_op, "id": self.id, "tokens": self.tokens}
 
 
 @functools.lru_cache(maxsize=None)
@@ -191,6 +239,12 @@ def _schema_errors(params: dict, schema: dict) -> list[str]:
 
 
 def _token_count_error(key: str, M: int, method: str) -> str | None:
+    if method in MASK_OPS:
+        if M > GRID * GRID:
+            return f"{key}={M}: random masking keeps M <= {GRID * GRID} of the {GRID}x{GRID} tokens"
+        if MASK_OPS[method][1]:
+            return None
+        method = "pool"  # masked in training only: evaluated on the grid pooled to M
     if method == "pool":
         allowed = poolable_token_counts()
         if M not in allowed:

@@ -1,13 +1,18 @@
 """The visual-context operators: how T frames x M tokens are cut out of a video's patch grids.
 
-These are the four ways of the study to shrink the visual context (paper-notes §2):
+These are the ways of the study to shrink the visual context (paper-notes §2, §5):
 
 * token sampling   -- keep an m x m sub-grid at uniform stride (M = m^2), no mixing;
 * token pooling    -- mean pool with kernel = stride = k over the grid zero-padded up to a multiple
   of k (the zeros count, so edge cells shrink), M = ceil(G/k)^2;
 * frame sampling   -- T frames picked uniformly;
 * frame pooling    -- k_t*T frames picked uniformly, then mean-pooled over time, in one 3-D pool
-  together with the token pooling.
+  together with the token pooling;
+* random masking   -- LongViViT's (paper-notes §5): keep M of the G*G tokens chosen at random,
+  independently per frame (``mask``) or as a tube, the same positions in every frame (``tube``),
+  in raster order; seeded per (video, arm) (:func:`mask_seed`), so a video always gets the same
+  mask under one arm. ``masktrain`` / ``tubetrain`` mask in training only: evaluation sees the
+  unmasked grid mean-pooled to the same M, as LongViViT evaluates its encoder unmasked.
 
 They are pure tensor functions: no files, no models, so the same code runs on cached features
 (the embedded default) and inside a model's forward (paper scale).
@@ -15,8 +20,10 @@ They are pure tensor functions: no files, no models, so the same code runs on ca
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TYPE_CHECKING
+import zlib
+from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:  # torch is imported where it is used: the workflow and `visctx check` import this
     import torch  # module for the pure arithmetic below, and torch alone costs ~2 s
@@ -24,6 +31,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: the workflow and `visct
     from visctx.config import Arm
 
 GRID = 27  # SigLIP-so400m-patch14-384: 384 / 14 -> 27 x 27 patches
+# Random masking: op -> (tube: the same positions in every frame, masked at evaluation too).
+MASK_OPS = {"mask": (False, True), "tube": (True, True), "masktrain": (False, False), "tubetrain": (True, False)}
 
 
 def uniform_indices(n: int, k: int) -> list[int]:
@@ -90,9 +99,65 @@ def pool_grid(x: torch.Tensor, k: int, kt: int = 1) -> torch.Tensor:
     return v
 
 
-def visual_context(features: torch.Tensor, arm: "Arm") -> torch.Tensor:
-    """``[..., F, G, G, D]`` cached per-frame patch features -> ``[..., T, M, D]`` for one arm."""
+def mask_seed(video: str, arm_id: str) -> int:
+    """The seed of ``video``'s mask under arm ``arm_id``: CRC-32 of both (Python's ``hash`` of a
+    string changes with every process), so the mask is the same in every job and on every machine."""
+    return zlib.crc32(f"{arm_id}\0{video}".encode())
+
+
+def mask_seeds(videos: Sequence[str], arm: "Arm") -> list[int] | None:
+    """:func:`mask_seed` of each video, or None for an arm that does not mask."""
+    return [mask_seed(v, arm.id) for v in videos] if arm.token_op in MASK_OPS else None
+
+
+def mask_indices(seed: int, T: int, n: int, M: int, tube: bool):
+    """``[T, M]`` positions kept of ``n`` tokens in each of T frames: M drawn without replacement
+    (the first M of a seeded random permutation), sorted into raster order; a tube draws once and
+    repeats the positions in every frame. A pure function of its arguments (torch's CPU generator)."""
     import torch
+
+    if not 1 <= M <= n:
+        raise ValueError(f"random masking keeps 1 <= M <= {n} tokens, got M={M}")
+    g = torch.Generator().manual_seed(int(seed))
+    keys = torch.rand((1 if tube else T, n), generator=g)
+    idx = keys.argsort(-1)[:, :M].sort(-1).values
+    return idx.expand(T, M) if tube else idx
+
+
+def masked_context(features: torch.Tensor, arm: "Arm", seeds: int | Sequence[int] | None, train: bool) -> torch.Tensor:
+    """A masking arm's context (module docstring): ``seeds`` one per leading batch element of
+    ``features`` (an int without one); evaluation of a ``*train`` arm pools instead (needs none)."""
+    import torch
+
+    tube, at_eval = MASK_OPS[arm.token_op]
+    if not (train or at_eval):
+        return visual_context(features, dataclasses.replace(arm, token_op="pool"))
+    G = features.shape[-3]
+    # the arm's frames (temporal pooling included) as full grids: sampling G*G of G*G tokens is the identity
+    grid = visual_context(features, dataclasses.replace(arm, token_op="sample", M=G * G))  # [..., T, G*G, D]
+    batch = grid.shape[:-3]
+    if seeds is None:
+        raise ValueError(f"arm {arm.id} masks at random: pass one seed per video (visctx.context.mask_seeds)")
+    flat = [int(s) for s in seeds] if hasattr(seeds, "__iter__") else [int(seeds)]
+    n_rows = math.prod(batch)
+    if len(flat) != n_rows:
+        raise ValueError(f"arm {arm.id}: {len(flat)} mask seeds for {n_rows} videos")
+    T, D = grid.shape[-3], grid.shape[-1]
+    idx = torch.stack([mask_indices(s, T, G * G, arm.M, tube) for s in flat]).to(grid.device)
+    out = grid.reshape(n_rows, T, G * G, D).gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, D))
+    return out.reshape(*batch, T, arm.M, D)
+
+
+def visual_context(features: torch.Tensor, arm: "Arm", seeds: int | Sequence[int] | None = None,
+                   train: bool = False) -> torch.Tensor:
+    """``[..., F, G, G, D]`` cached per-frame patch features -> ``[..., T, M, D]`` for one arm.
+
+    ``seeds`` and ``train`` matter only to random masking (:func:`masked_context`): the videos'
+    :func:`mask_seeds`, and whether this is a training batch (``*train`` arms mask only then)."""
+    import torch
+
+    if arm.token_op in MASK_OPS:
+        return masked_context(features, arm, seeds, train)
 
     Fr, G = features.shape[-4], features.shape[-3]
     n_frames = arm.T * arm.time_kernel
@@ -103,4 +168,4 @@ def visual_context(features: torch.Tensor, arm: "Arm") -> torch.Tensor:
         if arm.time_kernel > 1:  # temporal mean first; sampling then keeps tokens unmixed in space
             frames = pool_grid(frames, 1, arm.time_kernel).reshape(*frames.shape[:-4], arm.T, G, G, -1)
         return sample_tokens(frames, arm.M)
-    raise ValueError(f"unknown token_op {arm.token_op!r}; allowed: sample, pool")
+    raise ValueError(f"unknown token_op {arm.token_op!r}; allowed: sample, pool, {', '.join(MASK_OPS)}")

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from visctx.config import Arm
-from visctx.context import uniform_indices, visual_context
+from visctx.context import MASK_OPS, mask_seeds, uniform_indices, visual_context
 from visctx.model import ChoicePrompt, Prompt, PromptEncoder
 from visctx.pretrained import VIDEO_PLACEHOLDER
 
@@ -172,20 +172,22 @@ def usable_records(records: Sequence[R], store: FeatureSource, source: str = "re
 # Visual context per batch
 
 
-def load_context(store: FeatureSource, keys: Sequence[str], arm: Arm) -> torch.Tensor:
+def load_context(store: FeatureSource, keys: Sequence[str], arm: Arm, train: bool = False) -> torch.Tensor:
     """``[B, T, M, D]`` float32 visual context of ``keys`` for ``arm``; from a frame store the
     arm's uint8 frames ``[B, T * time_kernel, S, S, 3]``, which the model's tower encodes.
 
     Only the frames the arm uses are read from the memory-mapped cache (``T * time_kernel``
     uniform indices), then ``visual_context`` pools/samples them; on that subset its own frame
-    selection is the identity, so the result equals ``visual_context`` on all frames.
+    selection is the identity, so the result equals ``visual_context`` on all frames. ``train``:
+    a training batch (random masking of a ``*train`` arm applies only then), each video masked by
+    its own seed (:func:`visctx.context.mask_seed`).
     """
     idx = uniform_indices(store.frames, arm.T * arm.time_kernel)
     arr = np.stack([np.asarray(store.get(k)[idx]) for k in keys])
     if is_frames(store):
         return torch.from_numpy(arr)
     feats = torch.from_numpy(arr.astype(np.float32, copy=False))
-    ctx = visual_context(feats, arm)
+    ctx = visual_context(feats, arm, mask_seeds(keys, arm), train)
     expect = (len(keys), arm.T, arm.M, store.dim)
     if tuple(ctx.shape) != expect:
         raise ValueError(f"arm {arm.id} on a {store.grid}x{store.grid} feature grid gives context "
@@ -198,18 +200,24 @@ def is_frames(store: FeatureSource) -> bool:
     return getattr(store, "kind", "feature") == "frame"
 
 
-def add_context(batch: dict[str, Any], context: torch.Tensor, store: FeatureSource, arm: Arm) -> dict[str, Any]:
+def add_context(batch: dict[str, Any], context: torch.Tensor, store: FeatureSource, arm: Arm,
+                keys: Sequence[str] | None = None) -> dict[str, Any]:
     """Cached features go in as ``visual``; frames as ``frames`` with the arm whose operators the
-    model applies after its tower (:meth:`visctx.model.VideoModel.embed`)."""
+    model applies after its tower (:meth:`visctx.model.VideoModel.embed`), and for a masking arm
+    the videos' mask seeds (``keys``: the context's videos)."""
     if is_frames(store):
         batch["frames"], batch["arm"] = context, arm.id  # an id: Lightning's batch transfer refuses frozen dataclasses
+        if arm.token_op in MASK_OPS:
+            if keys is None:
+                raise ValueError(f"arm {arm.id} masks each video by its own seed: add_context needs the videos")
+            batch["mask_seeds"] = mask_seeds(keys, arm)
     else:
         batch["visual"] = context
     return batch
 
 
 class ContextCache:
-    """LRU cache of per-video visual contexts, keyed by (video, arm), capped in bytes.
+    """LRU cache of per-video visual contexts, keyed by (video, arm[, training]), capped in bytes.
 
     Each video has several records (one per task) and a fine-tune runs several epochs, so one
     arm's context is reused many times; reading and pooling the cached grids costs about as much
@@ -218,21 +226,25 @@ class ContextCache:
 
     def __init__(self, store: FeatureSource, max_bytes: int = 256 << 20):
         self.store, self.max_bytes, self.bytes = store, max_bytes, 0
-        self._items: OrderedDict[tuple[str, Arm], torch.Tensor] = OrderedDict()
+        self._items: OrderedDict[tuple[str, Any], torch.Tensor] = OrderedDict()
 
-    def get(self, keys: Sequence[str], arm: Arm) -> torch.Tensor:
-        missing = list(dict.fromkeys(k for k in keys if (k, arm) not in self._items))
-        fresh = {k: c.clone() for k, c in zip(missing, load_context(self.store, missing, arm))} if missing else {}
+    def get(self, keys: Sequence[str], arm: Arm, train: bool = False) -> torch.Tensor:
+        """``train``: a training batch (:func:`load_context`); it keys the cache only for a
+        ``*train`` masking arm, whose training and evaluation contexts differ."""
+        tag = (arm, True) if train and not MASK_OPS.get(arm.token_op, (0, True))[1] else arm
+        missing = list(dict.fromkeys(k for k in keys if (k, tag) not in self._items))
+        fresh = ({k: c.clone() for k, c in zip(missing, load_context(self.store, missing, arm, train))}
+                 if missing else {})
         out = []
         for k in keys:
             if k in fresh:
                 out.append(fresh[k])
             else:
-                self._items.move_to_end((k, arm))
-                out.append(self._items[(k, arm)])
+                self._items.move_to_end((k, tag))
+                out.append(self._items[(k, tag)])
         for k, ctx in fresh.items():
             if ctx.nbytes <= self.max_bytes:
-                self._items[(k, arm)] = ctx
+                self._items[(k, tag)] = ctx
                 self.bytes += ctx.nbytes
         while self.bytes > self.max_bytes:
             _, old = self._items.popitem(last=False)
@@ -311,7 +323,8 @@ class TrainCollator:
             raise ValueError("a batch must share one arm (same T, M): use ArmBatchSampler")
         videos = [it[1] for it in items]
         batch: dict[str, Any] = self.encoder.train_batch([it[0] for it in items], arm.T, arm.M, keys=videos)
-        return add_context(batch, self.cache.get(batch.get("prefix_keys", videos), arm), self.store, arm)
+        keys = batch.get("prefix_keys", videos)
+        return add_context(batch, self.cache.get(keys, arm, train=True), self.store, arm, keys)
 
 
 class ChoiceCollator:
@@ -323,7 +336,8 @@ class ChoiceCollator:
     def __call__(self, items: list[tuple[ChoicePrompt, str, int]]) -> dict[str, Any]:
         videos = [it[1] for it in items]
         batch: dict[str, Any] = self.encoder.choice_batch([it[0] for it in items], self.arm.T, self.arm.M, keys=videos)
-        add_context(batch, self.cache.get(batch.get("prefix_keys", videos), self.arm), self.store, self.arm)
+        keys = batch.get("prefix_keys", videos)
+        add_context(batch, self.cache.get(keys, self.arm), self.store, self.arm, keys)
         batch["index"] = torch.tensor([it[2] for it in items])
         return batch
 

@@ -196,7 +196,8 @@ def generate_answers(model, records: list, store, arm: Arm, batch_size: int, max
                                          where=f"{source}: record {start + i} (id {r.id!r})")
                        for i, r in enumerate(chunk)]
             batch = enc.generation_batch(prompts, arm.T, arm.M)
-            add_context(batch, cache.get([r.video for r in chunk], arm), store, arm)
+            videos = [r.video for r in chunk]
+            add_context(batch, cache.get(videos, arm), store, arm, videos)
             texts += model.generate(batch, max_new_tokens)
     return texts, [parse_letter(t, len(r.options)) for t, r in zip(texts, records)]
 

@@ -252,7 +252,7 @@ class VisctxArm(lmms):
         from visctx.data import add_context
 
         batch = make(prompts, self.arm.T, self.arm.M)
-        add_context(batch, self.cache.get(videos, self.arm), self.source, self.arm)
+        add_context(batch, self.cache.get(videos, self.arm), self.source, self.arm, videos)
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:

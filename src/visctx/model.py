@@ -334,7 +334,8 @@ class VideoModel(nn.Module):
         from visctx.config import parse_arm
         from visctx.context import visual_context
 
-        return visual_context(self.vision(batch["frames"]), parse_arm(batch["arm"]))
+        return visual_context(self.vision(batch["frames"]), parse_arm(batch["arm"]), batch.get("mask_seeds"),
+                              self.training)
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token embeddings with the projected visual tokens scattered into their slots (of the
@@ -369,6 +370,8 @@ class VideoModel(nn.Module):
         for key in ("visual", "frames"):
             if key in batch:
                 out[key] = batch[key][rp]
+        if "mask_seeds" in batch:
+            out["mask_seeds"] = [batch["mask_seeds"][int(p)] for p in rp]
         return out
 
     def _predicting_states(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

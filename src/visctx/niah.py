@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from visctx.config import Arm
-from visctx.context import uniform_indices, visual_context
+from visctx.context import mask_seeds, uniform_indices, visual_context
 
 DEPTHS = (0, 25, 50, 75, 100)
 
@@ -116,7 +116,9 @@ def niah(
                 x = torch.from_numpy(np.stack([store.get(r.video)[haystack_indices(store.frames, j, arm.T - 1, depth)]
                                                for r, j in chunk]))
                 batch = model.encoder.choice_batch(prompts[b:b + batch_size], arm.T, arm.M)
-                add_context(batch, x if is_frames(store) else visual_context(x.float(), arm), store, arm)
+                videos = [r.video for r, _ in chunk]
+                add_context(batch, x if is_frames(store) else visual_context(x.float(), arm, mask_seeds(videos, arm)),
+                            store, arm, videos)
                 with torch.inference_mode():
                     pred = model.score_options(batch)["logprob"].argmax(1)
                 right += (pred == torch.tensor([r.answer for r, _ in chunk])).tolist()
