@@ -147,6 +147,27 @@ def test_arms_sharing_a_process_train_and_score_exactly_as_alone(base):
                    str(root / "base"), 1, **args)
 
 
+def test_masking_and_summary_arms_fine_tune_from_the_base_and_evaluate(base):
+    """The other ways to spend the window train and evaluate as the others do: a train-only tube
+    mask (evaluated pooled to M) and summary tokens, added to the base when its fine-tune starts."""
+    from visctx.model import SUMMARY_FILE
+
+    root, _ = base
+    arms = [Arm(2, 9, "tubetrain"), Arm(2, 9, "pool", 1, 3, 9)]
+    args = dict(batch_size=8, lr=1e-3, warmup_steps=0, seed=0, threads=1, progress_bar=False)
+    out = train_arms(arms, str(root / "others"), str(root / "train.json"), str(root / "features/train"),
+                     str(root / "base"), 4, **args)
+    assert all(np.isfinite(s["final_loss"]) for s in out.values())
+    assert (root / f"others/{arms[1].id}/model" / SUMMARY_FILE).is_file()
+    assert not (root / f"others/{arms[0].id}/model" / SUMMARY_FILE).exists()
+    for arm in arms:
+        r = evaluate(str(root / f"others/{arm.id}/model"), str(root / "eval.json"), str(root / "features/eval"), arm,
+                     str(root / f"others/{arm.id}/eval.json"), batch_size=5, answer_mode="generate", max_new_tokens=2)
+        assert r["arm"] == arm.id and r["n"] == 16 and np.isfinite(r["loss"]) and len(r["generations"]) == 16
+    info = json.loads((root / f"others/{arms[1].id}/model/model.json").read_text())
+    assert info["arm"]["kept_tokens"] == 6 and info["arm"]["summary"] == 3
+
+
 def test_length_groups_lower_the_padding_trained_on(setup, tmp_path):
     """Answers of 1-6 words, some records with a second turn: grouping records of similar text
     length wastes fewer padded slots; the summary reports the padding and the real tokens."""

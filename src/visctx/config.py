@@ -56,7 +56,8 @@ class Arm:
             raise ValueError(f"arm needs positive T, M, time_kernel; got {self}")
         if self.token_op not in TOKEN_OPS:
             raise ValueError(f"unknown token_op {self.token_op!r}; allowed: {', '.join(TOKEN_OPS)}")
-        if self.summary < 1 or (self.summary > 1) != (self.summary_window > 0) or 0 < self.summary_window < self.summary:
+        r, w = self.summary, self.summary_window
+        if r < 1 or (r > 1) != (w > 0) or 0 < w < r:
             raise ValueError(f"summary tokens need a ratio r > 1 and a window w >= r raw tokens (r = 1, w = 0: "
                              f"none); got r={self.summary}, w={self.summary_window}")
         if self.token_op == "pool":

@@ -322,7 +322,8 @@ class TrainCollator:
         if any(it[2] != arm for it in items):
             raise ValueError("a batch must share one arm (same T, M): use ArmBatchSampler")
         videos = [it[1] for it in items]
-        batch: dict[str, Any] = self.encoder.train_batch([it[0] for it in items], arm.T, arm.M, keys=videos)
+        batch: dict[str, Any] = self.encoder.train_batch([it[0] for it in items], arm.T, arm.M, keys=videos,
+                                                         summary=arm.summary_layout)
         keys = batch.get("prefix_keys", videos)
         return add_context(batch, self.cache.get(keys, arm, train=True), self.store, arm, keys)
 
@@ -335,7 +336,8 @@ class ChoiceCollator:
 
     def __call__(self, items: list[tuple[ChoicePrompt, str, int]]) -> dict[str, Any]:
         videos = [it[1] for it in items]
-        batch: dict[str, Any] = self.encoder.choice_batch([it[0] for it in items], self.arm.T, self.arm.M, keys=videos)
+        batch: dict[str, Any] = self.encoder.choice_batch([it[0] for it in items], self.arm.T, self.arm.M, keys=videos,
+                                                          summary=self.arm.summary_layout)
         keys = batch.get("prefix_keys", videos)
         add_context(batch, self.cache.get(keys, self.arm), self.store, self.arm, keys)
         batch["index"] = torch.tensor([it[2] for it in items])
@@ -526,7 +528,7 @@ def padding(train_json: str, llm: str, arms: list[Arm], batch_size: int = 16, le
                                                                   "max": int(text.max())}, "arms": {}}
     for arm in arms:
         arm = arm if isinstance(arm, Arm) else Arm.from_id(str(arm))
-        block = len(enc.visual_block(arm.T, arm.M)[0])
+        block = len(enc.visual_block(arm.T, arm.M, arm.summary_layout)[0])
         out["arms"][arm.id] = row = {}
         for G in (0, 50) if length_groups is None else length_groups:
             sampler = ArmBatchSampler(len(ds), [arm], batch_size, seed, lengths=text.tolist(), length_groups=G)

@@ -195,7 +195,7 @@ def generate_answers(model, records: list, store, arm: Arm, batch_size: int, max
             prompts = [enc.choice_prompt(prompt_letters(r.question, r.options), r.options, r.answer,
                                          where=f"{source}: record {start + i} (id {r.id!r})")
                        for i, r in enumerate(chunk)]
-            batch = enc.generation_batch(prompts, arm.T, arm.M)
+            batch = enc.generation_batch(prompts, arm.T, arm.M, summary=arm.summary_layout)
             videos = [r.video for r in chunk]
             add_context(batch, cache.get(videos, arm), store, arm, videos)
             texts += model.generate(batch, max_new_tokens)

@@ -251,7 +251,7 @@ class VisctxArm(lmms):
     def _batch(self, make, prompts: list, videos: list[str]) -> dict[str, Any]:
         from visctx.data import add_context
 
-        batch = make(prompts, self.arm.T, self.arm.M)
+        batch = make(prompts, self.arm.T, self.arm.M, summary=self.arm.summary_layout)
         add_context(batch, self.cache.get(videos, self.arm), self.source, self.arm, videos)
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 

@@ -9,6 +9,10 @@ Batches share one arm (same T, M), are padded on the RIGHT and run WITHOUT an at
 attention is causal, so a real token never sees the pads after it, and sdpa without a mask is
 2-3x faster on CPU than with one (platform notes). Pads never carry loss. Logits are computed only
 at positions that carry loss, which matters with a 152k-word vocabulary.
+
+Batches of an arm with Video-XL's summary tokens (``Arm.summary`` > 1) are the exception: their
+visual block holds summary slots, and they run with the 4-D mask of :mod:`visctx.summary` (full
+rows) or its cache that evicts raw keys and values window by window (shared prefixes, generation).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ MODEL_FORMAT = "visctx-model/1"
 # through the model (measured on the tiny LLM, 4 videos x 4 questions: 15 tokens 14 ms full vs 22 ms
 # shared, 60 tokens 37 vs 17).
 SHARED_PREFIX_MIN = 32
+SUMMARY_FILE = "summary_tokens.safetensors"  # a model dir's summary embedding and projections (visctx.summary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,8 +145,11 @@ class PromptEncoder:
             opts.append(ids)
         return ChoicePrompt(pre, context, tuple(opts), answer)
 
-    def visual_block(self, T: int, M: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids of the block with pads at visual slots, offsets of the T*M visual slots), cached."""
+    def visual_block(self, T: int, M: int, summary: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids of the block with pads at visual slots, offsets of the T*M visual slots), cached;
+        ``summary`` = (r, w): with summary tokens (:meth:`summary_block`)."""
+        if summary is not None:
+            return self.summary_block(T, M, *summary)[:2]
         key = (T, M)
         if key not in self._blocks:
             ids: list[int] = []
@@ -153,10 +161,41 @@ class PromptEncoder:
             self._blocks[key] = (torch.tensor(ids, dtype=torch.long), torch.tensor(slots, dtype=torch.long))
         return self._blocks[key]
 
+    def summary_block(self, T: int, M: int, r: int, w: int) -> tuple[torch.Tensor, ...]:
+        """The visual block with Video-XL's summary tokens (:mod:`visctx.summary`): (ids, offsets of
+        the T*M raw visual slots, offsets of the summary slots, the window in progress at each
+        position of the block), cached. The raw tokens are numbered across frames and cut into
+        windows of w; a summary slot follows every r-th raw token of a window, its last one and the
+        stream's last one. A frame label belongs to the window of the raw token after it (it stays
+        visible to everything after: it is text)."""
+        key = (T, M, r, w)
+        if key not in self._blocks:
+            ids: list[int] = []
+            slots: list[int] = []
+            sums: list[int] = []
+            window: list[int] = []
+            g = 0  # raw tokens so far
+            for i in range(1, T + 1):
+                label = self.ids(self.fmt.frame_label.format(i=i))
+                ids += label
+                window += [g // w] * len(label)
+                for _ in range(M):
+                    slots.append(len(ids))
+                    ids.append(self.pad_id)
+                    window.append(g // w)
+                    g += 1
+                    in_window = (g - 1) % w + 1  # raw tokens of this window so far
+                    if in_window % r == 0 or in_window == w or g == T * M:
+                        sums.append(len(ids))
+                        ids.append(self.pad_id)
+                        window.append((g - 1) // w)
+            self._blocks[key] = tuple(torch.tensor(x, dtype=torch.long) for x in (ids, slots, sums, window))
+        return self._blocks[key]
+
     # -- batches ---------------------------------------------------------------------------------
 
     def _assemble(self, rows: list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]], T: int, M: int,
-                  keys: Sequence[str] | None = None) -> dict[str, Any]:
+                  keys: Sequence[str] | None = None, summary: tuple[int, int] | None = None) -> dict[str, Any]:
         """rows of (pre, post, post_labels) -> a batch.
 
         Without ``keys``, or when no two rows share one: every row is its whole sequence, right-padded
@@ -170,8 +209,16 @@ class PromptEncoder:
         keys and values of the prefix; measured and tested). Rows whose ``pre`` lengths differ keep
         the full layout. ``lengths`` is every row's full length either way; ``n_real``/``n_slots``
         count the token positions computed and how many of them are real (padding accounting).
+
+        ``summary`` = (r, w): the block holds summary slots too (:meth:`summary_block`), given as
+        ``sum_index`` (like ``vis_index``) and ``window_id``, the window in progress at each
+        position of the rows (or of the prefixes; -1 after the video), which the model's attention
+        mask is made of.
         """
-        block, slots = self.visual_block(T, M)
+        if summary is not None:
+            block, slots, sums, window = self.summary_block(T, M, *summary)
+        else:
+            block, slots = self.visual_block(T, M)
         nb = len(block)
         prefix_of: dict[tuple[str, tuple[int, ...]], int] = {}
         if keys is not None:
@@ -197,10 +244,14 @@ class PromptEncoder:
                     ids[r, :len(post)] = torch.tensor(post)
                     labels[r, :len(post)] = torch.tensor(lab)
             posts = sum(len(post) for _, post, _ in rows)
-            return {"prefix_ids": prefix_ids, "vis_index": (slots + lp).expand(P, -1).clone(),
-                    "prefix_keys": [k for k, _ in prefix_of], "row_prefix": torch.tensor(row_prefix),
-                    "input_ids": ids, "labels": labels, "lengths": torch.tensor([Lp + len(r[1]) for r in rows]),
-                    "n_real": torch.tensor(P * Lp + posts), "n_slots": torch.tensor(P * Lp + R * Lc)}
+            out = {"prefix_ids": prefix_ids, "vis_index": (slots + lp).expand(P, -1).clone(),
+                   "prefix_keys": [k for k, _ in prefix_of], "row_prefix": torch.tensor(row_prefix),
+                   "input_ids": ids, "labels": labels, "lengths": torch.tensor([Lp + len(r[1]) for r in rows]),
+                   "n_real": torch.tensor(P * Lp + posts), "n_slots": torch.tensor(P * Lp + R * Lc)}
+            if summary is not None:
+                out["sum_index"] = (sums + lp).expand(P, -1).clone()
+                out["window_id"] = torch.cat([torch.zeros(lp, dtype=torch.long), window]).expand(P, -1).clone()
+            return out
         lengths = [len(pre) + nb + len(post) for pre, post, _ in rows]
         Lmax = max(lengths)
         ids = torch.full((len(rows), Lmax), self.pad_id, dtype=torch.long)
@@ -215,29 +266,39 @@ class PromptEncoder:
                 ids[r, p + nb:p + nb + len(post)] = torch.tensor(post)
                 labels[r, p + nb:p + nb + len(post)] = torch.tensor(lab)
             vis[r] = slots + p
-        return {"input_ids": ids, "labels": labels, "vis_index": vis, "lengths": torch.tensor(lengths),
-                "n_real": torch.tensor(sum(lengths)), "n_slots": torch.tensor(len(rows) * Lmax)}
+        out = {"input_ids": ids, "labels": labels, "vis_index": vis, "lengths": torch.tensor(lengths),
+               "n_real": torch.tensor(sum(lengths)), "n_slots": torch.tensor(len(rows) * Lmax)}
+        if summary is not None:
+            out["sum_index"] = torch.stack([sums + len(pre) for pre, _, _ in rows])
+            out["window_id"] = torch.full((len(rows), Lmax), -1, dtype=torch.long)
+            for r, (pre, _, _) in enumerate(rows):
+                out["window_id"][r, :len(pre)] = 0
+                out["window_id"][r, len(pre):len(pre) + nb] = window
+        return out
 
-    def train_batch(self, prompts: Sequence[Prompt], T: int, M: int,
-                    keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """``keys``: each prompt's video, so that prompts of one video share the visual prefix."""
-        return self._assemble([(p.pre, p.post, p.post_labels) for p in prompts], T, M, keys)
+    def train_batch(self, prompts: Sequence[Prompt], T: int, M: int, keys: Sequence[str] | None = None,
+                    summary: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """``keys``: each prompt's video, so that prompts of one video share the visual prefix;
+        ``summary``: (r, w) of summary tokens (``Arm.summary_layout``)."""
+        return self._assemble([(p.pre, p.post, p.post_labels) for p in prompts], T, M, keys, summary)
 
-    def generation_batch(self, prompts: Sequence[ChoicePrompt], T: int, M: int) -> dict[str, torch.Tensor]:
+    def generation_batch(self, prompts: Sequence[ChoicePrompt], T: int, M: int,
+                         summary: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
         """``pre`` + visual block + ``context`` per item (the options are not appended): the prompt
         a model continues in generation mode."""
-        return self._assemble([(p.pre, p.context, (IGNORE,) * len(p.context)) for p in prompts], T, M)
+        return self._assemble([(p.pre, p.context, (IGNORE,) * len(p.context)) for p in prompts], T, M,
+                              summary=summary)
 
-    def choice_batch(self, prompts: Sequence[ChoicePrompt], T: int, M: int,
-                     keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def choice_batch(self, prompts: Sequence[ChoicePrompt], T: int, M: int, keys: Sequence[str] | None = None,
+                     summary: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
         """Single-token options of all items: one row per item, read the next-token distribution.
         Otherwise one row per (item, option), with labels on the option's tokens. ``keys``: each
-        item's video (items of one video share the visual prefix)."""
+        item's video (items of one video share the visual prefix); ``summary``: (r, w)."""
         K = max(len(p.options) for p in prompts)
         single = all(len(o) == 1 for p in prompts for o in p.options)
         if single:
             rows = [(p.pre, p.context, (IGNORE,) * len(p.context)) for p in prompts]
-            batch = self._assemble(rows, T, M, keys)
+            batch = self._assemble(rows, T, M, keys, summary)
             option_ids = torch.zeros((len(prompts), K), dtype=torch.long)
             option_mask = torch.zeros((len(prompts), K), dtype=torch.bool)
             for b, p in enumerate(prompts):
@@ -251,7 +312,7 @@ class PromptEncoder:
                 rows.append((p.pre, p.context + opt, (IGNORE,) * len(p.context) + opt))
                 row_item.append(b)
                 row_option.append(k)
-        batch = self._assemble(rows, T, M, None if keys is None else [keys[b] for b in row_item])
+        batch = self._assemble(rows, T, M, None if keys is None else [keys[b] for b in row_item], summary)
         return batch | {"row_item": torch.tensor(row_item), "row_option": torch.tensor(row_option),
                         "n_items": torch.tensor(len(prompts)), "n_options": torch.tensor(K),
                         "answer": torch.tensor([p.answer for p in prompts]), "single_token": torch.tensor(False)}
@@ -297,10 +358,15 @@ class VideoModel(nn.Module):
 
     Batches carry either cached patch features already cut to the arm (``visual``) or, for a
     model with its own tower (``vision``, :class:`visctx.features.VisionEncoder`), the arm's raw
-    frames (``frames`` + ``arm``) that the tower encodes and the operators cut in the forward."""
+    frames (``frames`` + ``arm``) that the tower encodes and the operators cut in the forward.
+
+    ``summary_tokens``: give the model Video-XL's summary tokens (:mod:`visctx.summary`; also
+    :meth:`enable_summary_tokens`), which batches of an arm with ``summary`` > 1 need; a batch
+    without summary slots runs exactly as the model without them."""
 
     def __init__(self, llm, tokenizer, vision_dim: int, prompt_format: PromptFormat = PromptFormat(),
-                 projector: Projector | None = None, meta: dict | None = None, vision: nn.Module | None = None):
+                 projector: Projector | None = None, meta: dict | None = None, vision: nn.Module | None = None,
+                 summary_tokens: bool = False):
         super().__init__()
         if vision is not None and vision.dim != vision_dim:
             raise ValueError(f"the vision tower gives {vision.dim}-wide features, the projector expects {vision_dim}")
@@ -317,6 +383,18 @@ class VideoModel(nn.Module):
         self.prompt_format = prompt_format
         self.encoder = PromptEncoder(tokenizer, prompt_format)
         self.meta: dict[str, Any] = dict(meta or {})
+        self.summary_tokens = None
+        if summary_tokens:
+            self.enable_summary_tokens()
+
+    def enable_summary_tokens(self):
+        """Add the summary embedding and per-layer summary projections, initialised from the LLM's
+        current ones (once; a model that has them keeps them). Returns the module."""
+        if self.summary_tokens is None:
+            from visctx.summary import SummaryTokens
+
+            self.summary_tokens = SummaryTokens(self.llm)
+        return self.summary_tokens
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -353,10 +431,39 @@ class VideoModel(nn.Module):
             visual = visual[batch["row_item"]]
         v = self.projector(visual.to(emb.dtype)).reshape(emb.shape[0], T * M, -1)
         idx = batch["vis_index"].unsqueeze(-1).expand(-1, -1, emb.shape[-1])
-        return emb.scatter(1, idx, v)
+        emb = emb.scatter(1, idx, v)
+        if "sum_index" in batch:
+            if self.summary_tokens is None:
+                raise ValueError("the batch has summary-token slots (an arm with summary > 1) but this model has no "
+                                 "summary tokens (VideoModel.enable_summary_tokens)")
+            sidx = batch["sum_index"].unsqueeze(-1).expand(-1, -1, emb.shape[-1])
+            emb = emb.scatter(1, sidx, self.summary_tokens.embedding.to(emb.dtype).expand(sidx.shape))
+        return emb
+
+    def _summary_inputs(self, batch: dict[str, Any], L: int) -> dict[str, Any]:
+        """The forward keywords of a full-row summary batch: the 4-D mask and the summary flags."""
+        from visctx.summary import FLAGS, attention_mask, mask_for
+
+        if "sum_index" not in batch:
+            return {}
+        B = batch["vis_index"].shape[0]
+        dev = batch["vis_index"].device
+        raw = torch.zeros(B, L, dtype=torch.bool, device=dev).scatter_(1, batch["vis_index"], True)
+        flags = torch.zeros(B, L, dtype=torch.bool, device=dev).scatter_(1, batch["sum_index"], True)
+        mask = attention_mask(raw, batch["window_id"][:, :L])
+        return {"attention_mask": mask_for(self.llm, mask, self.llm.get_input_embeddings().weight.dtype), FLAGS: flags}
+
+    def _summary_layout(self, batch: dict[str, Any], row: int, end: int) -> tuple[torch.Tensor, ...]:
+        """(raw, summary flags, window) of ``row``'s first ``end`` positions: the prefix
+        :func:`visctx.summary.prefill` runs."""
+        dev = batch["vis_index"].device
+        raw = torch.zeros(end, dtype=torch.bool, device=dev).scatter_(0, batch["vis_index"][row], True)
+        flags = torch.zeros(end, dtype=torch.bool, device=dev).scatter_(0, batch["sum_index"][row], True)
+        return raw, flags, batch["window_id"][row, :end]
 
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.llm.base_model(inputs_embeds=self.embed(batch), use_cache=False)
+        emb = self.embed(batch)
+        out = self.llm.base_model(inputs_embeds=emb, use_cache=False, **self._summary_inputs(batch, emb.shape[1]))
         return out.last_hidden_state
 
     def _unshared(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -372,6 +479,9 @@ class VideoModel(nn.Module):
                 out[key] = batch[key][rp]
         if "mask_seeds" in batch:
             out["mask_seeds"] = [batch["mask_seeds"][int(p)] for p in rp]
+        if "sum_index" in batch:
+            out["sum_index"] = batch["sum_index"][rp]
+            out["window_id"] = F.pad(batch["window_id"][rp], (0, batch["input_ids"].shape[1]), value=-1)
         return out
 
     def _predicting_states(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -386,6 +496,16 @@ class VideoModel(nn.Module):
         from transformers import DynamicCache
 
         rp = batch["row_prefix"]
+        if "sum_index" in batch:  # the prefix window by window, each window's raw keys/values evicted
+            from visctx.summary import prefill, run_chunk
+
+            emb = self.embed(batch)
+            Lp = emb.shape[1]
+            cache, last, _ = prefill(self.llm, emb, *self._summary_layout(batch, 0, Lp))
+            cache.batch_select_indices(rp)
+            cont = run_chunk(self.llm, self.llm.get_input_embeddings()(batch["input_ids"]), cache, Lp)
+            h = torch.cat([last[rp].unsqueeze(1), cont], 1)
+            return h, F.pad(batch["labels"], (0, 1), value=IGNORE), batch["lengths"] - Lp
         out = self.llm.base_model(inputs_embeds=self.embed(batch), past_key_values=DynamicCache(config=self.llm.config),
                                   use_cache=True)
         cache = out.past_key_values
@@ -439,7 +559,11 @@ class VideoModel(nn.Module):
         """Greedy continuations of a :meth:`PromptEncoder.generation_batch`, decoded to text.
 
         The rows are right-padded; generation appends after each row's last token, so they are
-        moved to the right end (left padding) with the mask and positions following them."""
+        moved to the right end (left padding) with the mask and positions following them. With
+        summary tokens each row is decoded on its own from the evicting cache
+        (:meth:`_generate_with_summaries`)."""
+        if "sum_index" in batch:
+            return self._generate_with_summaries(batch, max_new_tokens)
         emb = self.embed(batch)
         B, L, _ = emb.shape
         lengths = batch["lengths"].tolist()
@@ -454,12 +578,38 @@ class VideoModel(nn.Module):
                                 do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
+    @torch.no_grad()
+    def _generate_with_summaries(self, batch: dict[str, torch.Tensor], max_new_tokens: int) -> list[str]:
+        """Greedy decoding as :meth:`generate`, each row's visual prefix run window by window with
+        its raw keys and values evicted, so the text after the video sees only the summaries."""
+        from visctx.summary import prefill, run_chunk
+
+        emb = self.embed(batch)
+        head, embed_tokens = self.llm.get_output_embeddings(), self.llm.get_input_embeddings()
+        eos = self.tokenizer.eos_token_id
+        texts = []
+        for r in range(emb.shape[0]):
+            end, n = int(batch["sum_index"][r, -1]) + 1, int(batch["lengths"][r])  # the block ends with a summary
+            cache, h, _ = prefill(self.llm, emb[r:r + 1, :end], *self._summary_layout(batch, r, end))
+            if n > end:
+                h = run_chunk(self.llm, emb[r:r + 1, end:n], cache, end)[:, -1]
+            new: list[int] = []
+            for pos in range(n, n + max_new_tokens):
+                tok = int(head(h).argmax(-1))
+                if tok == eos:
+                    break
+                new.append(tok)
+                h = run_chunk(self.llm, embed_tokens(torch.tensor([[tok]], device=emb.device)), cache, pos)[:, -1]
+            texts.append(self.tokenizer.decode(new, skip_special_tokens=True).strip())
+        return texts
+
     # -- persistence -----------------------------------------------------------------------------
 
     def save(self, out_dir: str | Path, **meta: Any) -> Path:
         """Write the model dir: ``llm/`` (save_pretrained + tokenizer), ``projector.safetensors``,
         ``model.json`` (dims, prompt format, provenance), ``vision/`` for a model with its own
-        tower. Not atomic; see ``train`` for that."""
+        tower, ``summary_tokens.safetensors`` for one with summary tokens. Not atomic; see
+        ``train`` for that."""
         from safetensors.torch import save_file
 
         out = Path(out_dir)
@@ -470,6 +620,9 @@ class VideoModel(nn.Module):
         self.tokenizer.save_pretrained(out / "llm")
         save_file({k: v.detach().contiguous() for k, v in self.projector.state_dict().items()},
                   str(out / "projector.safetensors"))
+        if self.summary_tokens is not None:  # beside the LLM, which save_pretrained writes plain
+            save_file({k: v.detach().contiguous() for k, v in self.summary_tokens.state_dict().items()},
+                      str(out / SUMMARY_FILE))
         info = {
             "format": MODEL_FORMAT,
             "vision_dim": self.vision_dim,
@@ -520,7 +673,10 @@ class VideoModel(nn.Module):
             vision = VisionEncoder.load(d / "vision", trainable=bool(info["vision"].get("trainable")), dtype=dtype)
         meta = {k: v for k, v in info.items()
                 if k not in ("format", "vision_dim", "llm_hidden", "projector", "prompt_format", "vision")}
-        return cls(llm, tok, info["vision_dim"], fmt, projector=proj.to(dtype), meta=meta, vision=vision)
+        model = cls(llm, tok, info["vision_dim"], fmt, projector=proj.to(dtype), meta=meta, vision=vision)
+        if (d / SUMMARY_FILE).is_file():
+            model.enable_summary_tokens().load_state_dict(load_file(str(d / SUMMARY_FILE)))
+        return model
 
 
 def check_safetensors(path: str | Path) -> None:

@@ -115,7 +115,7 @@ def niah(
                 chunk = items[b:b + batch_size]
                 x = torch.from_numpy(np.stack([store.get(r.video)[haystack_indices(store.frames, j, arm.T - 1, depth)]
                                                for r, j in chunk]))
-                batch = model.encoder.choice_batch(prompts[b:b + batch_size], arm.T, arm.M)
+                batch = model.encoder.choice_batch(prompts[b:b + batch_size], arm.T, arm.M, summary=arm.summary_layout)
                 videos = [r.video for r, _ in chunk]
                 add_context(batch, x if is_frames(store) else visual_context(x.float(), arm, mask_seeds(videos, arm)),
                             store, arm, videos)

@@ -328,6 +328,10 @@ def train(
                            projector=Projector(dim, llm.get_input_embeddings().embedding_dim, mean, std), vision=vision)
         init_kind = "llm"
     configure_llm(model.llm, gradient_checkpointing, attn_implementation, accelerator)
+    if any(a.summary > 1 for a in arms):  # summary tokens from the LLM's projections as they are now
+        model.enable_summary_tokens()
+    if any(a.summary > 1 for a in arms):  # summary tokens from the LLM's projections as they are now
+        model.enable_summary_tokens()
     if model.vision is not None:  # a frozen tower keeps no activations to recompute
         set_checkpointing(model.vision.tower, gradient_checkpointing and model.vision.trainable)
     module = VideoLM(model, lr, warmup_steps, steps, weight_decay)
