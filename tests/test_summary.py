@@ -124,6 +124,8 @@ def test_the_evicting_cache_equals_the_masked_forward(model, monkeypatch):
     shared = batch_of(model, ps, keys=videos)
     full = batch_of(model, ps, n_visual=4)
     assert "row_prefix" in shared and "row_prefix" not in full
+    # rows of different videos take the prefix layout too: a prefix each, through the evicting cache
+    assert model.encoder.train_batch(ps[:2], T, M, keys=["a", "b"], summary=(R, W))["row_prefix"].tolist() == [0, 1]
     full["visual"] = shared["visual"][shared["row_prefix"]]
     model.train()
     results = []

@@ -4,6 +4,7 @@ arithmetic (tokens/s, FLOPs per token, MFU) is consistent. Speed itself is never
 import json
 
 import pytest
+import torch
 
 from visctx.throughput import flops_per_token, throughput
 from tiny_llm import tiny_llm
@@ -65,3 +66,72 @@ def test_the_tower_in_the_forward_is_timed_and_counted(llm_dir, tmp_path, traina
     patches = 2 * 3 * 27 * 27
     extra = (6.0 if trainable else 2.0) * n_tower * patches / (2 * r["seq_len"])
     assert r["flops_per_token"] == pytest.approx(cached["flops_per_token"] + extra)
+
+
+# -- memory and time per method at one window (issue 14) ------------------------------------------
+
+
+def test_saved_activation_bytes_counts_each_saved_storage_once():
+    from visctx.throughput import saved_activation_bytes
+
+    a = torch.randn(100, requires_grad=True)
+    w = torch.nn.Parameter(torch.randn(100))
+    # sin saves its input a; exp saves its output (100 floats); a * a saves a twice (one storage); * w saves a and w
+    out, n = saved_activation_bytes(lambda: (a.sin() + a.exp() + a * a + a * w).sum(), exclude=(w,))
+    assert n == 2 * 100 * 4
+    out.backward()  # the saved tensors still serve the backward
+    assert a.grad is not None
+
+
+def test_methods_at_one_window_are_accounted_on_a_microscopic_model(llm_dir, tmp_path):
+    """Same window L = T*M for every method: sampling, pooling and both maskings cost the LLM the
+    same step; summary tokens take r times the raw tokens but the text after the video keeps
+    the same keys and values, and the video's peak cache is bounded by a window."""
+    from transformers import AutoConfig
+
+    from visctx.throughput import method_costs
+
+    out = tmp_path / "m.json"
+    r = method_costs(str(llm_dir), T=2, M=4, ratio=4, methods=["sample", "pool", "mask", "tube", "summary", "grid"],
+                     vision_dim=8, steps=1, warmup=0, isolate=False, out_json=str(out))
+    assert json.loads(out.read_text()) == r and r["window"] == 8 and r["summary_window"] == 16
+    m = r["methods"]
+    assert m["summary"]["arm"] == "T2-M16-pool-vst4w16" and m["mask"]["arm"] == "T2-M4-mask"
+    cfg = AutoConfig.from_pretrained(llm_dir)
+    per_position = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    at_l = ["sample", "pool", "mask", "tube", "summary"]
+    labels = m["pool"]["prefix_positions"] - 8  # the frame labels (no text before the video)
+    for name in at_l:
+        row = m[name]
+        assert row["kept_visual_tokens"] == 8 and row["kept_positions"] == labels + 8
+        assert row["kept_kv_bytes"] == per_position * (labels + 8)
+        assert row["seconds_per_step"] > 0 and row["context_s"] >= 0 and row["peak_memory_gib"] > 0
+    for name in ("sample", "mask", "tube"):  # one LLM step for every operator at the same (T, M)
+        assert m[name]["activation_bytes"] == m["pool"]["activation_bytes"]
+        assert m[name]["peak_kv_bytes"] == m[name]["kept_kv_bytes"]
+    s = m["summary"]
+    assert s["raw_visual_tokens"] == 32 and s["prefix_positions"] == labels + 32 + 8
+    # while the video runs: the kept keys/values plus one window (label + 16 raw + 4 summaries), never the whole
+    assert s["kept_kv_bytes"] < s["peak_kv_bytes"] < per_position * s["prefix_positions"]
+    assert s["activation_bytes"] > m["pool"]["activation_bytes"]
+    assert m["grid"]["activation_bytes"] > m["mask"]["activation_bytes"]  # what masking 8 of 2 x 729 saves
+
+
+def test_an_isolated_method_gives_the_same_accounting(llm_dir):
+    from visctx.throughput import method_costs
+
+    kw = dict(T=2, M=4, methods=["tube"], vision_dim=8, steps=1, warmup=0)
+    alone, here = method_costs(str(llm_dir), isolate=True, **kw), method_costs(str(llm_dir), isolate=False, **kw)
+    for key in ("activation_bytes", "kept_kv_bytes", "seq_len", "arm"):
+        assert alone["methods"]["tube"][key] == here["methods"]["tube"][key]
+
+
+def test_bad_method_settings_are_named(llm_dir):
+    from visctx.throughput import method_costs
+
+    with pytest.raises(ValueError, match="methods=\\['crop'\\]"):
+        method_costs(str(llm_dir), methods=["crop"])
+    with pytest.raises(ValueError, match="2\\*M=8 raw tokens per frame"):
+        method_costs(str(llm_dir), T=2, M=4, ratio=2)
+    with pytest.raises(ValueError, match="not a multiple of the ratio"):
+        method_costs(str(llm_dir), T=2, M=4, ratio=4, window=18)

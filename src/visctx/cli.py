@@ -52,6 +52,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "fits": ("visctx.fit", "write_fits", "fit the scaling laws, bootstrap, optimum"),
     "optimum": ("visctx.fit", "optimum_cli", "which (T, M) for a window L, with intervals"),
     "throughput": ("visctx.throughput", "throughput", "tokens/s, MFU and peak memory of training at (T, M)"),
+    "method-costs": ("visctx.throughput", "method_costs",
+                     "peak memory and step time of sampling, pooling, masking and summary tokens at one window"),
     "padding": ("visctx.data", "padding", "how much of an epoch's batches is padding, with and without length_groups"),
     "tables": ("visctx.report", "write_tables", "write the paper's tables (md, csv, tex)"),
     "figures": ("visctx.report", "write_figures", "draw the figures"),

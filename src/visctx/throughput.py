@@ -176,3 +176,237 @@ def throughput(
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory and time per method at one window (issue 14)
+
+METHODS = ("sample", "pool", "mask", "tube", "summary", "grid")
+DEFAULT_METHODS = ("sample", "pool", "mask", "tube", "summary")
+
+
+def method_arms(T: int, M: int, ratio: int = 4, window: int = 0) -> dict[str, "Arm"]:
+    """The arm of each method at the window L = T*M visual tokens that the text after the video
+    sees: sampling, pooling and random masking (per frame, tube) of M tokens per frame; summary
+    tokens over r*M pooled raw tokens per frame, r of them per summary, in windows of ``window`` raw
+    tokens (0: one frame), so T*M summaries; ``grid``, the unmasked 27x27 grid masking drops from
+    (a reference, not at L)."""
+    from visctx.config import Arm
+    from visctx.context import GRID
+
+    w = window or ratio * M
+    if w % ratio:
+        raise ValueError(f"window={w} raw tokens is not a multiple of the ratio r={ratio}: the summaries would "
+                         f"not come to T*M={T * M}")
+    arms = {op: Arm(T, M, op) for op in ("sample", "pool", "mask", "tube")}
+    try:
+        arms["summary"] = Arm(T, ratio * M, "pool", 1, ratio, w)
+    except ValueError as e:
+        raise ValueError(f"summary tokens at r={ratio}: {ratio}*M={ratio * M} raw tokens per frame must be a pooled "
+                         f"token count ({e})") from None
+    arms["grid"] = Arm(T, GRID * GRID, "sample")
+    return arms
+
+
+def saved_activation_bytes(fn, exclude: tuple[torch.Tensor, ...] = ()):
+    """(``fn()``, bytes of the tensors autograd saves for the backward pass while it runs): the
+    activation memory of a forward, counted once per storage (views and repeats of one tensor
+    share it) and without the storages of ``exclude`` (the parameters, which are not activations)."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def video_cache(model, batch: dict) -> dict[str, int]:
+    """Keys and values of the visual prefix (prompt + visual block) of the batch's first row: what
+    the text after the video attends to (``kept_kv_bytes``) and the most held while the prefix
+    runs (``peak_kv_bytes``: the whole prefix, or with summary tokens the kept ones plus one
+    window). Runs without gradients."""
+    from transformers import DynamicCache
+
+    from visctx.summary import cache_bytes, prefill
+
+    with torch.no_grad():
+        emb = model.embed(batch)
+        if "sum_index" in batch:
+            end = int(batch["sum_index"][0, -1]) + 1
+            raw, flags, window = model._summary_layout(batch, 0, end)
+            cache, _, kept = prefill(model.llm, emb[:1, :end], raw, flags, window)
+            per_position = cache_bytes(cache) // kept[-1]
+            sizes = [int(n) for n in torch.bincount(window - window.min())]  # positions per window's chunk
+            peak = max(k + s for k, s in zip([0, *kept[:-1]], sizes))
+            return {"kept_kv_bytes": cache_bytes(cache), "peak_kv_bytes": peak * per_position,
+                    "kept_positions": kept[-1], "prefix_positions": end}
+        end = int(batch["vis_index"][0, -1]) + 1
+        cache = DynamicCache(config=model.llm.config)
+        model.llm.base_model(inputs_embeds=emb[:1, :end], past_key_values=cache, use_cache=True)
+        n = cache_bytes(cache)
+        return {"kept_kv_bytes": n, "peak_kv_bytes": n, "kept_positions": end, "prefix_positions": end}
+
+
+def _rss_gib(field: str) -> float | None:
+    """``VmRSS`` / ``VmHWM`` (peak) of this process from /proc, in GiB (None off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def method_cost(llm: str, arm_id: str, vision_dim: int = 16, batch_size: int = 1, steps: int = 5, warmup: int = 1,
+                device: str = "cpu", dtype: str = "fp32", threads: int = 0) -> dict:
+    """One method's costs (see :func:`method_costs`), in this process."""
+    from visctx.config import Arm
+    from visctx.context import GRID, mask_seeds, visual_context
+    from visctx.model import VideoModel
+    from visctx.pretrained import load_llm
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    arm = Arm.from_id(arm_id)
+    dev = _device(device)
+    torch.manual_seed(0)
+    lm, tok = load_llm(llm, dtype=DTYPES[dtype])
+    model = VideoModel(lm, tok, vision_dim, summary_tokens=arm.summary > 1).to(dev)
+    model.train()
+    enc = model.encoder
+    prompt = enc.train_prompt([("<video>\nwhat happens in the video", "yes")])
+    videos = [f"video{i}" for i in range(batch_size)]  # one question each: the layout training gives them
+    batch = enc.train_batch([prompt] * batch_size, arm.T, arm.M, keys=videos, summary=arm.summary_layout)
+    grid = torch.randn(batch_size, arm.T * arm.time_kernel, GRID, GRID, vision_dim, device=dev)
+    t0 = time.perf_counter()
+    batch["visual"] = visual_context(grid, arm, mask_seeds(videos, arm), train=True)  # the collator's work
+    context_s = time.perf_counter() - t0
+    batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    params = tuple(model.parameters())
+    loss, activations = saved_activation_bytes(lambda: model(batch), exclude=params)
+    loss.backward()
+    kv = video_cache(model, batch)
+    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-5)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model(batch).backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    before = torch.cuda.memory_allocated(dev) / 2**30 if dev.type == "cuda" else _rss_gib("VmRSS")
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = (time.perf_counter() - t0) / steps
+    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else _rss_gib("VmHWM")
+    return {"arm": arm.id, "token_op": arm.token_op, "T": arm.T, "M": arm.M, "raw_visual_tokens": arm.tokens,
+            "kept_visual_tokens": arm.kept_tokens, "seq_len": int(batch["lengths"].max()),
+            "seconds_per_step": seconds, "context_s": context_s, "activation_bytes": activations, **kv,
+            "memory_before_steps_gib": before, "peak_memory_gib": peak}
+
+
+def method_costs(
+    llm: str,
+    T: int = 8,
+    M: int = 49,
+    ratio: int = 4,
+    window: int = 0,
+    methods: list[str] | None = None,
+    vision_dim: int = 16,
+    batch_size: int = 1,
+    steps: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    threads: int = 1,
+    isolate: bool = True,
+    out_json: str | None = None,
+) -> dict:
+    """Memory and time of one training step per way of spending a window of L = T*M visual
+    tokens (:func:`method_arms`): token sampling, pooling, random masking per frame and as a tube,
+    and summary tokens at ratio r over r times the raw tokens. Per method: seconds per step
+    (forward, backward, AdamW), the seconds the operator takes to cut the context from a random
+    27x27 feature grid (the collator's share), the bytes autograd saves for the backward (the
+    activation memory, counted exactly, :func:`saved_activation_bytes`), the keys and values the
+    text after the video attends to and the most held while the video runs
+    (:func:`video_cache`), and the process's peak memory (CUDA: allocated). With ``isolate`` each
+    method runs in its own process, so that each peak is its own (a process's peak resident set
+    never falls). Inputs are random: costs do not depend on their values.
+
+    Args:
+        llm: the LLM (a ``save_pretrained`` dir, e.g. the study's tiny one, or a hub name on disk).
+        T: frames.
+        M: tokens per frame: the window is L = T*M.
+        ratio: the summary tokens' compression ratio r (raw tokens per summary).
+        window: the summary tokens' window in raw tokens (0: one frame, r*M).
+        methods: which of sample, pool, mask, tube, summary, grid (default: all but grid, the
+            unmasked grid).
+        vision_dim: width of the visual features (the tiny tower: 16; SigLIP-so400m: 1152).
+        batch_size: sequences per step.
+        steps: timed training steps.
+        warmup: untimed steps before them.
+        device: ``cpu``, ``cuda[:i]`` or ``auto``.
+        dtype: ``fp32``, ``bf16`` or ``fp16``.
+        threads: torch's CPU threads (0: torch's default).
+        isolate: run each method in a process of its own (its own peak memory).
+        out_json: where to write the report (default: not written).
+    """
+    import os
+    import subprocess
+
+    import visctx
+
+    src = str(Path(visctx.__file__).resolve().parents[1])  # the children import this very library
+    names = list(DEFAULT_METHODS if methods is None else methods)
+    bad = [m for m in names if m not in METHODS]
+    if bad:
+        raise ValueError(f"methods={bad}: allowed {', '.join(METHODS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}; allowed: {', '.join(DTYPES)}")
+    if min(T, M, ratio, batch_size, steps) < 1 or warmup < 0:
+        raise ValueError(f"need T, M, ratio, batch_size, steps >= 1 and warmup >= 0; got T={T}, M={M}, "
+                         f"ratio={ratio}, batch_size={batch_size}, steps={steps}, warmup={warmup}")
+    arms = method_arms(T, M, ratio, window)
+    common = dict(llm=str(llm), vision_dim=vision_dim, batch_size=batch_size, steps=steps, warmup=warmup,
+                  device=device, dtype=dtype, threads=threads)
+    rows: dict[str, dict] = {}
+    for name in names:
+        kw = dict(common, arm_id=arms[name].id)
+        if not isolate:
+            rows[name] = method_cost(**kw)
+            continue
+        code = ("import json, sys\nfrom visctx.throughput import method_cost\n"
+                "print(json.dumps(method_cost(**json.loads(sys.argv[1]))))")
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(kw)], capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                  p for p in (src, os.environ.get("PYTHONPATH")) if p)))
+        if proc.returncode:
+            raise RuntimeError(f"method {name} ({arms[name].id}) failed:\n{proc.stderr[-2000:]}")
+        rows[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    dev = _device(device)
+    result = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
+        f"cpu ({platform.processor() or platform.machine()}, {threads or torch.get_num_threads()} threads)",
+        "llm": str(llm), "window": T * M, "T": T, "M": M, "ratio": ratio,
+        "summary_window": arms["summary"].summary_window,
+        "batch_size": batch_size, "dtype": dtype, "steps": steps, "isolated": isolate, "torch": torch.__version__,
+        "methods": rows,
+    }
+    if out_json:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
