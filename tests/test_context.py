@@ -187,3 +187,13 @@ def test_summary_arms_count_what_the_text_after_the_video_keeps():
     assert Arm(8, 49).to_dict() == {"T": 8, "M": 49, "token_op": "pool", "time_kernel": 1, "frame_op": "sample",
                                     "id": "T8-M49-pool", "tokens": 392}  # the record it always had
     assert arm.to_dict()["kept_tokens"] == 392 and arm.to_dict()["summary"] == 4
+
+
+def test_every_method_spends_the_same_window():
+    from visctx.config import method_arm
+
+    arms = {m: method_arm(m, 8, 49) for m in ("sample", "pool", "mask", "tube", "masktrain", "summary")}
+    assert {a.kept_tokens for a in arms.values()} == {392}
+    assert arms["summary"].id == "T8-M196-pool-vst4w196" and arms["summary"].tokens == 4 * 392
+    assert method_arm("summary", 8, 49, ratio=4, window=784).kept_tokens == 392  # four frames a window
+    assert method_arm("summary", 4, 9, ratio=9).id == "T4-M81-pool-vst9w81"

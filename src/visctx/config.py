@@ -163,6 +163,24 @@ def frame_arm(T: int, M: int, frame_op: str, source: int, token_op: str = "pool"
     return Arm(T, M, token_op, kt)
 
 
+def method_arm(method: str, T: int, M: int, ratio: int = 4, window: int = 0) -> Arm:
+    """The arm by which ``method`` spends a window of L = T*M visual tokens (what the text after
+    the video attends to): a token operator's (T, M) arm, or for ``summary`` Video-XL's summary
+    tokens at ratio r over r*M pooled raw tokens per frame, in windows of ``window`` raw tokens
+    (0: one frame, r*M; a multiple of r), which keep exactly T*M summaries."""
+    if method != "summary":
+        return Arm(T, M, method)
+    w = window or ratio * M
+    if w % ratio:
+        raise ValueError(f"window={w} raw tokens is not a multiple of the ratio r={ratio}: the summaries would "
+                         f"not come to T*M={T * M}")
+    try:
+        return Arm(T, ratio * M, "pool", 1, ratio, w)
+    except ValueError as e:
+        raise ValueError(f"summary tokens at r={ratio}: {ratio}*M={ratio * M} raw tokens per frame must be a pooled "
+                         f"token count ({e})") from None
+
+
 def study_points(studies: dict[str, Any]) -> list[StudyPoint]:
     """Expand the ``studies`` section into design points (the only study -> arm mapping)."""
     points: list[StudyPoint] = []

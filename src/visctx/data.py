@@ -352,8 +352,10 @@ def step_cost(arm: Arm, text_tokens: int = 12, label_tokens: int = 3) -> float:
 
     Fitted to measured step times (2-layer hidden-64 Qwen2, batch 16, 1 thread, sdpa, no mask):
     ~12 ms + 0.21 ms * L + 0.00067 ms * L^2 (L=15: 16 ms, 219: 90 ms, 395: 200 ms, 807: 620 ms).
+    Summary-token slots count as tokens (not fitted: the evicting cache runs a video window by
+    window, ``visctx method-costs`` measures it).
     """
-    L = arm.T * (label_tokens + arm.M) + text_tokens
+    L = arm.T * (label_tokens + arm.M) + arm.summaries + text_tokens
     return 12.0 + 0.21 * L + 0.00067 * L * L
 
 

@@ -186,24 +186,12 @@ DEFAULT_METHODS = ("sample", "pool", "mask", "tube", "summary")
 
 
 def method_arms(T: int, M: int, ratio: int = 4, window: int = 0) -> dict[str, "Arm"]:
-    """The arm of each method at the window L = T*M visual tokens that the text after the video
-    sees: sampling, pooling and random masking (per frame, tube) of M tokens per frame; summary
-    tokens over r*M pooled raw tokens per frame, r of them per summary, in windows of ``window`` raw
-    tokens (0: one frame), so T*M summaries; ``grid``, the unmasked 27x27 grid masking drops from
-    (a reference, not at L)."""
-    from visctx.config import Arm
+    """Each method's arm at the window L = T*M (:func:`visctx.config.method_arm`), and ``grid``:
+    the unmasked 27x27 grid that masking drops from (a reference, not at L)."""
+    from visctx.config import Arm, method_arm
     from visctx.context import GRID
 
-    w = window or ratio * M
-    if w % ratio:
-        raise ValueError(f"window={w} raw tokens is not a multiple of the ratio r={ratio}: the summaries would "
-                         f"not come to T*M={T * M}")
-    arms = {op: Arm(T, M, op) for op in ("sample", "pool", "mask", "tube")}
-    try:
-        arms["summary"] = Arm(T, ratio * M, "pool", 1, ratio, w)
-    except ValueError as e:
-        raise ValueError(f"summary tokens at r={ratio}: {ratio}*M={ratio * M} raw tokens per frame must be a pooled "
-                         f"token count ({e})") from None
+    arms = {m: method_arm(m, T, M, ratio, window) for m in METHODS if m != "grid"}
     arms["grid"] = Arm(T, GRID * GRID, "sample")
     return arms
 
