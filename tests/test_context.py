@@ -124,6 +124,8 @@ def test_mask_is_a_pure_function_of_video_and_arm():
     assert seeds == [mask_seed("a.mp4", arm.id), mask_seed("b.mp4", arm.id)] and seeds[0] != seeds[1]
     assert mask_seed("a.mp4", arm.id) == 1442204338  # CRC-32: the same in every process and on every machine
     assert mask_seeds(["a.mp4"], Arm(4, 16, "pool")) is None
+    # and the draw from it (torch's CPU generator): a change here changes every masked arm's results
+    assert mask_indices(1442204338, 2, 729, 4, tube=False).tolist() == [[138, 166, 229, 297], [49, 133, 561, 725]]
     a1, b = visual_context(torch.stack([x, x]), arm, seeds, train=True)
     a2 = visual_context(x, arm, seeds[0], train=True)
     assert torch.equal(a1, a2) and not torch.equal(a1, b)  # same video and arm: same mask; another video: another
