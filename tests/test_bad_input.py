@@ -306,7 +306,7 @@ def test_collect_refuses_arms_evaluated_on_different_video_sets(tmp_path):
 
     def write(name, arm_id, sha):
         p = tmp_path / name
-        p.write_text(json.dumps({"arm": arm_id, "benchmark": "synthetic", "n": 2, "loss": 1.0, "accuracy": 0.5,
+        p.write_text(json.dumps({"arm": arm_id, "seed": 0, "benchmark": "synthetic", "n": 2, "loss": 1.0, "accuracy": 0.5,
                                  "videos_sha": sha}))
         return str(p)
 

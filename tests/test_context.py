@@ -63,16 +63,16 @@ def test_frame_sampling_and_3d_pooling():
     feats = torch.arange(F, dtype=torch.float32).reshape(F, 1, 1, 1).expand(F, 27, 27, 1).contiguous()
     sampled = visual_context(feats, Arm(T=2, M=1, token_op="sample"))
     assert sampled.flatten().tolist() == [2.0, 6.0]  # centres of two halves of 8 frames
-    pooled = visual_context(feats, Arm(T=2, M=1, token_op="sample", time_kernel=2))
+    pooled = visual_context(feats, Arm(T=2, M=1, token_op="sample", pooled_from=4))
     # 4 frames sampled uniformly (1, 3, 5, 7), mean of each pair
     assert pooled.flatten().tolist() == [2.0, 6.0]
-    pooled4 = visual_context(feats, Arm(T=2, M=1, token_op="sample", time_kernel=4))
+    pooled4 = visual_context(feats, Arm(T=2, M=1, token_op="sample", pooled_from=8))
     assert pooled4.flatten().tolist() == [1.5, 5.5]  # all 8 frames, groups of 4
 
 
 def test_3d_pool_equals_temporal_then_spatial_mean():
     x = torch.randn(3, 8, 27, 27, 5)
-    arm = Arm(T=4, M=9, token_op="pool", time_kernel=2)
+    arm = Arm(T=4, M=9, token_op="pool", pooled_from=8)
     out = visual_context(x, arm)
     assert out.shape == (3, 4, 9, 5)
     manual = pool_grid(x.reshape(3, 4, 2, 27, 27, 5).mean(2), 9)
@@ -81,8 +81,36 @@ def test_3d_pool_equals_temporal_then_spatial_mean():
 
 def test_frame_pool_that_pools_nothing_is_frame_sampling():
     assert frame_arm(32, 9, "pool", source=32) == Arm(32, 9, "pool")
-    assert frame_arm(6, 9, "pool", source=32).time_kernel == 5
-    assert frame_arm(6, 9, "sample", source=32).time_kernel == 1
+    assert Arm(8, 9, "pool", pooled_from=8) == Arm(8, 9, "pool") and Arm(8, 9, "pool", 8).id == "T8-M9-pool"
+    assert frame_arm(6, 9, "pool", source=32).pooled_from == 32
+    assert frame_arm(6, 9, "sample", source=32).pooled_from == 0
+    assert Arm.from_id("T6-M9-pool-from32") == Arm(6, 9, "pool", 32)
+    with pytest.raises(ValueError, match="cannot give T=8"):
+        Arm(8, 9, "pool", pooled_from=4)
+
+
+def test_time_bins_cover_every_frame_and_overlap_when_T_does_not_divide():
+    from visctx.context import time_bins
+
+    assert time_bins(32, 8) == [(4 * i, 4 * i + 4) for i in range(8)]  # equal bins when T divides n
+    bins = time_bins(32, 6)
+    assert bins[0] == (0, 6) and bins[1] == (5, 11) and bins[-1] == (26, 32)  # 32/6 frames, overlapping
+    assert sorted({f for a, b in bins for f in range(a, b)}) == list(range(32))
+    assert time_bins(32, 24)[0] == (0, 2)  # T > n/2 still pools (floor(32/24) = 1 used to sample)
+
+
+@pytest.mark.parametrize("T", [6, 12, 17, 24, 31])
+def test_frame_pooling_pools_at_every_T(T):
+    """T > S/2 used to give a kernel of 1, i.e. sampling: every T < S now pools its adaptive bins."""
+    from visctx.context import time_bins
+
+    x = torch.randn(32, 27, 27, 3)
+    pooled = visual_context(x, Arm(T, 4, "pool", pooled_from=32))
+    sampled = visual_context(x, Arm(T, 4, "pool"))
+    assert pooled.shape == sampled.shape == (T, 4, 3) and not torch.allclose(pooled, sampled)
+    spatial = pool_grid(x, 14)  # [32, 4, 3]: the same 3-D mean pool, bin by bin
+    manual = torch.stack([spatial[a:b].mean(0) for a, b in time_bins(32, T)])
+    assert torch.allclose(pooled, manual, atol=1e-6)
 
 
 def test_batched_shapes():

@@ -79,8 +79,8 @@ def test_eval_records_and_their_errors(tmp_path):
             load_eval_records(write(tmp_path, [good, {**good, "id": "e1", field: value}]))
 
 
-@pytest.mark.parametrize("arm", [Arm(2, 9, "pool"), Arm(3, 4, "sample"), Arm(2, 49, "pool", 2),
-                                 Arm(2, 1, "sample", 3), Arm(16, 1, "pool")])
+@pytest.mark.parametrize("arm", [Arm(2, 9, "pool"), Arm(3, 4, "sample"), Arm(2, 49, "pool", 4),
+                                 Arm(2, 1, "sample", 6), Arm(3, 4, "pool", 8), Arm(16, 1, "pool")])
 def test_load_context_equals_visual_context_on_all_frames(tmp_path, arm):
     keys = ["a.mp4", "b.mp4"]
     x = write_features(tmp_path / "f", keys)

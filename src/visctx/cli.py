@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate-arms": ("visctx.evaluate", "evaluate_arms", "evaluate each of several arms on one benchmark"),
     "niah": ("visctx.niah", "niah", "needle-in-a-haystack accuracy over (haystack frames, depth)"),
     "niah-summary": ("visctx.niah", "niah_summary", "the needle-in-a-haystack map over seeds: mean, interval, each seed"),
+    "ceiling": ("visctx.ceiling", "ceiling", "every arm's information ceiling on the synthetic held-out split"),
     "collect": ("visctx.collect", "collect", "gather per-arm evaluations into the tidy table"),
     "benchmark-scores": ("visctx.collect", "benchmark_scores",
                          "each arm's official benchmark scores with seed x video intervals and paired differences"),
@@ -176,7 +177,7 @@ def _scalar(tp: Any) -> Callable[[str], Any]:
             try:
                 return Arm.from_id(text)
             except (ValueError, TypeError) as e:
-                raise argparse.ArgumentTypeError(f"{text!r} is no arm id (T<n>-M<n>-<op>[-tpool<k>]): {e}") from None
+                raise argparse.ArgumentTypeError(f"{text!r} is no arm id (T<n>-M<n>-<op>[-from<S>]): {e}") from None
 
         return arm
     if tp is bool:

@@ -121,7 +121,7 @@ def write_table(jsons: list[str], out_md: str, out_csv: str, evals: list[str] | 
             for key, value in metrics.items():
                 metric, _, filt = key.partition(",")
                 rows.append({"arm": arm.id, "seed": r.get("seed"), "T": arm.T, "M": arm.M, "token_op": arm.token_op,
-                             "frame_op": arm.frame_op, "time_kernel": arm.time_kernel, "task": task, "result": name,
+                             "frame_op": arm.frame_op, "pooled_from": arm.pooled_from, "task": task, "result": name,
                              "metric": metric, "filter": filt, "value": value, "limit": r.get("limit")})
     if not rows:
         raise ValueError(f"no lmms-eval metrics in {len(jsons)} result files")

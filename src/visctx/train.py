@@ -68,7 +68,7 @@ class VideoLM(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model(batch)
-        if self.trainer is None or self.global_step % self.trainer.log_every_n_steps == 0:  # the steps the log keeps
+        if self.trainer is None or (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # the steps logged
             self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self.loss_history.append(float(loss.detach()))
         self.tokens += int(batch["n_real"])  # token positions computed (a shared prefix counts once)
