@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from visctx.synth import write_mp4
-from visctx.video import extract_shard, load_npy
+from visctx.files import load_npy
+from visctx.video import extract_shard
 from tiny_llm import tiny_llm
 
 SIZE, MAX_FRAMES = 16, 32

@@ -181,6 +181,8 @@ CALLS: dict[str, tuple[list[str], dict]] = {
     "compare-runs": (["--old", "old.csv", "--new", "arms.csv", "--benchmark", "mlvu"],
                      {"old": "old.csv", "new": "arms.csv", "benchmark": "mlvu"}),
     "readme": (["--readme", "README.md", "--root", ".", "--check"], {"readme": "README.md", "root": ".", "check": True}),
+    "fresh-clone-check": (["--out-dir", "results/perf", "--repo", ".", "--commands", "bash scripts/run.sh"],
+                          {"out_dir": "results/perf", "repo": ".", "commands": ["bash scripts/run.sh"]}),
     "perf": (["--out-dir", "results/perf", "--repo", ".", "--no-fresh", "--keep"],
              {"out_dir": "results/perf", "repo": ".", "fresh": False, "keep": True}),
 }

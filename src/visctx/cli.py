@@ -60,12 +60,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare-runs": ("visctx.stats", "compare_runs", "which arms of an earlier run fall outside this run's across-seed intervals"),
     "readme": ("visctx.readme", "readme", "regenerate the README's results section from results/ (--check: only compare)"),
     "perf": ("visctx.perf", "perf", "the performance harness: fresh-clone stage times, reruns, overheads"),
+    "fresh-clone-check": ("visctx.perf", "fresh_clone_check",
+                          "the README's two commands in a fresh clone, timed and recorded in results/perf"),
     "lmms-eval-arm": ("visctx.lmms_jobs", "lmms_eval_arm", "run one lmms-eval task on one arm (the lmms extra)"),
     "lmms-table": ("visctx.lmms_jobs", "write_table", "gather the arms' lmms-eval results beside the project's scores"),
 }
 
 # Commands that gain nothing from the preload server: quick without torch, or running other processes.
-IN_PROCESS = {"check", "perf"}
+IN_PROCESS = {"check", "perf", "fresh-clone-check"}
 # Imported once by the preload server: everything a job's hot path imports (this module imports lazily).
 PRELOAD = (
     "numpy", "torch", "transformers", "lightning",

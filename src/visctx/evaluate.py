@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from visctx.config import Arm
-from visctx.video import write_json_atomic
+from visctx.files import write_json_atomic
 
 
 def evaluate(

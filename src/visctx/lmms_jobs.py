@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from visctx.video import write_json_atomic
+from visctx.files import write_json_atomic
 
 # lmms-eval task -> the project's benchmark over the same items (its score sits beside lmms-eval's)
 SAME_BENCHMARK = {

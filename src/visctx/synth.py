@@ -43,7 +43,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from visctx.video import atomic_path, shard_slice, write_json_atomic
+from visctx.files import atomic_path, write_json_atomic
+from visctx.video import shard_slice
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
