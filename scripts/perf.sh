@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The performance harness (on demand, ~13 min): a fresh clone runs the default study stage by stage,
 # then no-op reruns, rerun sets, decode throughput, encoder passes and start-up overhead are
-# measured. Writes results/perf/perf.{json,md,log}. `--no-fresh` measures this checkout instead.
+# measured. Writes results/perf/perf.{json,md,log}. `--no-fresh` measures this checkout instead;
+# `--fresh-clone-check` runs ../shared/tools/fresh-clone-check on the README's two commands and records it
+# in results/perf/fresh-clone-check.{json,md} (what the README quotes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
+if [ "${1:-}" = "--fresh-clone-check" ]; then
+  shift
+  exec visctx fresh-clone-check "$@"
+fi
 exec visctx perf "$@"

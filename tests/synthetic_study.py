@@ -39,7 +39,7 @@ def write_study(tmp, studies=STUDIES, noise=0.005, seed=0, params=JOINT, frame_p
             ls = loss * math.exp(seed_noise * rng.normal()) if len(seeds) > 1 else loss
             acc = float(np.clip(1.3 - 0.6 * ls, 0, 1))
             rows.append({"arm": a.id, "T": a.T, "M": a.M, "token_op": a.token_op, "frame_op": a.frame_op,
-                         "time_kernel": a.time_kernel, "tokens": a.tokens, "seed": s, "benchmark": "synthetic",
+                         "pooled_from": a.pooled_from, "tokens": a.tokens, "seed": s, "benchmark": "synthetic",
                          "n": 200, "loss": ls, "accuracy": acc, "acc_needle": acc * 0.9, "acc_order": acc * 0.7})
     arms, design = tmp / "arms.csv", tmp / "design.csv"
     pd.DataFrame(rows).to_csv(arms, index=False)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from visctx.synth import write_mp4
-from visctx.video import extract_shard, load_npy
+from visctx.files import load_npy
+from visctx.video import extract_shard
 from tiny_llm import tiny_llm
 
 SIZE, MAX_FRAMES = 16, 32
@@ -306,7 +307,7 @@ def test_collect_refuses_arms_evaluated_on_different_video_sets(tmp_path):
 
     def write(name, arm_id, sha):
         p = tmp_path / name
-        p.write_text(json.dumps({"arm": arm_id, "benchmark": "synthetic", "n": 2, "loss": 1.0, "accuracy": 0.5,
+        p.write_text(json.dumps({"arm": arm_id, "seed": 0, "benchmark": "synthetic", "n": 2, "loss": 1.0, "accuracy": 0.5,
                                  "videos_sha": sha}))
         return str(p)
 

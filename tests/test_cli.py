@@ -60,14 +60,14 @@ def parse(name: str, argv: list[str]) -> dict:
     return vars(build_parser(name, getattr(importlib.import_module(module), func)).parse_args(argv))
 
 
-A, B = Arm(4, 9, "pool"), Arm(8, 4, "pool", 2)
+A, B = Arm(4, 9, "pool"), Arm(8, 4, "pool", 16)
 PF = {"user_prefix": "<|im_start|>user\n", "frame_label": "frame {i}:"}
 # A realistic call of every command (as the rules make it) and what it must parse to.
 CALLS: dict[str, tuple[list[str], dict]] = {
     "check": (["--params", "params.yaml"], {"params": "params.yaml"}),
     "synth": (["--out-dir", "d/corpus", "--n-train", "600", "--n-eval", "200", "--seconds", "32", "--fps", "2",
-               "--size", "108", "--dot", "2", "--seed", "0", "--tasks", "needle", "count"],
-              {"out_dir": "d/corpus", "n_train": 600, "n_eval": 200, "seconds": 32, "fps": 2, "size": 108, "dot": 2,
+               "--size", "108", "--max-side", "6", "--seed", "0", "--tasks", "needle", "count"],
+              {"out_dir": "d/corpus", "n_train": 600, "n_eval": 200, "seconds": 32, "fps": 2, "size": 108, "max_side": 6,
                "seed": 0, "tasks": ["needle", "count"]}),
     "render": (["--videos-json", "v.json", "--video-root", "d/videos", "--split", "train", "--shard", "3",
                 "--n-shards", "8", "--manifest-out", "m.json", "--crf", "18"],
@@ -100,7 +100,7 @@ CALLS: dict[str, tuple[list[str], dict]] = {
                {"frames_npy": "f.npy", "frames_json": "f.json", "vision_tower": "vision", "layer": -2,
                 "batch_size": 64, "threads": 2, "out_npy": "e.npy", "out_json": "e.json"}),
     "train": (["--out-dir", "base", "--train-json", "t.json", "--features-dir", "feat", "--init", "llm", "--arms",
-               "T4-M9-pool", "T8-M4-pool-tpool2", "--steps", "600", "--batch-size", "16", "--lr", "1e-3",
+               "T4-M9-pool", "T8-M4-pool-from16", "--steps", "600", "--batch-size", "16", "--lr", "1e-3",
                "--warmup-steps", "30", "--weight-decay", "0.01", "--length-groups", "50", "--strategy", "deepspeed",
                "--zero-stage", "3", "--offload-params", "--no-gradient-checkpointing", "--seed", "0", "--threads",
                "2", "--prompt-format", json.dumps(PF), "--log-dir", "logs", "--no-progress-bar"],
@@ -109,7 +109,7 @@ CALLS: dict[str, tuple[list[str], dict]] = {
                "length_groups": 50, "strategy": "deepspeed", "zero_stage": 3, "offload_params": True,
                "gradient_checkpointing": False, "seed": 0, "threads": 2, "prompt_format": PF, "log_dir": "logs",
                "progress_bar": False}),
-    "train-arms": (["--arms", "T8-M4-pool-tpool2", "--arms-dir", "arms", "--train-json", "t.json", "--features-dir",
+    "train-arms": (["--arms", "T8-M4-pool-from16", "--arms-dir", "arms", "--train-json", "t.json", "--features-dir",
                     "frames", "--init", "base", "--vision-tower", "vision", "--vision-layer", "-1",
                     "--vision-trainable", "--steps", "40", "--batch-size", "8", "--lr", "5e-4", "--warmup-steps", "0",
                     "--seed", "1", "--threads", "1", "--prompt-format", "{}", "--no-progress-bar"],
@@ -129,7 +129,7 @@ CALLS: dict[str, tuple[list[str], dict]] = {
                        "feat", "--benchmark", "videomme", "--batch-size", "32", "--threads", "2"],
                       {"arms": [A], "arms_dir": "arms", "eval_json": "e.json", "features_dir": "feat",
                        "benchmark": "videomme", "batch_size": 32, "threads": 2}),
-    "niah": (["--arms", "T4-M9-pool", "T8-M4-pool-tpool2", "--arms-dir", "arms", "--eval-json", "e.json",
+    "niah": (["--arms", "T4-M9-pool", "T8-M4-pool-from16", "--arms-dir", "arms", "--eval-json", "e.json",
               "--videos-json", "v.json", "--features-dir", "feat", "--extract-fps", "1.0", "--depths", "0", "50",
               "100", "--batch-size", "32", "--threads", "2", "--out-csv", "n.csv", "--out-png", "n.png"],
              {"arms": [A, B], "arms_dir": "arms", "eval_json": "e.json", "videos_json": "v.json",
@@ -139,6 +139,10 @@ CALLS: dict[str, tuple[list[str], dict]] = {
                       {"benchmark": "vnbench", "path": "results.jsonl", "rule": "eval.py"}),
     "niah-summary": (["--csvs", "s0.csv", "s1.csv", "--out-csv", "n.csv", "--out-png", "n.png"],
                      {"csvs": ["s0.csv", "s1.csv"], "out_csv": "n.csv", "out_png": "n.png"}),
+    "ceiling": (["--videos-json", "v.json", "--eval-json", "e.json", "--studies", '{"tokens": {"frames": 2}}',
+                 "--extract-fps", "1.0", "--max-frames", "32", "--threshold", "0.3", "--out-csv", "c.csv"],
+                {"videos_json": "v.json", "eval_json": "e.json", "studies": {"tokens": {"frames": 2}},
+                 "extract_fps": 1.0, "max_frames": 32, "threshold": 0.3, "out_csv": "c.csv"}),
     "collect": (["--evals", "a.json", "b.json", "--studies", '{"tokens": {"frames": 2}}', "--out-arms", "arms.csv",
                  "--out-design", "design.csv", "--out-videos", "videos.csv"],
                 {"evals": ["a.json", "b.json"], "studies": {"tokens": {"frames": 2}}, "out_arms": "arms.csv",
@@ -181,6 +185,8 @@ CALLS: dict[str, tuple[list[str], dict]] = {
     "compare-runs": (["--old", "old.csv", "--new", "arms.csv", "--benchmark", "mlvu"],
                      {"old": "old.csv", "new": "arms.csv", "benchmark": "mlvu"}),
     "readme": (["--readme", "README.md", "--root", ".", "--check"], {"readme": "README.md", "root": ".", "check": True}),
+    "fresh-clone-check": (["--out-dir", "results/perf", "--repo", ".", "--commands", "bash scripts/run.sh"],
+                          {"out_dir": "results/perf", "repo": ".", "commands": ["bash scripts/run.sh"]}),
     "perf": (["--out-dir", "results/perf", "--repo", ".", "--no-fresh", "--keep"],
              {"out_dir": "results/perf", "repo": ".", "fresh": False, "keep": True}),
 }
@@ -252,7 +258,7 @@ def example(out_dir: str | os.PathLike, arms: list[Arm], names: Sequence[str], s
 
 def test_every_kind_of_annotation_parses():
     ns = vars(build_parser("x", example).parse_args(
-        ["--out-dir", "o", "--arms", "T4-M9-pool", "T8-M4-pool-tpool2", "--names", "a", "b", "--sizes", "1", "2", "3",
+        ["--out-dir", "o", "--arms", "T4-M9-pool", "T8-M4-pool-from16", "--names", "a", "b", "--sizes", "1", "2", "3",
          "--pair", "7", "x", "--ids", "2", "1", "2", "--steps", "5", "--no-flag", "--maybe", "--limit", "4",
          "--mode", "exact", "--level", "2", "--cfg", '{"a": 1}', "--arm", "T4-M9-pool", "--where", "w",
          "--depths", "0", "100", "--bare", "p", "q", "--tags", "t"]))
@@ -326,7 +332,7 @@ def test_collect_builds_the_tidy_table(tmp_path):
                       str(tmp_path / "videos.csv"))
     assert summary == {"arms": 3, "seeds": [0, 1], "rows": 6, "design_points": 4}
     arms = pd.read_csv(tmp_path / "arms.csv")
-    assert list(arms.columns[:8]) == ["arm", "T", "M", "token_op", "frame_op", "time_kernel", "tokens", "seed"]
+    assert list(arms.columns[:8]) == ["arm", "T", "M", "token_op", "frame_op", "pooled_from", "tokens", "seed"]
     assert arms.set_index(["arm", "seed"]).loc[("T4-M9-pool", 1), "loss"] == pytest.approx(3.1)
     assert "acc_needle" in arms.columns
     design = pd.read_csv(tmp_path / "design.csv")

@@ -144,12 +144,12 @@ def test_preset_overrides_only_what_it_names():
     assert validate(merged) is merged
 
 
-@pytest.mark.parametrize("arm", [Arm(32, 49, "pool"), Arm(8, 49, "pool", 4), Arm(1, 196, "sample")])
+@pytest.mark.parametrize("arm", [Arm(32, 49, "pool"), Arm(8, 49, "pool", 32), Arm(6, 4, "sample", 32), Arm(1, 196, "sample")])
 def test_arm_ids_round_trip(arm):
     assert Arm.from_id(arm.id) == arm
 
 
-@pytest.mark.parametrize("bad", ["T32-M49", "X32-M49-pool", "T32-M49-avg", "T32-M50-pool", "T0-M1-pool"])
+@pytest.mark.parametrize("bad", ["T32-M49", "X32-M49-pool", "T32-M49-avg", "T32-M50-pool", "T0-M1-pool", "T8-M4-pool-from4", "T8-M4-pool-tpool4"])
 def test_bad_arm_ids(bad):
     with pytest.raises(ValueError):
         Arm.from_id(bad)

@@ -63,16 +63,16 @@ def test_frame_sampling_and_3d_pooling():
     feats = torch.arange(F, dtype=torch.float32).reshape(F, 1, 1, 1).expand(F, 27, 27, 1).contiguous()
     sampled = visual_context(feats, Arm(T=2, M=1, token_op="sample"))
     assert sampled.flatten().tolist() == [2.0, 6.0]  # centres of two halves of 8 frames
-    pooled = visual_context(feats, Arm(T=2, M=1, token_op="sample", time_kernel=2))
+    pooled = visual_context(feats, Arm(T=2, M=1, token_op="sample", pooled_from=4))
     # 4 frames sampled uniformly (1, 3, 5, 7), mean of each pair
     assert pooled.flatten().tolist() == [2.0, 6.0]
-    pooled4 = visual_context(feats, Arm(T=2, M=1, token_op="sample", time_kernel=4))
+    pooled4 = visual_context(feats, Arm(T=2, M=1, token_op="sample", pooled_from=8))
     assert pooled4.flatten().tolist() == [1.5, 5.5]  # all 8 frames, groups of 4
 
 
 def test_3d_pool_equals_temporal_then_spatial_mean():
     x = torch.randn(3, 8, 27, 27, 5)
-    arm = Arm(T=4, M=9, token_op="pool", time_kernel=2)
+    arm = Arm(T=4, M=9, token_op="pool", pooled_from=8)
     out = visual_context(x, arm)
     assert out.shape == (3, 4, 9, 5)
     manual = pool_grid(x.reshape(3, 4, 2, 27, 27, 5).mean(2), 9)
@@ -81,8 +81,36 @@ def test_3d_pool_equals_temporal_then_spatial_mean():
 
 def test_frame_pool_that_pools_nothing_is_frame_sampling():
     assert frame_arm(32, 9, "pool", source=32) == Arm(32, 9, "pool")
-    assert frame_arm(6, 9, "pool", source=32).time_kernel == 5
-    assert frame_arm(6, 9, "sample", source=32).time_kernel == 1
+    assert Arm(8, 9, "pool", pooled_from=8) == Arm(8, 9, "pool") and Arm(8, 9, "pool", 8).id == "T8-M9-pool"
+    assert frame_arm(6, 9, "pool", source=32).pooled_from == 32
+    assert frame_arm(6, 9, "sample", source=32).pooled_from == 0
+    assert Arm.from_id("T6-M9-pool-from32") == Arm(6, 9, "pool", 32)
+    with pytest.raises(ValueError, match="cannot give T=8"):
+        Arm(8, 9, "pool", pooled_from=4)
+
+
+def test_time_bins_cover_every_frame_and_overlap_when_T_does_not_divide():
+    from visctx.context import time_bins
+
+    assert time_bins(32, 8) == [(4 * i, 4 * i + 4) for i in range(8)]  # equal bins when T divides n
+    bins = time_bins(32, 6)
+    assert bins[0] == (0, 6) and bins[1] == (5, 11) and bins[-1] == (26, 32)  # 32/6 frames, overlapping
+    assert sorted({f for a, b in bins for f in range(a, b)}) == list(range(32))
+    assert time_bins(32, 24)[0] == (0, 2)  # T > n/2 still pools (floor(32/24) = 1 used to sample)
+
+
+@pytest.mark.parametrize("T", [6, 12, 17, 24, 31])
+def test_frame_pooling_pools_at_every_T(T):
+    """T > S/2 used to give a kernel of 1, i.e. sampling: every T < S now pools its adaptive bins."""
+    from visctx.context import time_bins
+
+    x = torch.randn(32, 27, 27, 3)
+    pooled = visual_context(x, Arm(T, 4, "pool", pooled_from=32))
+    sampled = visual_context(x, Arm(T, 4, "pool"))
+    assert pooled.shape == sampled.shape == (T, 4, 3) and not torch.allclose(pooled, sampled)
+    spatial = pool_grid(x, 14)  # [32, 4, 3]: the same 3-D mean pool, bin by bin
+    manual = torch.stack([spatial[a:b].mean(0) for a, b in time_bins(32, T)])
+    assert torch.allclose(pooled, manual, atol=1e-6)
 
 
 def test_batched_shapes():
@@ -157,17 +185,17 @@ def test_masking_at_evaluation_too_masks_as_in_training():
 
 def test_masking_with_frame_pooling_masks_the_time_pooled_frames():
     x = torch.randn(8, 27, 27, 3)
-    out = visual_context(x, Arm(2, 9, "tube", time_kernel=4), 5, train=True)
+    out = visual_context(x, Arm(2, 9, "tube", pooled_from=8), 5, train=True)
     pooled = x.reshape(2, 4, 27, 27, 3).mean(1).reshape(2, 729, 3)
     idx = mask_indices(5, 2, 729, 9, tube=True)
     torch.testing.assert_close(out, pooled.gather(1, idx.unsqueeze(-1).expand(-1, -1, 3)))
 
 
 def test_masking_arms_ids_and_token_counts():
-    for arm_id in ("T32-M49-mask", "T32-M49-tube", "T8-M49-masktrain-tpool4", "T1-M50-mask", "T1-M729-tube",
-                   "T8-M196-pool-vst4w784", "T8-M49-mask-tpool2-vst7w49", "T4-M9-sample-vst2w2"):
+    for arm_id in ("T32-M49-mask", "T32-M49-tube", "T8-M49-masktrain-from32", "T1-M50-mask", "T1-M729-tube",
+                   "T8-M196-pool-vst4w784", "T8-M49-mask-from16-vst7w49", "T4-M9-sample-vst2w2"):
         assert Arm.from_id(arm_id).id == arm_id
-    assert Arm.from_id("T8-M196-pool-vst4w784") == Arm(8, 196, "pool", 1, 4, 784)
+    assert Arm.from_id("T8-M196-pool-vst4w784") == Arm(8, 196, "pool", summary=4, summary_window=784)
     for bad in ("T8-M49-pool-vst1w0", "T8-M49-pool-vst4", "T8-M49-pool-vst4w"):
         with pytest.raises(ValueError, match="not an arm id"):
             Arm.from_id(bad)
@@ -178,15 +206,15 @@ def test_masking_arms_ids_and_token_counts():
         Arm(1, 730, "tube")
     for r, w in ((4, 2), (1, 8), (4, 0)):
         with pytest.raises(ValueError, match="summary tokens"):
-            Arm(8, 49, "pool", 1, r, w)
+            Arm(8, 49, "pool", summary=r, summary_window=w)
 
 
 def test_summary_arms_count_what_the_text_after_the_video_keeps():
-    arm = Arm(8, 196, "pool", 1, 4, 392)  # 4 windows of 392 raw tokens, 98 summaries each
+    arm = Arm(8, 196, "pool", summary=4, summary_window=392)  # 4 windows of 392 raw tokens, 98 summaries each
     assert arm.tokens == 1568 and arm.summaries == arm.kept_tokens == 392
-    assert Arm(3, 5, "mask", 1, 4, 6).summaries == 2 + 2 + 1  # windows 6, 6, 3: ceil(6/4) + ceil(6/4) + ceil(3/4)
+    assert Arm(3, 5, "mask", summary=4, summary_window=6).summaries == 2 + 2 + 1  # windows 6, 6, 3: ceil(6/4) + ceil(6/4) + ceil(3/4)
     assert Arm(8, 49).kept_tokens == 392 and Arm(8, 49).summaries == 0
-    assert Arm(8, 49).to_dict() == {"T": 8, "M": 49, "token_op": "pool", "time_kernel": 1, "frame_op": "sample",
+    assert Arm(8, 49).to_dict() == {"T": 8, "M": 49, "token_op": "pool", "pooled_from": 0, "frame_op": "sample",
                                     "id": "T8-M49-pool", "tokens": 392}  # the record it always had
     assert arm.to_dict()["kept_tokens"] == 392 and arm.to_dict()["summary"] == 4
 

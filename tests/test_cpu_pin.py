@@ -49,7 +49,7 @@ def pipeline_script(root: Path) -> str:
     small = "--hidden-size 16 --num-layers 1 --num-heads 2 --intermediate-size 32"
     train = (f"--train-json {r}/corpus/train.json --features-dir {r}/features/train --batch-size 4 --lr 3e-3 "
              f"--warmup-steps 1 --seed 0 --threads 1 --no-progress-bar")
-    lines = [f"visctx synth --out-dir {r}/corpus --n-train 6 --n-eval 3 --seed 0 --seconds 8 --fps 2 --size 108 --dot 2",
+    lines = [f"visctx synth --out-dir {r}/corpus --n-train 6 --n-eval 3 --seed 0 --seconds 12 --fps 2 --size 108 --max-side 6",
              f"visctx init-vision --out-dir {r}/vision --image-size 54 --patch-size 2 --hidden-size 16 --num-layers 1 "
              f"--num-heads 1 --intermediate-size 32 --seed 0"]
     for split in ("train", "eval"):

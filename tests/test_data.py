@@ -79,8 +79,8 @@ def test_eval_records_and_their_errors(tmp_path):
             load_eval_records(write(tmp_path, [good, {**good, "id": "e1", field: value}]))
 
 
-@pytest.mark.parametrize("arm", [Arm(2, 9, "pool"), Arm(3, 4, "sample"), Arm(2, 49, "pool", 2),
-                                 Arm(2, 1, "sample", 3), Arm(16, 1, "pool")])
+@pytest.mark.parametrize("arm", [Arm(2, 9, "pool"), Arm(3, 4, "sample"), Arm(2, 49, "pool", 4),
+                                 Arm(2, 1, "sample", 6), Arm(3, 4, "pool", 8), Arm(16, 1, "pool")])
 def test_load_context_equals_visual_context_on_all_frames(tmp_path, arm):
     keys = ["a.mp4", "b.mp4"]
     x = write_features(tmp_path / "f", keys)
@@ -300,7 +300,7 @@ def test_grouping_by_video_puts_each_videos_records_in_one_batch():
         ArmBatchSampler(48, arms, 8, videos=videos, lengths=[1] * 48, length_groups=2)
 
 
-@pytest.mark.parametrize("arm", [Arm(2, 9, "mask"), Arm(3, 4, "tubetrain", 2)], ids=lambda a: a.id)
+@pytest.mark.parametrize("arm", [Arm(2, 9, "mask"), Arm(3, 4, "tubetrain", 6)], ids=lambda a: a.id)
 def test_masked_contexts_are_cut_per_video_and_cached_per_mode(tmp_path, arm):
     """Each video masked by its own (video, arm) seed, in training; a *train arm is evaluated pooled,
     and the cache keeps the two apart."""
@@ -318,7 +318,7 @@ def test_masked_contexts_are_cut_per_video_and_cached_per_mode(tmp_path, arm):
     torch.testing.assert_close(cache.get(keys, arm, train=True), trained)
     torch.testing.assert_close(cache.get(keys, arm), evaluated)
     if arm.token_op == "tubetrain":
-        torch.testing.assert_close(evaluated, visual_context(x, Arm(3, 4, "pool", 2)))
+        torch.testing.assert_close(evaluated, visual_context(x, Arm(3, 4, "pool", 6)))
         assert len(cache._items) == 4
     else:
         torch.testing.assert_close(evaluated, trained)

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from visctx.config import Arm
+from visctx.synth import TASKS
 
 ARMS = [Arm(2, 9, "pool"), Arm(4, 4, "pool")]  # the base's mixture; the arm studied is ARMS[0]
 SPLITS = ("train", "eval")
@@ -30,7 +31,7 @@ def pipeline(root: str | Path, seed: int = 0) -> None:
     from visctx.video import extract_shard
 
     r = Path(root)
-    make_corpus(r / "corpus", n_train=6, n_eval=3, seed=seed, seconds=8, fps=2, size=108, dot=2)
+    make_corpus(r / "corpus", n_train=6, n_eval=3, seed=seed, seconds=12, fps=2, size=108, max_side=6)
     build_tiny_vision_tower(r / "vision", image_size=54, patch_size=2, hidden_size=16, num_layers=1, num_heads=1,
                             intermediate_size=32, seed=seed)
     for split in SPLITS:
@@ -86,4 +87,4 @@ def test_one_arm_end_to_end_is_identical_across_runs(tmp_path):
     differ = [k for k in a if not (torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k])]
     assert not differ, differ
     ev = a["eval"]
-    assert ev["n"] == 12 and np.isfinite(ev["loss"]) and a[f"arms/{ARMS[0].id}/model/train_summary"]["steps"] == 4
+    assert ev["n"] == 3 * len(TASKS) and np.isfinite(ev["loss"]) and a[f"arms/{ARMS[0].id}/model/train_summary"]["steps"] == 4

@@ -28,7 +28,7 @@ from visctx.config import Arm  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "workflow" / "lmms_tasks"
 FRAMES, SIZE, BATCH = 8, 54, 5
-CACHE_ARM, FORWARD_ARM = Arm(2, 9, "pool"), Arm(2, 4, "sample", time_kernel=2)
+CACHE_ARM, FORWARD_ARM = Arm(2, 9, "pool"), Arm(2, 4, "sample", pooled_from=4)
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -47,7 +47,7 @@ def study(tmp_path_factory):
     os.chdir(root)
     try:
         data = Path("results/data")
-        make_corpus(data / "corpus", n_train=6, n_eval=3, seed=0, seconds=8, fps=2, size=SIZE)
+        make_corpus(data / "corpus", n_train=6, n_eval=3, seed=0, seconds=12, fps=2, size=SIZE, max_side=6)
         tower = Path("results/models/pretrained/vision")
         build_tiny_vision_tower(tower, image_size=SIZE, patch_size=2, hidden_size=16, num_layers=1, num_heads=1,
                                 intermediate_size=32)

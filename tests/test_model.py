@@ -232,7 +232,7 @@ def test_shared_prefix_gives_the_full_layouts_loss_and_gradients(model, share_an
           ("what colour is the ball ?", "dark blue")]
     prompts = [enc.train_prompt([("<video>\n" + q, a)]) for q, a in qa] * 2
     videos = ["v0", "v0", "v0", "v1", "v1", "v2"]
-    T, M = 3, 2
+    T, M = 4, 9  # a prefix of 48 tokens: long enough to be shared (model.SHARED_PREFIX_MIN)
     per_video = {v: torch.randn(T, M, D) for v in ("v0", "v1", "v2")}
     shared = enc.train_batch(prompts, T, M, keys=videos)
     full = enc.train_batch(prompts, T, M)
@@ -265,7 +265,7 @@ def test_shared_prefix_gives_the_full_layouts_option_scores(model, share_any_pre
               enc.choice_prompt("what colour is the ball ?", ["red", "blue"], 1)]
     multi = [enc.choice_prompt("what colour is the ball ?", ["dark red", "green", "light blue yellow"], 2),
              enc.choice_prompt("how many times did the bar flash ?", ["1 2", "3"], 1)]
-    T, M = 2, 3
+    T, M = 3, 9
     per_video = {v: torch.randn(T, M, D) for v in ("a", "b")}
     with torch.no_grad():
         for prompts, videos in ((single, ["a", "a", "b"]), (multi, ["a", "a"])):
@@ -283,6 +283,6 @@ def test_rows_that_share_no_video_or_differ_before_it_keep_the_full_layout(model
     enc = model.encoder
     p = enc.train_prompt([("<video>\nwhat colour is the ball ?", "red")])
     q = enc.train_prompt([("what colour <video>\nis the ball ?", "red")])  # text before the video
-    assert "prefix_ids" not in enc.train_batch([p, p], 2, 2, keys=["a", "b"])
-    assert "prefix_ids" not in enc.train_batch([p, q], 2, 2, keys=["a", "a"])
-    assert "prefix_ids" in enc.train_batch([q, q], 2, 2, keys=["a", "a"])
+    assert "prefix_ids" not in enc.train_batch([p, p], 4, 9, keys=["a", "b"])
+    assert "prefix_ids" not in enc.train_batch([p, q], 4, 9, keys=["a", "a"])
+    assert "prefix_ids" in enc.train_batch([q, q], 4, 9, keys=["a", "a"])

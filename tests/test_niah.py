@@ -32,8 +32,22 @@ def test_depth_ends_and_whole_video():
 
 
 def test_needle_frame_follows_extraction():
-    spec = {"fps": 2, "seconds": 32, "needle": {"second": 9}}
+    spec = {"fps": 2, "seconds": 32, "needle": {"shows": [[9, 1]]}}
     assert needle_frame(spec, extract_fps=1.0, max_frames=32) == 9  # 1 fps: frame i is second i
     # 8 of the 32 one-second frames kept (centres of 8 segments: seconds 2, 6, 10, ...): second 9 is skipped
     assert needle_frame(spec, extract_fps=1.0, max_frames=8) is None
-    assert needle_frame(dict(spec, needle={"second": 10}), extract_fps=1.0, max_frames=8) == 2
+    assert needle_frame(dict(spec, needle={"shows": [[10, 1]]}), extract_fps=1.0, max_frames=8) == 2
+    assert needle_frame(dict(spec, needle={"shows": [[5, 3]]}), extract_fps=1.0, max_frames=8) == 1  # 5-7 s: frame 6
+
+
+def test_only_needles_the_arm_can_read_on_their_frame_are_asked():
+    import numpy as np
+
+    from visctx import synth
+    from visctx.config import Arm
+    from visctx.niah import needle_readable
+
+    spec = synth.scene_spec("v", np.random.default_rng(0))
+    big, small = (dict(spec, needle=dict(spec["needle"], cell=[0, 0], side=s)) for s in (12, 1))
+    assert needle_readable(big, Arm(8, 4), 0.25) and not needle_readable(small, Arm(8, 4), 0.25)
+    assert needle_readable(dict(small, needle=dict(small["needle"], cell=[4, 4])), Arm(8, 196), 0.25)

@@ -43,7 +43,7 @@ def test_shapes_through_the_projector(paper_model):
     grid = SIGLIP_SO400M["image_size"] // SIGLIP_SO400M["patch_size"]
     assert grid == 27  # 384 / 14: the 27 x 27 patch grid every operator assumes
     feats = torch.randn(1, 32, grid, grid, SIGLIP_SO400M["hidden_size"])
-    ctx = visual_context(feats, Arm(T=8, M=49, token_op="pool", time_kernel=4))
+    ctx = visual_context(feats, Arm(T=8, M=49, token_op="pool", pooled_from=32))
     assert tuple(ctx.shape) == (1, 8, 49, 1152)
     with torch.no_grad():
         assert tuple(projector(ctx).shape) == (1, 8, 49, QWEN2_7B["hidden_size"])

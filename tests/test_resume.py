@@ -164,3 +164,40 @@ def test_sigkilled_cli_job_resumes_to_the_uninterrupted_result(root, reference):
     s = json.loads((out / "train_summary.json").read_text())
     assert s["resumed"] and s["steps"] == steps
     assert_same_run(out, reference[steps][1])
+
+
+def test_an_interrupted_run_is_not_resumed_on_other_inputs_at_the_same_path(root, monkeypatch, caplog):
+    """The base retrained (or the corpus regenerated) at the same path after an arm was interrupted:
+    the arm starts fresh with a one-line notice instead of continuing a checkpoint of the old."""
+    import logging
+    import shutil
+
+    original = interrupt_at(monkeypatch, 5)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        run(root, "moved", 14, ckpt_every=3)
+    monkeypatch.setattr(VideoLM, "training_step", original)
+    assert list((root / "moved/train").glob("*.ckpt"))
+    llm = root / "llm"
+    backup = root / "llm.orig"
+    shutil.copytree(llm, backup)
+    try:  # the same path, other weights: a different initial model
+        state = load_file(str(llm / "model.safetensors"))
+        from safetensors.torch import save_file
+
+        save_file({k: v + 0.01 for k, v in state.items()}, str(llm / "model.safetensors"))
+        with caplog.at_level(logging.WARNING, logger="visctx.train"):
+            s = run(root, "moved", 14, ckpt_every=3)
+        assert not s["resumed"] and s["steps"] == 14
+        assert "checkpoints of another run" in caplog.text
+    finally:
+        shutil.rmtree(llm)
+        shutil.move(str(backup), str(llm))
+
+
+def test_a_run_with_other_settings_is_not_resumed(root, monkeypatch):
+    original = interrupt_at(monkeypatch, 5)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        run(root, "clip", 14, ckpt_every=3)
+    monkeypatch.setattr(VideoLM, "training_step", original)
+    s = run(root, "clip", 14, ckpt_every=3, gradient_clipping=1.0)  # not in the old path-only key
+    assert not s["resumed"]

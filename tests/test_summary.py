@@ -47,7 +47,7 @@ def batch_of(model, ps, keys=None, seed=0, n_visual=None):
 
 def test_the_layout_puts_a_summary_after_every_r_raw_tokens_of_each_window(model):
     ids, slots, sums, window = model.encoder.summary_block(T, M, R, W)
-    assert len(slots) == T * M and len(sums) == Arm(T, M, "mask", 1, R, W).summaries == 8
+    assert len(slots) == T * M and len(sums) == Arm(T, M, "mask", summary=R, summary_window=W).summaries == 8
     raw_before = [int((slots < s).sum()) for s in sums]  # raw tokens before each summary
     assert raw_before == [2, 4, 6, 8, 10, 12, 14, 15]
     assert window[sums].tolist() == [0, 0, 0, 1, 1, 1, 2, 2] and window[slots].tolist() == [g // W for g in range(15)]

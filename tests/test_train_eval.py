@@ -85,7 +85,7 @@ def test_fine_tune_continues_from_the_base_and_evaluate_writes_json(base):
                  str(out), batch_size=5)
     assert json.loads(out.read_text()) == r
     assert {"arm", "benchmark", "n", "loss", "accuracy", "per_task", "T", "M", "token_op", "frame_op",
-            "time_kernel"} <= set(r)
+            "pooled_from"} <= set(r)
     # the synthetic suite's official rule: the mean of per-task accuracies, from the per-item predictions
     assert r["score"] == pytest.approx(np.mean([t["accuracy"] for t in r["per_task"].values()]))
     truth = [rec["answer"] for rec in json.loads((root / "eval.json").read_text())]
@@ -153,7 +153,7 @@ def test_masking_and_summary_arms_fine_tune_from_the_base_and_evaluate(base):
     from visctx.model import SUMMARY_FILE
 
     root, _ = base
-    arms = [Arm(2, 9, "tubetrain"), Arm(2, 9, "pool", 1, 3, 9)]
+    arms = [Arm(2, 9, "tubetrain"), Arm(2, 9, "pool", summary=3, summary_window=9)]
     args = dict(batch_size=8, lr=1e-3, warmup_steps=0, seed=0, threads=1, progress_bar=False)
     out = train_arms(arms, str(root / "others"), str(root / "train.json"), str(root / "features/train"),
                      str(root / "base"), 4, **args)

@@ -25,7 +25,7 @@ from visctx.train import train
 
 F, S = 4, 54
 COLOURS = ["red", "green", "blue", "yellow"]
-ARMS = [Arm(2, 4, "pool"), Arm(1, 9, "sample"), Arm(2, 9, "sample", time_kernel=2), Arm(1, 49, "pool", 2)]
+ARMS = [Arm(2, 4, "pool"), Arm(1, 9, "sample"), Arm(2, 9, "sample", pooled_from=4), Arm(1, 49, "pool", 2)]
 
 
 def write_split(root, split, n, rng):
@@ -102,7 +102,7 @@ def test_the_tower_in_the_forward_gives_the_cached_context(setup, arm):
     from_frames = TrainCollator(FrameStore(setup / "frames" / "train"), enc)(items)
     from_cache = TrainCollator(FeatureStore(setup / "features" / "train"), enc)(items)
     assert from_frames["frames"].dtype == torch.uint8 and from_frames["arm"] == arm.id
-    assert from_frames["frames"].shape == (4, arm.T * arm.time_kernel, S, S, 3)
+    assert from_frames["frames"].shape == (4, arm.frames, S, S, 3)
     with torch.no_grad():
         got = model.visual_tokens(from_frames)
         want = from_cache["visual"]

@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate-arms": ("visctx.evaluate", "evaluate_arms", "evaluate each of several arms on one benchmark"),
     "niah": ("visctx.niah", "niah", "needle-in-a-haystack accuracy over (haystack frames, depth)"),
     "niah-summary": ("visctx.niah", "niah_summary", "the needle-in-a-haystack map over seeds: mean, interval, each seed"),
+    "ceiling": ("visctx.ceiling", "ceiling", "every arm's information ceiling on the synthetic held-out split"),
     "collect": ("visctx.collect", "collect", "gather per-arm evaluations into the tidy table"),
     "benchmark-scores": ("visctx.collect", "benchmark_scores",
                          "each arm's official benchmark scores with seed x video intervals and paired differences"),
@@ -61,12 +62,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare-runs": ("visctx.stats", "compare_runs", "which arms of an earlier run fall outside this run's across-seed intervals"),
     "readme": ("visctx.readme", "readme", "regenerate the README's results section from results/ (--check: only compare)"),
     "perf": ("visctx.perf", "perf", "the performance harness: fresh-clone stage times, reruns, overheads"),
+    "fresh-clone-check": ("visctx.perf", "fresh_clone_check",
+                          "the README's two commands in a fresh clone, timed and recorded in results/perf"),
     "lmms-eval-arm": ("visctx.lmms_jobs", "lmms_eval_arm", "run one lmms-eval task on one arm (the lmms extra)"),
     "lmms-table": ("visctx.lmms_jobs", "write_table", "gather the arms' lmms-eval results beside the project's scores"),
 }
 
 # Commands that gain nothing from the preload server: quick without torch, or running other processes.
-IN_PROCESS = {"check", "perf"}
+IN_PROCESS = {"check", "perf", "fresh-clone-check"}
 # Imported once by the preload server: everything a job's hot path imports (this module imports lazily).
 PRELOAD = (
     "numpy", "torch", "transformers", "lightning",
@@ -178,7 +181,7 @@ def _scalar(tp: Any) -> Callable[[str], Any]:
             try:
                 return Arm.from_id(text)
             except (ValueError, TypeError) as e:
-                raise argparse.ArgumentTypeError(f"{text!r} is no arm id (T<n>-M<n>-<op>[-tpool<k>]): {e}") from None
+                raise argparse.ArgumentTypeError(f"{text!r} is no arm id (T<n>-M<n>-<op>[-from<S>]): {e}") from None
 
         return arm
     if tp is bool:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from visctx.config import Arm, study_points
 
-ARM_COLUMNS = ["arm", "T", "M", "token_op", "frame_op", "time_kernel", "tokens"]
+ARM_COLUMNS = ["arm", "T", "M", "token_op", "frame_op", "pooled_from", "tokens"]
 VIDEO_COLUMNS = ["arm", "seed", "benchmark", "video", "n", "nll", "ntok", "correct"]
 
 
@@ -92,7 +92,8 @@ def check_same_kernels(evaluations: list[dict]) -> None:
             require_same(first["cpu"], rec["cpu"], f"the evaluation of {rec['arm']} (seed {rec['seed']})")
 
 
-def collect(evals: list[str], studies: dict, out_arms: str, out_design: str, out_videos: str | None = None) -> dict:
+def collect(evals: list[str], studies: dict, out_arms: str, out_design: str, out_videos: str | None = None,
+            ceiling_csv: str | None = None) -> dict:
     """Write the tidy per-(arm, seed) table, the study design and the per-video table; every designed
     arm must be evaluated, with the same seeds as every other arm.
 
@@ -102,6 +103,8 @@ def collect(evals: list[str], studies: dict, out_arms: str, out_design: str, out
         out_arms: the tidy table (CSV): one row per (arm, seed, benchmark).
         out_design: the design table (CSV): one row per (study, method, point).
         out_videos: the per-video table (CSV): one row per (arm, seed, benchmark, video).
+        ceiling_csv: every arm's information ceiling (``visctx ceiling``): joined into the
+            synthetic rows as ``ceiling_loss``, ``ceiling_accuracy`` and ``gap`` (loss - ceiling).
     """
     evaluations = [read_evaluation(p) for p in evals]
     check_same_videos(evaluations)
@@ -111,6 +114,15 @@ def collect(evals: list[str], studies: dict, out_arms: str, out_design: str, out
     missing = sorted(set(design["arm"]) - set(df["arm"]))
     if missing:
         raise ValueError(f"no evaluation for designed arm(s): {', '.join(missing)}")
+    if ceiling_csv:
+        c = pd.read_csv(ceiling_csv).set_index("arm")
+        syn = df["benchmark"] == "synthetic"
+        lost = sorted(set(df.loc[syn, "arm"]) - set(c.index))
+        if lost:
+            raise ValueError(f"{ceiling_csv}: no ceiling for arm(s) {lost}")
+        df.loc[syn, "ceiling_loss"] = df.loc[syn, "arm"].map(c["loss"])
+        df.loc[syn, "ceiling_accuracy"] = df.loc[syn, "arm"].map(c["accuracy"])
+        df.loc[syn, "gap"] = df.loc[syn, "loss"] - df.loc[syn, "ceiling_loss"]
     seeds = df.groupby(["benchmark", "arm"])["seed"].apply(lambda s: tuple(sorted(s)))
     if seeds.nunique() > 1:
         raise ValueError(f"arms were evaluated with different seeds: {seeds.to_dict()}")

@@ -32,9 +32,9 @@ class ParamsError(ValueError):
 class Arm:
     """One trained model: T frames x M tokens per frame, made by one token and one frame operator.
 
-    ``time_kernel`` is how many uniformly sampled frames are mean-pooled into each of the T
-    frames (1 = plain frame sampling), so frame pooling that pools nothing is the same arm as
-    frame sampling and is trained once.
+    ``pooled_from``: frame pooling -- that many uniformly sampled frames are mean-pooled into the
+    T frames (adaptive temporal bins, :func:`visctx.context.time_bins`); 0 is plain frame
+    sampling, and pooling T frames into T is the same arm, trained once.
 
     Random masking (``token_op`` in :data:`visctx.context.MASK_OPS`) keeps any 1 <= M <= 27*27
     tokens; ``masktrain`` / ``tubetrain`` are evaluated pooled to M, so their M must be poolable.
@@ -47,13 +47,17 @@ class Arm:
     T: int
     M: int
     token_op: str = "pool"
-    time_kernel: int = 1
+    pooled_from: int = 0
     summary: int = 1
     summary_window: int = 0
 
     def __post_init__(self) -> None:
-        if self.T < 1 or self.M < 1 or self.time_kernel < 1:
-            raise ValueError(f"arm needs positive T, M, time_kernel; got {self}")
+        if self.T < 1 or self.M < 1 or self.pooled_from < 0:
+            raise ValueError(f"arm needs positive T, M and pooled_from >= 0; got {self}")
+        if self.pooled_from and self.pooled_from < self.T:
+            raise ValueError(f"arm {self}: pooling {self.pooled_from} frames cannot give T={self.T} frames")
+        if self.pooled_from == self.T:  # pooling T into T pools nothing: the sampling arm
+            object.__setattr__(self, "pooled_from", 0)
         if self.token_op not in TOKEN_OPS:
             raise ValueError(f"unknown token_op {self.token_op!r}; allowed: {', '.join(TOKEN_OPS)}")
         r, w = self.summary, self.summary_window
@@ -72,7 +76,12 @@ class Arm:
 
     @property
     def frame_op(self) -> str:
-        return "pool" if self.time_kernel > 1 else "sample"
+        return "pool" if self.pooled_from else "sample"
+
+    @property
+    def frames(self) -> int:
+        """Frames read from the video: the T sampled, or the ``pooled_from`` pooled into T."""
+        return self.pooled_from or self.T
 
     @property
     def kernel(self) -> int:
@@ -109,7 +118,7 @@ class Arm:
 
     @property
     def id(self) -> str:
-        tail = f"-tpool{self.time_kernel}" if self.time_kernel > 1 else ""
+        tail = f"-from{self.pooled_from}" if self.pooled_from else ""
         tail += f"-vst{self.summary}w{self.summary_window}" if self.summary > 1 else ""
         return f"T{self.T}-M{self.M}-{self.token_op}{tail}"
 
@@ -123,13 +132,14 @@ class Arm:
                 raise ValueError
             parts = base.split("-")
             T, M, op = int(parts[0].removeprefix("T")), int(parts[1].removeprefix("M")), parts[2]
-            kt = int(parts[3].removeprefix("tpool")) if len(parts) > 3 else 1
-            if not parts[0].startswith("T") or not parts[1].startswith("M") or len(parts) > 4:
+            src = int(parts[3].removeprefix("from")) if len(parts) > 3 else 0
+            if (not parts[0].startswith("T") or not parts[1].startswith("M") or len(parts) > 4
+                    or (len(parts) > 3 and not parts[3].startswith("from"))):
                 raise ValueError
         except (IndexError, ValueError):
-            raise ValueError(f"not an arm id: {arm_id!r} (expected e.g. T32-M49-pool, T8-M49-pool-tpool4 or "
+            raise ValueError(f"not an arm id: {arm_id!r} (expected e.g. T32-M49-pool, T8-M49-pool-from32 or "
                              f"T8-M196-pool-vst4w784)") from None
-        return cls(T, M, op, kt, **summary)
+        return cls(T, M, op, src, **summary)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -158,9 +168,8 @@ class StudyPoint:
 
 
 def frame_arm(T: int, M: int, frame_op: str, source: int, token_op: str = "pool") -> Arm:
-    """Frame pooling samples ``floor(source/T) * T`` frames and pools groups of ``floor(source/T)``."""
-    kt = max(1, source // T) if frame_op == "pool" else 1
-    return Arm(T, M, token_op, kt)
+    """Frame pooling pools ``source`` uniformly sampled frames into T, at every T < source."""
+    return Arm(T, M, token_op, source if frame_op == "pool" else 0)
 
 
 def method_arm(method: str, T: int, M: int, ratio: int = 4, window: int = 0) -> Arm:
@@ -175,7 +184,7 @@ def method_arm(method: str, T: int, M: int, ratio: int = 4, window: int = 0) -> 
         raise ValueError(f"window={w} raw tokens is not a multiple of the ratio r={ratio}: the summaries would "
                          f"not come to T*M={T * M}")
     try:
-        return Arm(T, ratio * M, "pool", 1, ratio, w)
+        return Arm(T, ratio * M, "pool", summary=ratio, summary_window=w)
     except ValueError as e:
         raise ValueError(f"summary tokens at r={ratio}: {ratio}*M={ratio * M} raw tokens per frame must be a pooled "
                          f"token count ({e})") from None
@@ -329,7 +338,7 @@ def semantic_errors(params: dict) -> list[str]:
             except ValueError as e:
                 errs.append(f"train.base.arms[{i}]={arm_id!r}: not an arm id ({e})")
                 continue
-            frames_ok(f"train.base.arms[{i}] T", arm.T * arm.time_kernel)
+            frames_ok(f"train.base.arms[{i}] T", arm.frames)
     model = params.get("model", {})
     if model.get("vision_trainable") and model.get("vision_features") != "forward":
         errs.append(f"model.vision_trainable=true: a trainable tower runs in the forward; set "

@@ -6,8 +6,8 @@ These are the ways of the study to shrink the visual context (paper-notes §2, �
 * token pooling    -- mean pool with kernel = stride = k over the grid zero-padded up to a multiple
   of k (the zeros count, so edge cells shrink), M = ceil(G/k)^2;
 * frame sampling   -- T frames picked uniformly;
-* frame pooling    -- k_t*T frames picked uniformly, then mean-pooled over time, in one 3-D pool
-  together with the token pooling;
+* frame pooling    -- S frames picked uniformly, then mean-pooled into T adaptive temporal bins,
+  in one 3-D pool together with the token pooling;
 * random masking   -- LongViViT's (paper-notes §5): keep M of the G*G tokens chosen at random,
   independently per frame (``mask``) or as a tube, the same positions in every frame (``tube``),
   in raster order; seeded per (video, arm) (:func:`mask_seed`), so a video always gets the same
@@ -76,26 +76,40 @@ def sample_tokens(grid_feats: torch.Tensor, M: int) -> torch.Tensor:
     return sub.reshape(*sub.shape[:-3], M, sub.shape[-1])
 
 
-def pool_grid(x: torch.Tensor, k: int, kt: int = 1) -> torch.Tensor:
-    """``[..., F, G, G, D] -> [..., F/kt, ceil(G/k)^2, D]`` by one 3-D mean pool.
+def time_bins(n: int, T: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` frames of each of T adaptive temporal bins over n frames:
+    ``floor(i n / T)`` to ``ceil((i + 1) n / T)``, PyTorch's adaptive pooling bins. When T divides n
+    they are n/T frames each; otherwise neighbouring bins overlap by a frame, so every T < n pools
+    (``floor(n/T)`` groups made pooling equal to sampling for every T > n/2)."""
+    if not 1 <= T <= n:
+        raise ValueError(f"{n} frames cannot be pooled into T={T} bins")
+    return [(i * n // T, -(-(i + 1) * n // T)) for i in range(T)]
+
+
+def pool_grid(x: torch.Tensor, k: int, T: int | None = None) -> torch.Tensor:
+    """``[..., F, G, G, D] -> [..., T, ceil(G/k)^2, D]`` by one 3-D mean pool.
 
     The grid is zero-padded at its far edges up to a multiple of k and the zeros count in the
-    mean (as in Opt-Visor's projector); F must be a multiple of kt.
+    mean (as in Opt-Visor's projector); the F frames are averaged into T adaptive temporal bins
+    (:func:`time_bins`; T = F: none).
     """
     import torch.nn.functional as F
 
     *batch, Fr, G, G2, D = x.shape
     if G != G2:
         raise ValueError(f"patch grid must be square, got {G}x{G2}")
-    if Fr % kt:
-        raise ValueError(f"{Fr} frames cannot be pooled in groups of {kt}")
+    T = Fr if T is None else T
+    time_bins(Fr, T)  # validates
     side = math.ceil(G / k)
     pad = side * k - G
     v = x.reshape(-1, Fr, G, G, D).permute(0, 4, 1, 2, 3)  # [B, D, F, G, G]
     if pad:
         v = F.pad(v, (0, pad, 0, pad))
-    v = F.avg_pool3d(v, kernel_size=(kt, k, k), stride=(kt, k, k))  # [B, D, F/kt, side, side]
-    v = v.permute(0, 2, 3, 4, 1).reshape(*batch, Fr // kt, side * side, D)
+    if Fr % T == 0:  # equal bins: the plain 3-D pool
+        v = F.avg_pool3d(v, kernel_size=(Fr // T, k, k), stride=(Fr // T, k, k))
+    else:  # adaptive bins in time; in space still kernel = stride = k (the padded side is side * k)
+        v = F.adaptive_avg_pool3d(v, (T, side, side))
+    v = v.permute(0, 2, 3, 4, 1).reshape(*batch, T, side * side, D)
     return v
 
 
@@ -160,12 +174,11 @@ def visual_context(features: torch.Tensor, arm: "Arm", seeds: int | Sequence[int
         return masked_context(features, arm, seeds, train)
 
     Fr, G = features.shape[-4], features.shape[-3]
-    n_frames = arm.T * arm.time_kernel
-    frames = features.index_select(-4, torch.tensor(uniform_indices(Fr, n_frames), device=features.device))
+    frames = features.index_select(-4, torch.tensor(uniform_indices(Fr, arm.frames), device=features.device))
     if arm.token_op == "pool":
-        return pool_grid(frames, arm.kernel, arm.time_kernel)
+        return pool_grid(frames, arm.kernel, arm.T)
     if arm.token_op == "sample":
-        if arm.time_kernel > 1:  # temporal mean first; sampling then keeps tokens unmixed in space
-            frames = pool_grid(frames, 1, arm.time_kernel).reshape(*frames.shape[:-4], arm.T, G, G, -1)
+        if arm.pooled_from:  # temporal mean first; sampling then keeps tokens unmixed in space
+            frames = pool_grid(frames, 1, arm.T).reshape(*frames.shape[:-4], arm.T, G, G, -1)
         return sample_tokens(frames, arm.M)
     raise ValueError(f"unknown token_op {arm.token_op!r}; allowed: sample, pool, {', '.join(MASK_OPS)}")

@@ -174,15 +174,15 @@ def usable_records(records: Sequence[R], store: FeatureSource, source: str = "re
 
 def load_context(store: FeatureSource, keys: Sequence[str], arm: Arm, train: bool = False) -> torch.Tensor:
     """``[B, T, M, D]`` float32 visual context of ``keys`` for ``arm``; from a frame store the
-    arm's uint8 frames ``[B, T * time_kernel, S, S, 3]``, which the model's tower encodes.
+    arm's uint8 frames ``[B, arm.frames, S, S, 3]``, which the model's tower encodes.
 
-    Only the frames the arm uses are read from the memory-mapped cache (``T * time_kernel``
+    Only the frames the arm uses are read from the memory-mapped cache (``arm.frames``
     uniform indices), then ``visual_context`` pools/samples them; on that subset its own frame
     selection is the identity, so the result equals ``visual_context`` on all frames. ``train``:
     a training batch (random masking of a ``*train`` arm applies only then), each video masked by
     its own seed (:func:`visctx.context.mask_seed`).
     """
-    idx = uniform_indices(store.frames, arm.T * arm.time_kernel)
+    idx = uniform_indices(store.frames, arm.frames)
     arr = np.stack([np.asarray(store.get(k)[idx]) for k in keys])
     if is_frames(store):
         return torch.from_numpy(arr)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from visctx.config import Arm
-from visctx.video import write_json_atomic
+from visctx.files import write_json_atomic
 
 
 def evaluate(
@@ -42,14 +42,14 @@ def evaluate(
 ) -> dict:
     """Score every item of ``eval_json`` with the model in ``model_dir`` under ``arm``; write
     ``{"arm", "benchmark", "n", "loss", "accuracy", "score", "official", "scoring", "predictions",
-    "per_task", "T", "M", "token_op", "frame_op", "time_kernel"}`` to ``out_json`` atomically and
+    "per_task", "T", "M", "token_op", "frame_op", "pooled_from"}`` to ``out_json`` atomically and
     return it (``official``: the benchmark's rule in the ``scoring`` mode).
 
     Args:
         model_dir: the trained model dir (``VideoModel.save``).
         eval_json: the evaluation JSON (multiple-choice records).
         features_dir: the features (or frames) of the evaluation videos.
-        arm: the arm (``T<frames>-M<tokens>-<op>[-tpool<k>]``) whose context the model sees.
+        arm: the arm (``T<frames>-M<tokens>-<op>[-from<S>]``) whose context the model sees.
         out_json: the evaluation to write.
         batch_size: items scored at once.
         threads: torch's CPU threads.
@@ -170,7 +170,7 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
         "M": arm.M,
         "token_op": arm.token_op,
         "frame_op": arm.frame_op,
-        "time_kernel": arm.time_kernel,
+        "pooled_from": arm.pooled_from,
         "model_dir": str(model_dir),
         "cpu": kernels,
         "seconds": round(time.perf_counter() - t0, 3),

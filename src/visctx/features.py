@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from visctx.video import atomic_path, load_npy, write_json_atomic
+from visctx.files import atomic_path, load_npy, write_json_atomic
 
 
 def build_tiny_vision_tower(out_dir: str | os.PathLike, image_size: int = 54, patch_size: int = 2,

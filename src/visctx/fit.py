@@ -1035,7 +1035,7 @@ def load_arms(arms_csv: str | Path, benchmark: str = "synthetic") -> pd.DataFram
     """One row per arm of one benchmark, indexed by arm id: numeric columns are the means over the
     training seeds (:func:`load_replicates`), with ``loss_sd`` (across seeds) and ``seeds``."""
     sub = load_replicates(arms_csv, benchmark)
-    keys = ["arm", *(c for c in ("T", "M", "token_op", "frame_op", "time_kernel", "tokens", "benchmark")
+    keys = ["arm", *(c for c in ("T", "M", "token_op", "frame_op", "pooled_from", "tokens", "benchmark")
                      if c in sub)]
     values = [c for c in sub.columns if c not in keys and c != "seed" and pd.api.types.is_numeric_dtype(sub[c])]
     g = sub.groupby(keys, sort=False)

@@ -48,7 +48,7 @@ from visctx.config import Arm
 
 MODEL_NAME = "visctx"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ARM_ARGS = ("T", "M", "token_op", "time_kernel")
+ARM_ARGS = ("T", "M", "token_op", "pooled_from")
 
 
 def manifest():
@@ -126,7 +126,7 @@ def training_store(model_dir: Path, meta: dict) -> dict:
 
 def resolve_arm(model_dir: Path, meta: dict, overrides: dict[str, Any]) -> tuple[Arm, bool]:
     """(the arm to answer with, whether it differs from the trained one): ``model.json``'s arm with
-    the given ``T``/``M``/``token_op``/``time_kernel`` replacing its own."""
+    the given ``T``/``M``/``token_op``/``pooled_from`` replacing its own."""
     trained = meta.get("arm")
     given = {k: v for k, v in overrides.items() if v is not None}
     if not isinstance(trained, dict):  # the shared base ("mixture") or a foreign dir: no single arm
@@ -136,7 +136,7 @@ def resolve_arm(model_dir: Path, meta: dict, overrides: dict[str, Any]) -> tuple
                              f"give {', '.join(f'{k}=' for k in missing)} in --model_args")
         trained = {}
     try:
-        spec = {k: int(trained[k]) if k in ("T", "M", "time_kernel") else trained[k]
+        spec = {k: int(trained[k]) if k in ("T", "M", "pooled_from") else trained[k]
                 for k in ARM_ARGS if k in trained}
     except (TypeError, ValueError) as e:
         raise ValueError(f"{model_dir / 'model.json'}: 'arm' {trained!r} is not an arm ({e})") from None
@@ -157,7 +157,7 @@ class VisctxArm(lmms):
     """``--model visctx``: a ``visctx-model/1`` dir answering lmms-eval requests (module docstring).
 
     Model args: ``pretrained`` (the model dir, required); ``T``, ``M``, ``token_op``,
-    ``time_kernel`` (the arm: its trained one by default); ``fps``, ``max_frames``, ``size`` (frame
+    ``pooled_from`` (the arm: its trained one by default); ``fps``, ``max_frames``, ``size`` (frame
     decoding: the training store's by default; ``fps`` 1, ``size`` the encoder's input size where it
     does not say); ``vision_tower``, ``vision_layer`` (a cache-trained model's tower: the one that
     encoded its cache); ``dtype`` (float32 | bfloat16 | float16); ``max_new_tokens`` (where a task
@@ -167,7 +167,7 @@ class VisctxArm(lmms):
     is_simple = True
 
     def __init__(self, pretrained: str, T: int | None = None, M: int | None = None, token_op: str | None = None,
-                 time_kernel: int | None = None, fps: float | None = None, max_frames: int | None = None,
+                 pooled_from: int | None = None, fps: float | None = None, max_frames: int | None = None,
                  size: int | None = None, vision_tower: str | None = None, vision_layer: int | None = None,
                  dtype: str = "float32", max_new_tokens: int = 16, threads: int | None = None,
                  batch_size: int | str = 1, max_batch_size: int | None = None, device: str | None = None,
@@ -175,7 +175,7 @@ class VisctxArm(lmms):
         super().__init__()
         if unknown:
             raise ValueError(f"--model_args: unknown {', '.join(sorted(unknown))} for --model {MODEL_NAME}; allowed: "
-                             "pretrained, T, M, token_op, time_kernel, fps, max_frames, size, vision_tower, "
+                             "pretrained, T, M, token_op, pooled_from, fps, max_frames, size, vision_tower, "
                              "vision_layer, dtype, max_new_tokens, threads")
         from visctx.model import VideoModel
 
@@ -196,7 +196,7 @@ class VisctxArm(lmms):
         self.model = model.to(self.device).eval()
         meta = model.meta
         self.arm, probing = resolve_arm(self.model_dir, meta, dict(T=T, M=M, token_op=token_op,
-                                                                    time_kernel=time_kernel))
+                                                                    pooled_from=pooled_from))
         if probing:
             warnings.warn(f"{self.model_dir}: answering as arm {self.arm.id}, not the {meta['arm']['id']} it was "
                           f"trained as (probing the arm outside its training setting)", stacklevel=2)
@@ -228,8 +228,8 @@ class VisctxArm(lmms):
         size = size or store.get("size") or _processor_size(processor if tower is not None else model.vision.processor)
         fps = float(fps if fps is not None else store.get("fps", 1.0))
         self.source = VideoSource(fps, int(max_frames), int(size), tower, processor, layer)
-        if self.arm.T * self.arm.time_kernel > self.source.max_frames:
-            warnings.warn(f"arm {self.arm.id} takes {self.arm.T * self.arm.time_kernel} frames of "
+        if self.arm.frames > self.source.max_frames:
+            warnings.warn(f"arm {self.arm.id} takes {self.arm.frames} frames of "
                           f"{self.source.max_frames} decoded: frames repeat", stacklevel=2)
         from visctx.data import ContextCache
 

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from visctx.video import write_json_atomic
+from visctx.files import write_json_atomic
 
 # lmms-eval task -> the project's benchmark over the same items (its score sits beside lmms-eval's)
 SAME_BENCHMARK = {
@@ -121,7 +121,7 @@ def write_table(jsons: list[str], out_md: str, out_csv: str, evals: list[str] | 
             for key, value in metrics.items():
                 metric, _, filt = key.partition(",")
                 rows.append({"arm": arm.id, "seed": r.get("seed"), "T": arm.T, "M": arm.M, "token_op": arm.token_op,
-                             "frame_op": arm.frame_op, "time_kernel": arm.time_kernel, "task": task, "result": name,
+                             "frame_op": arm.frame_op, "pooled_from": arm.pooled_from, "task": task, "result": name,
                              "metric": metric, "filter": filt, "value": value, "limit": r.get("limit")})
     if not rows:
         raise ValueError(f"no lmms-eval metrics in {len(jsons)} result files")

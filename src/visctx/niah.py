@@ -40,10 +40,24 @@ def needle_frame(spec: dict, extract_fps: float, max_frames: int) -> int | None:
     extraction skipped it)."""
     from visctx.video import frame_indices
 
+    from visctx.synth import visible
+
     fps, seconds = spec["fps"], spec["seconds"]
     kept = frame_indices(seconds * fps, fps, extract_fps, max_frames)
-    hits = [j for j, k in enumerate(kept) if k // fps == spec["needle"]["second"]]
+    hits = [j for j, k in enumerate(kept) if visible(spec["needle"], k // fps)]
     return hits[0] if hits else None
+
+
+def needle_readable(spec: dict, arm: Arm, threshold: float) -> bool:
+    """Whether one of the arm's tokens carries the needle on its frame (:mod:`visctx.ceiling`'s rule):
+    the map asks about needles the arm could read in view, so a miss is the haystack's doing."""
+    from visctx.ceiling import context, seen_bins, shares
+    from visctx.synth import objects
+
+    things = objects(spec)
+    second = spec["needle"]["shows"][0][0]
+    bins, W = context(Arm(1, arm.M, arm.token_op), [second], spec["grid"])
+    return len(seen_bins(shares(things, bins, W), threshold)[0]) > 0
 
 
 def niah(
@@ -58,6 +72,7 @@ def niah(
     depths: list[int] | None = None,
     batch_size: int = 32,
     threads: int = 1,
+    visible_share: float = 0.25,
 ) -> dict:
     """Accuracy of each frame-sampling arm (``<arms_dir>/<arm>/model``) on the needle questions of
     ``eval_json`` at every depth; writes the table (``out_csv``, with the models' training seed) and,
@@ -74,6 +89,8 @@ def niah(
         depths: needle depths in percent (0: first, 100: last; default 0 25 50 75 100).
         batch_size: items scored at once.
         threads: torch's CPU threads.
+        visible_share: the ceiling's rule (``ceiling.visible_share``): only needles an arm's token
+            can carry on their own frame are asked.
     """
     import pandas as pd
 
@@ -89,7 +106,7 @@ def niah(
     kernels = cpu.check()
     depths = list(DEPTHS if depths is None else depths)
     arms = [a if isinstance(a, Arm) else Arm.from_id(str(a)) for a in arms]
-    bad = [a.id for a in arms if a.time_kernel != 1]
+    bad = [a.id for a in arms if a.pooled_from]
     if bad:
         raise ValueError(f"needle in a haystack places single frames: frame-sampling arms only, got {bad}")
     store = open_store(features_dir)
@@ -104,10 +121,15 @@ def niah(
         raise ValueError(f"{eval_json}: no needle questions whose needle frame was extracted")
     rows = []
     seeds = set()
+    asked = items
     for arm in arms:
         model = VideoModel.load(Path(arms_dir) / arm.id / "model").eval()
         seeds.add(model.meta.get("seed"))
         cpu.require_same(model.meta.get("cpu"), kernels, str(Path(arms_dir) / arm.id / "model"))
+        items = [(r, j) for r, j in asked if needle_readable(specs[r.video], arm, visible_share)]
+        if not items:
+            raise ValueError(f"{eval_json}: no needle that arm {arm.id}'s tokens can carry (visible_share "
+                             f"{visible_share})")
         prompts = [model.encoder.choice_prompt(r.question, r.options, r.answer, where=r.id) for r, _ in items]
         for depth in depths:
             right = []

@@ -198,6 +198,49 @@ def startup_overhead(run: _Runner, tmp: Path) -> dict[str, float]:
     return out
 
 
+FRESH_CLONE_CHECK = "../shared/tools/fresh-clone-check"
+
+
+def fresh_clone_check(out_dir: str = "results/perf", repo: str = ".",
+                      commands: list[str] | None = None) -> dict:
+    """Run the project's fresh-clone check (the README's two quick-start commands in a fresh clone
+    of the committed HEAD, as CI and a newcomer run them) and record what it printed -- each
+    command's exit code and wall time, and whether the run left the committed files unchanged -- in
+    ``results/perf/fresh-clone-check.{json,md}``, the artifact the README quotes.
+
+    Args:
+        out_dir: where the record goes (relative to ``repo``).
+        repo: the checkout whose HEAD is cloned.
+        commands: the commands (default: the README's main command, then its test command).
+    """
+    import re
+
+    repo_p = Path(repo).resolve()
+    tool = (repo_p / FRESH_CLONE_CHECK).resolve()
+    if not tool.is_file():
+        raise FileNotFoundError(f"{tool}: the shared fresh-clone check is not there")
+    commands = commands or ["bash scripts/run.sh", "bash scripts/test.sh"]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_p, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    proc = subprocess.run([str(tool), *commands], cwd=repo_p, capture_output=True, text=True)
+    runs = [{"command": m[3], "exit": int(m[1]), "seconds": int(m[2])}
+            for m in re.finditer(r"^\[\d+\] exit (\d+) after (\d+) s: (.*?)\s+\(log:", proc.stdout, re.M)]
+    from visctx import cpu
+
+    record = {"date": dt.date.today().isoformat(), "commit": commit, "machine": _machine(), "cpu": cpu.describe_host(),
+              "runs": runs, "unchanged": "committed files unchanged by the run" in proc.stdout,
+              "exit": proc.returncode, "output": proc.stdout.strip().splitlines()}
+    out = (repo_p / out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fresh-clone-check.json").write_text(json.dumps(record, indent=1) + "\n")
+    lines = [f"Fresh-clone check of commit {commit}, {record['date']}, on {record['machine']}:", "",
+             "| command | exit | seconds |", "|---|---|---|"]
+    lines += [f"| `{r['command']}` | {r['exit']} | {r['seconds']} |" for r in runs]
+    lines += ["", "Committed files unchanged by the run: " + ("yes" if record["unchanged"] else "NO")]
+    (out / "fresh-clone-check.md").write_text("\n".join(lines) + "\n")
+    return record
+
+
 def perf(out_dir: str = "results/perf", repo: str = ".", fresh: bool = True, keep: bool = False) -> dict:
     """Run the harness; ``fresh``: clone ``repo`` into a temporary directory and run the whole
     study there (install included); otherwise measure the finished study in ``repo`` itself.

@@ -13,7 +13,7 @@ import csv
 import json
 from pathlib import Path
 
-from visctx.video import atomic_path, write_json_atomic
+from visctx.files import atomic_path, write_json_atomic
 
 
 def _read_shard_meta(path: Path) -> dict:

@@ -139,6 +139,26 @@ def render(root: str | Path = ".") -> str:
                 f"loss {_f(p.get('spearman'), 2)}; mean absolute percentage error {_f(100 * p['mape'], 1)} %."]
     out += ["", "![joint law](results/figures/joint_contour.png)", "![accuracy by task](results/figures/accuracy_by_task.png)",
             ""]
+    ceiling = r / "fits/ceiling.json"
+    if ceiling.exists() and metrics.get("ceiling"):
+        c = json.loads(ceiling.read_text())
+        co = c.get("optimum") or {}
+        laws = {f"{st}/{m}": e.get("selected") for st in ("tokens", "frames")
+                for m, e in (c["fits"].get(st) or {}).items()}
+        out += [f"**Information ceiling** (`visctx ceiling`: what each arm's exact context can recover of each "
+                f"answer, the Bayes-optimal loss given it): its laws "
+                + ", ".join(f"{k} `{v}`" for k, v in laws.items())
+                + (f"; its optimum for L = {co['budget']} is (T, M) = ({co['brute_force']['T']}, "
+                   f"{co['brute_force']['M']})" if co else "")
+                + f"; the trained arms sit a median {_f(metrics['ceiling']['gap_median'], 3)} above their ceiling "
+                f"(`gap` in Tables 1-2).", "", "![trained vs ceiling](results/figures/ceiling_gap.png)", ""]
+    findings = r / "tables/findings.csv"
+    if findings.exists():
+        f = pd.read_csv(findings).fillna("")
+        out += ["**The paper's findings on this run** (`results/tables/findings.md`; judged against the replicates' "
+                "noise, and on the ceiling):", "", "| finding | verdict | evidence | on the ceiling |", "|---|---|---|---|"]
+        out += [f"| {x.finding} | **{x.verdict}** | {x.evidence} | {x.ceiling} |" for x in f.itertuples()]
+        out.append("")
     niah_csv = r / "niah/niah.csv"
     if niah_csv.exists():
         n = pd.read_csv(niah_csv)
@@ -154,6 +174,14 @@ def render(root: str | Path = ".") -> str:
                 + (f"alone {_ci(alone, 'accuracy', 2)}; " if alone is not None else "")
                 + "; ".join(cells) + " (mean over depths; the heatmap has every cell with its interval).", "",
                 "![needle in a haystack](results/niah/niah_heatmap.png)", ""]
+    fc = r / "perf/fresh-clone-check.json"
+    if fc.exists():
+        c = json.loads(fc.read_text())
+        runs = "; ".join(f"`{x['command']}` {x['seconds']} s ({x['seconds'] / 60:.1f} min, exit {x['exit']})"
+                         for x in c["runs"])
+        out += [f"**Time** (`bash scripts/perf.sh --fresh-clone-check`: `../shared/tools/fresh-clone-check` of commit "
+                f"{c['commit']}, {c['date']}, {c['machine']}): {runs}; committed files "
+                f"{'unchanged' if c['unchanged'] else 'CHANGED'} by the run.", ""]
     out.append(END)
     return "\n".join(out)
 

@@ -25,8 +25,8 @@ from visctx.fit import LAWS, STUDY_X, FitError, joint_loss, load_arms, load_desi
 from visctx.stats import paired_effect, seed_interval, summarise
 
 TABLES = ["table1_tokens", "table2_frames", "table3_joint", "table4_window", "table5_fits", "model_selection",
-          "benchmarks"]
-FIGURES = ["tokens_loss", "frames_loss", "joint_contour", "accuracy_by_task"]
+          "benchmarks", "findings"]
+FIGURES = ["tokens_loss", "frames_loss", "joint_contour", "accuracy_by_task", "ceiling_gap"]
 TABLE_FORMATS = ("md", "csv", "tex")
 FIGURE_FORMATS = ("png", "pdf")
 DPI = 120
@@ -51,8 +51,9 @@ class _Inputs:
     row per (arm, seed); ``summary``: per arm the across-seed mean and interval of every measure."""
 
     def __init__(self, arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
-                 scores_csv: str | Path | None = None) -> None:
+                 scores_csv: str | Path | None = None, ceiling_fits: str | Path | None = None) -> None:
         self.fits = load_fits(fits_json)
+        self.ceiling = load_fits(ceiling_fits) if ceiling_fits else None
         self.arms_csv = arms_csv
         self.scores_csv = scores_csv
         self.benchmark = self.fits.get("benchmark", "synthetic")
@@ -61,7 +62,8 @@ class _Inputs:
         self.design = load_design(design_csv)
         self.tasks = [c for c in self.arms.columns if c.startswith("acc_") and self.arms[c].notna().any()]
         self.seeds = sorted(self.replicates["seed"].unique().tolist())
-        self.summary = summarise(self.replicates, ["arm"], ["loss", "accuracy", *self.tasks]).set_index("arm")
+        extra = [c for c in ("ceiling_loss", "ceiling_accuracy", "gap") if c in self.replicates]
+        self.summary = summarise(self.replicates, ["arm"], ["loss", "accuracy", *self.tasks, *extra]).set_index("arm")
 
     def study(self, study: str) -> pd.DataFrame:
         """Design rows of one study joined with the arms' measurements (means over seeds with
@@ -71,7 +73,7 @@ class _Inputs:
         if missing:
             raise FitError(f"design study {study!r}: arm(s) {missing} not in arms.csv for benchmark "
                            f"{self.benchmark!r}")
-        cols = [c for c in ("time_kernel", "tokens", "n") if c in self.arms.columns]
+        cols = [c for c in ("pooled_from", "tokens", "n") if c in self.arms.columns]
         out = d.merge(self.arms[cols], left_on="arm", right_index=True, how="left")
         return out.merge(self.summary, left_on="arm", right_index=True, how="left")
 
@@ -120,12 +122,17 @@ def _study_table(inp: _Inputs, study: str, x: str) -> pd.DataFrame:
         e = inp.fit_entry(study, method) or {}
         for _, r in sub.iterrows():
             row = {"method": method, "T": int(r["T"]), "M": int(r["M"])}
-            if "time_kernel" in r:
-                row["time_kernel"] = int(r["time_kernel"])
+            if "pooled_from" in r:
+                row["pooled_from"] = int(r["pooled_from"])
             row["arm"] = r["arm"]
             row = _with_ci(row, r, "loss")
             row |= {"fit": inp.fitted_value(study, method, r["arm"]), "law": e.get("selected")}
+            if "ceiling_loss" in r:  # what the arm's context allows, and how far the trained arm is from it
+                row["ceiling"] = r["ceiling_loss"]
+                row = _with_ci(row, r, "gap")
             row = _with_ci(row, r, "accuracy")
+            if "ceiling_accuracy" in r:
+                row["ceiling_accuracy"] = r["ceiling_accuracy"]
             for t in inp.tasks:
                 row = _with_ci(row, r, t)
             rows.append(row | {"seeds": int(r["seeds"])})
@@ -287,11 +294,13 @@ def _fit_entries(fits: dict[str, Any]):
 
 
 def build_tables(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
-                 scores_csv: str | Path | None = None) -> dict[str, pd.DataFrame]:
-    inp = _Inputs(arms_csv, design_csv, fits_json, scores_csv)
+                 scores_csv: str | Path | None = None, ceiling_fits: str | Path | None = None) -> dict[str, pd.DataFrame]:
+    from visctx.findings import findings_table
+
+    inp = _Inputs(arms_csv, design_csv, fits_json, scores_csv, ceiling_fits)
     builders = {"table1_tokens": table1_tokens, "table2_frames": table2_frames, "table3_joint": table3_joint,
                 "table4_window": table4_window, "table5_fits": table5_fits, "model_selection": model_selection_table,
-                "benchmarks": benchmarks_table}
+                "benchmarks": benchmarks_table, "findings": findings_table}
     assert list(builders) == TABLES
     return {name: fn(inp) for name, fn in builders.items()}
 
@@ -319,7 +328,7 @@ def _latex(df: pd.DataFrame) -> str:
 
 
 def write_tables(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
-                 out_dir: str | Path, scores_csv: str | None = None) -> list[Path]:
+                 out_dir: str | Path, scores_csv: str | None = None, ceiling_fits: str | None = None) -> list[Path]:
     """Write every table in :data:`TABLES` as ``.md``, ``.csv`` and ``.tex`` into ``out_dir``: the CSV
     with every interval bound as its own column, Markdown and LaTeX as ``value [lo, hi]`` cells.
 
@@ -329,11 +338,12 @@ def write_tables(arms_csv: str | Path, design_csv: str | Path, fits_json: str | 
         fits_json: the fits (``visctx fits``).
         out_dir: where the tables go.
         scores_csv: ``benchmark-scores``' table (the benchmark table's scores and intervals).
+        ceiling_fits: the fits of the information ceiling (``visctx fits`` on ``visctx ceiling``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, df in build_tables(arms_csv, design_csv, fits_json, scores_csv).items():
+    for name, df in build_tables(arms_csv, design_csv, fits_json, scores_csv, ceiling_fits).items():
         shown = _with_intervals(df)
         p = out / f"{name}.md"
         p.write_text(shown.to_markdown(index=False, floatfmt=".4g", missingval="–") + "\n")
@@ -549,16 +559,46 @@ def _accuracy_figure(inp: _Inputs, path: Path) -> Path:
     return path
 
 
+def _ceiling_figure(inp: _Inputs, path: Path) -> Path:
+    """Each trained arm (mean over seeds, interval) against its information ceiling, token and frame
+    study side by side: the gap is what the tiny model fails to learn."""
+    import seaborn as sns
+
+    panels = [(st, x) for st, x in (("tokens", "M"), ("frames", "T")) if not inp.study(st).empty]
+    if "ceiling_loss" not in inp.summary or not panels:
+        return _placeholder(path, "no information ceiling (synthetic corpus only: visctx ceiling)")
+    with sns.axes_style("whitegrid"):
+        fig, axes = _figure(ncols=len(panels), size=(5.2, 4.0))
+        for ax, (study, x) in zip(axes[0], panels):
+            d = inp.study(study)
+            for method in _methods(d):
+                sub = d[d["method"] == method].drop_duplicates("arm").sort_values(x)
+                color = METHOD_COLORS.get(method)
+                err = [sub["loss"] - sub["loss_lo"], sub["loss_hi"] - sub["loss"]] if sub["loss_lo"].notna().all() else None
+                ax.errorbar(sub[x], sub["loss"], yerr=err, fmt="o-", color=color, ms=4, capsize=2,
+                            label=f"{method}: trained")
+                ax.plot(sub[x], sub["ceiling_loss"], "--", marker="s", ms=3, color=color, alpha=0.8,
+                        label=f"{method}: ceiling")
+            ax.set_xscale("log")
+            fixed = "T" if x == "M" else "M"
+            ax.set(xlabel=f"{x} ({fixed} = {int(d[fixed].iloc[0])})", ylabel="held-out loss",
+                   title=f"{study.capitalize()} study: trained vs. information ceiling")
+            ax.legend(fontsize=7)
+        _save(fig, path)
+    return path
+
+
 def write_figures(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
-                  out_dir: str | Path) -> list[Path]:
+                  out_dir: str | Path, ceiling_fits: str | None = None) -> list[Path]:
     """Write every figure in :data:`FIGURES` as ``<name>.png`` and ``<name>.pdf`` into ``out_dir``.
 
     Args:
         arms_csv, design_csv: ``collect``'s tables.
         fits_json: ``fits``' output.
         out_dir: the directory of the figures.
+        ceiling_fits: the fits of the information ceiling (``visctx fits`` on ``visctx ceiling``).
     """
-    inp = _Inputs(arms_csv, design_csv, fits_json)
+    inp = _Inputs(arms_csv, design_csv, fits_json, ceiling_fits=ceiling_fits)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pngs = [
@@ -566,6 +606,7 @@ def write_figures(arms_csv: str | Path, design_csv: str | Path, fits_json: str |
         _loss_figure(inp, "frames", "T", out / "frames_loss.png"),
         _joint_figure(inp, out / "joint_contour.png"),
         _accuracy_figure(inp, out / "accuracy_by_task.png"),
+        _ceiling_figure(inp, out / "ceiling_gap.png"),
     ]
     return [p.with_suffix(f".{ext}") for p in pngs for ext in FIGURE_FORMATS]
 
@@ -594,11 +635,13 @@ def _effect(inp: _Inputs, study: str, method: str, x: str) -> dict[str, Any] | N
     return {"from": a, "to": b, "effect": e["mean"], "effect_sd": e["sd"], "effect_lo": e["lo"], "effect_hi": e["hi"]}
 
 
-def metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path) -> dict[str, Any]:
+def metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
+            ceiling_fits: str | Path | None = None) -> dict[str, Any]:
     """What ``dvc exp show`` shows (nested; DVC flattens it to ``tokens.pool.alpha`` etc.): per study
     and method the selected law with its exponent and interval and the effect with its across-seed
-    SD; the joint law; the optimum and its interval; the prediction check; the noise."""
-    inp = _Inputs(arms_csv, design_csv, fits_json)
+    SD; the joint law; the optimum and its interval; the prediction check; the noise; the ceiling's
+    optimum and the median gap to it; how many of the paper's findings hold."""
+    inp = _Inputs(arms_csv, design_csv, fits_json, ceiling_fits=ceiling_fits)
     fits = inp.fits
     out: dict[str, Any] = {"seeds": len(inp.seeds), "n_arms": int(len(inp.arms)),
                            "n_errors": len(fits.get("errors") or [])}
@@ -646,6 +689,15 @@ def metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path)
     sd = inp.summary["loss_sd"].dropna()
     out["noise"] = {"loss_sd_median": float(sd.median()) if len(sd) else None,
                     "loss_sd_max": float(sd.max()) if len(sd) else None}
+    if inp.ceiling and inp.ceiling.get("optimum"):
+        co = inp.ceiling["optimum"]["brute_force"]
+        out["ceiling"] = {"T": co["T"], "M": co["M"],
+                          "gap_median": float(inp.summary["gap"].median()) if "gap" in inp.summary else None}
+    from visctx.findings import findings_table
+
+    f = findings_table(inp)
+    if "verdict" in f:
+        out["findings"] = {v: int((f["verdict"] == v).sum()) for v in ("holds", "fails", "inconclusive")}
     out["converged"] = all_conv
     return _clean_json(out)
 
@@ -665,15 +717,16 @@ def _clean_json(obj: Any) -> Any:
 
 
 def write_metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
-                  out_json: str | Path) -> dict[str, Any]:
+                  out_json: str | Path, ceiling_fits: str | None = None) -> dict[str, Any]:
     """Write :func:`metrics` to ``out_json`` (for ``dvc exp show``); returns it.
 
     Args:
         arms_csv, design_csv: ``collect``'s tables.
         fits_json: ``fits``' output.
         out_json: the metrics file.
+        ceiling_fits: the fits of the information ceiling: its optimum goes beside the study's.
     """
-    m = metrics(arms_csv, design_csv, fits_json)
+    m = metrics(arms_csv, design_csv, fits_json, ceiling_fits)
     out = Path(out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(m, indent=2, allow_nan=False) + "\n")

@@ -1,33 +1,34 @@
-"""The embedded default's data: synthetic long videos whose answers need temporal or spatial detail.
+"""The embedded default's data: synthetic videos whose information is graded and scale-free.
 
-Every video is a background (a per-video grey level, tint and gradient) with four independent
-things, each in its own region so that no question can be answered from another's event:
+A video is a textured grey background with six objects, each a coloured square of ``size`` x
+``size`` cells of the 27 x 27 patch grid, visible for its own seconds. Sizes and durations are
+drawn from heavy-tailed (power-law) distributions, so there are many small, brief things and a
+few large, long ones: a little more T or M always reveals a little more, as in natural video,
+instead of the step functions of a corpus with one size and one duration per question. Each
+object answers one question; the five question types mirror the benchmarks:
 
-=========  ===========================================  =====================================  ==========
-task       what the video shows                          why the answer needs it                depends on
-=========  ===========================================  =====================================  ==========
-needle     a large centre square flashes in one colour   the flash is in ONE of the 32 frames   T
-           for exactly one second                        decoded at 1 fps; T sampled frames
-                                                         hit it with probability ~T/32
-count      a white bar at the top appears n = 1..4       each appearance is one frame; missed   T
-           times, one second each, >= 1 s apart          frames undercount
-order      two squares of different colours appear in    both must be seen (2 frames each) and  T
-           the same bottom corner, 2 s each, one after   their order kept; the other colour is
-           the other                                     always a distractor
-detail     a small static dot (``dot`` x ``dot`` patches   dot^2 of the 27x27 patches: token      M
-           of the 54x54 encoder input, 2 by default)     sampling keeps it only if the sub-grid
-           at a random free place, the whole video       hits it, pooling dilutes it ~k^2/dot^2
-=========  ===========================================  =====================================  ==========
+==========  ======================================================  ===========================
+task        what the video shows                                    what answering takes
+==========  ======================================================  ===========================
+needle      one flash of a colour, for d seconds (retrieval)        a context token that sees it
+count       a white blinker that shows n = 1..4 times               every showing, told apart
+order       two colours, A then B, at two places                    both, in order
+detail      a static object for the whole video (fine detail)       a token that sees it
+episodic    one place that turns c1 -> c2 -> c3; "what was before   c1 and c2, in order
+            c2" (what happened before an event)
+==========  ======================================================  ===========================
 
-Geometry is laid out on a ``grid`` x ``grid`` cell lattice (27, the encoder's patch grid); a cell
-is ``size / grid`` native pixels (4 at 108 px), i.e. exactly one patch after decord resizes to the
-encoder's 54 px, and an even number of pixels so yuv420 chroma blocks never straddle an edge.
-Events last whole seconds aligned to second boundaries: native frame j shows second ``j // fps``,
-so the 1-fps decode (index ``round(t * fps)``) sees an event in exactly its seconds.
+Temporal redundancy: an event lasts several frames, so temporal pooling keeps diluted evidence of
+it where sampling can miss it; spatial detail at many scales: pooling blurs the small objects and
+keeps the large. What exactly an arm's context can recover is :mod:`visctx.ceiling`, computed from
+these specs. Geometry is in cells of ``size / grid`` native pixels (4 at 108 px: one patch after
+decord resizes to 54 px, an even number of pixels so yuv420 chroma never straddles an edge);
+events last whole seconds, native frame j showing second ``j // fps``. The background carries a
+static per-cell grey texture (``noise``), the noise a pooled token must rise above.
 
-Questions end in a word specific to their type and answers are single words (a 6-colour palette
-or a digit): a tiny LLM could not even learn the answer prior when every question ended in the
-same token (platform-notes). The vocabulary is :func:`vocabulary`.
+Questions end in a type-specific word and answers are single words (a 6-colour palette or a
+digit): a tiny LLM could not learn the answer prior when every question ended in the same token
+(platform-notes). Nothing here is tuned to make a finding of the paper come out.
 
 Files: ``make_corpus`` writes ``train.json`` (LLaVA-style), ``eval.json`` (4-option multiple
 choice) and ``videos.json`` (the scene specs); ``render_shard`` turns specs into mp4 files.
@@ -42,7 +43,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from visctx.video import atomic_path, shard_slice, write_json_atomic
+from visctx.files import atomic_path, write_json_atomic
+from visctx.video import shard_slice
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
@@ -52,52 +54,28 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "magenta": (255, 0, 255),
     "cyan": (0, 255, 255),
 }
-BAR_RGB = (255, 255, 255)
-TASKS = ("needle", "order", "count", "detail")
+WHITE = (255, 255, 255)
+TASKS = ("needle", "count", "order", "detail", "episodic")
 QUESTIONS = {  # no trailing "?": the last token must differ between types
     "needle": "What colour was the flash",
-    "order": "Which colour appeared first in the corner",
-    "count": "How many times did the bar appear at the top",
-    "detail": "What colour is the small dot",
+    "count": "How many times did the white square appear",
+    "order": "Which colour appeared first of the pair",
+    "detail": "What colour is the still object",
+    "episodic": "Before {colour} which colour was the sign",
 }
 SPLITS = {"train": 0, "eval": 1}
+MAX_COUNT = 4
 
 
 # ---------------------------------------------------------------------------------------------
-# Layout (in grid cells; [r0, c0, r1, c1) half-open)
+# Heavy-tailed draws and placement
 
 
-def layout(grid: int = 27) -> dict[str, Any]:
-    """Regions of the fixed layout, in cells: bar, centre, the two bottom corners."""
-    if grid < 12:
-        raise ValueError(f"grid={grid}: the layout needs at least 12 x 12 cells")
-    bar_h = max(1, grid // 9)
-    c = grid // 3
-    c0 = (grid - c) // 2
-    q = max(2, round(grid * 2 / 9))
-    return {
-        "bar": [1, 2, 1 + bar_h, grid - 2],
-        "centre": [c0, c0, c0 + c, c0 + c],
-        "corners": {
-            "bottom-left": [grid - 1 - q, 1, grid - 1, 1 + q],
-            "bottom-right": [grid - 1 - q, grid - 1 - q, grid - 1, grid - 1],
-        },
-    }
-
-
-def detail_cells(grid: int = 27, dot: int = 1) -> list[tuple[int, int]]:
-    """Top-left cells where a ``dot`` x ``dot`` dot may go: off the border and >= 2 cells away from
-    every event region, so neither codec/resize bleed nor a pooling window mixes it with an event
-    of another task."""
-    lay = layout(grid)
-    regions = [lay["bar"], lay["centre"], *lay["corners"].values()]
-    out = []
-    for r in range(1, grid - dot):
-        for c in range(1, grid - dot):
-            if all(r + dot + 2 <= r0 or r >= r1 + 2 or c + dot + 2 <= c0 or c >= c1 + 2
-                   for r0, c0, r1, c1 in regions):
-                out.append((r, c))
-    return out
+def power_law(rng: np.random.Generator, lo: int, hi: int, exponent: float) -> int:
+    """An integer in [lo, hi] with P(x) proportional to x^-exponent."""
+    xs = np.arange(lo, hi + 1, dtype=float)
+    p = xs ** -float(exponent)
+    return int(rng.choice(xs.astype(int), p=p / p.sum()))
 
 
 def _cell_size(size: int, grid: int) -> int:
@@ -108,101 +86,133 @@ def _cell_size(size: int, grid: int) -> int:
     return cell
 
 
-# ---------------------------------------------------------------------------------------------
-# Scene specs
+def _place(rng: np.random.Generator, taken: np.ndarray, side: int) -> tuple[int, int, int]:
+    """A free ``side`` x ``side`` square (1-cell gap to every other object) on the grid; the side
+    shrinks until one fits. Marks it taken; returns (row, col, side)."""
+    grid = taken.shape[0]
+    while side >= 1:
+        free = [(r, c) for r in range(0, grid - side + 1) for c in range(0, grid - side + 1)
+                if not taken[max(0, r - 1):r + side + 1, max(0, c - 1):c + side + 1].any()]
+        if free:
+            r, c = free[int(rng.integers(0, len(free)))]
+            taken[r:r + side, c:c + side] = True
+            return r, c, side
+        side -= 1
+    raise ValueError("no free cell left on the grid for another object")
 
 
-def _spread(rng: np.random.Generator, n: int, span: int, length: int, gap: int) -> list[int]:
-    """n sorted starts of ``length``-second events in [0, span) with >= ``gap`` empty seconds between."""
-    free = span - n * length - (n - 1) * gap
-    if free < 0:
-        raise ValueError(f"{n} events of {length} s with {gap} s gaps do not fit in {span} s")
-    picks = sorted(rng.choice(free + n, size=n, replace=False).tolist())
-    return [p + i * (length + gap - 1) for i, p in enumerate(picks)]
+def _events(rng: np.random.Generator, seconds: int, n: int, d_max: int, exponent: float,
+            gap: int = 1) -> list[tuple[int, int]]:
+    """n non-overlapping (start, duration) events in [0, seconds), in order, >= ``gap`` s apart,
+    heavy-tailed durations (shortened until they fit)."""
+    durs = [power_law(rng, 1, d_max, exponent) for _ in range(n)]
+    while sum(durs) + gap * (n - 1) > seconds:
+        durs[int(np.argmax(durs))] -= 1
+    free = seconds - sum(durs) - gap * (n - 1)
+    slack = sorted(rng.integers(0, free + 1, size=n).tolist())  # free seconds before each event
+    return [(slack[i] + sum(durs[:i]) + gap * i, d) for i, d in enumerate(durs)]
 
 
 def scene_spec(key: str, rng: np.random.Generator, seconds: int = 32, fps: int = 2, size: int = 108,
-               grid: int = 27, max_count: int = 4, order_seconds: int = 2, dot: int = 2) -> dict[str, Any]:
-    """One video's full description (everything :func:`render_frames` needs)."""
+               grid: int = 27, max_side: int = 12, size_exponent: float = 0.8, max_duration: int = 8,
+               duration_exponent: float = 1.0, noise: int = 24) -> dict[str, Any]:
+    """One video's full description: what :func:`render_frames` draws and :mod:`visctx.ceiling`
+    reads. Every object is ``{"colour", "cell": [r, c], "side", "shows": [[start, seconds], ...]}``."""
     _cell_size(size, grid)
     colours = list(PALETTE)
-    lay = layout(grid)
-    base = int(rng.integers(60, 111))
+    taken = np.zeros((grid, grid), bool)
+
+    def obj(colour: str, shows: list[tuple[int, int]]) -> dict[str, Any]:
+        r, c, side = _place(rng, taken, power_law(rng, 1, max_side, size_exponent))
+        return {"colour": colour, "cell": [r, c], "side": side, "shows": [list(s) for s in shows]}
+
+    base = int(rng.integers(70, 121))
     spec: dict[str, Any] = {
-        "video": key, "seconds": seconds, "fps": fps, "size": size, "grid": grid,
-        "background": {
-            "rgb": [int(np.clip(base + rng.integers(-12, 13), 0, 255)) for _ in range(3)],
-            "gradient": int(rng.integers(-15, 16)),
-            "axis": int(rng.integers(0, 2)),
-        },
-        "needle": {"second": int(rng.integers(0, seconds)), "colour": str(rng.choice(colours)),
-                   "cells": lay["centre"]},
+        "video": key, "seconds": seconds, "fps": fps, "size": size, "grid": grid, "noise": noise,
+        "background": {"grey": base, "texture_seed": int(rng.integers(0, 2**31))},
     }
-    n = int(rng.integers(1, max_count + 1))
-    spec["count"] = {"n": n, "seconds": _spread(rng, n, seconds, 1, 1), "cells": lay["bar"]}
+    spec["needle"] = obj(str(rng.choice(colours)), _events(rng, seconds, 1, max_duration, duration_exponent))
+    n = int(rng.integers(1, MAX_COUNT + 1))
+    spec["count"] = obj("white", _events(rng, seconds, n, 3, duration_exponent)) | {"n": n}
     first, second = (str(c) for c in rng.choice(colours, size=2, replace=False))
-    starts = _spread(rng, 2, seconds, order_seconds, 1)
-    corner = str(rng.choice(sorted(lay["corners"])))
-    spec["order"] = {
-        "corner": corner, "cells": lay["corners"][corner],
-        "events": [{"colour": first, "start": starts[0], "seconds": order_seconds},
-                   {"colour": second, "start": starts[1], "seconds": order_seconds}],
-    }
-    cells = detail_cells(grid, dot)
-    if not cells:
-        raise ValueError(f"dot={dot}: no free place for a dot that size on a {grid}x{grid} grid")
-    r, c = cells[int(rng.integers(0, len(cells)))]
-    spec["detail"] = {"colour": str(rng.choice(colours)), "cell": [r, c], "size": dot}
+    (s0, d0), (s1, d1) = _events(rng, seconds, 2, max_duration, duration_exponent)
+    spec["order"] = [obj(first, [(s0, d0)]), obj(second, [(s1, d1)])]
+    spec["detail"] = obj(str(rng.choice(colours)), [(0, seconds)])
+    ep = [str(c) for c in rng.choice(colours, size=3, replace=False)]
+    shows = _events(rng, seconds, 3, max_duration, duration_exponent, gap=0)
+    place = obj(ep[0], [shows[0]])  # one place; its colour changes from episode to episode
+    spec["episodic"] = {"cell": place["cell"], "side": place["side"],
+                        "episodes": [{"colour": c, "shows": [list(s)]} for c, s in zip(ep, shows)]}
     return spec
+
+
+def objects(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every coloured thing of a scene as ``{"task", "colour", "cell", "side", "shows"}`` (an
+    episode of the episodic place is one thing)."""
+    out = [{"task": "needle", **spec["needle"]}, {"task": "count", **spec["count"]},
+           {"task": "order", "which": 0, **spec["order"][0]}, {"task": "order", "which": 1, **spec["order"][1]},
+           {"task": "detail", **spec["detail"]}]
+    e = spec["episodic"]
+    out += [{"task": "episodic", "which": i, "cell": e["cell"], "side": e["side"], **ep}
+            for i, ep in enumerate(e["episodes"])]
+    return out
+
+
+def question(spec: dict[str, Any], task: str) -> str:
+    if task == "episodic":
+        return QUESTIONS[task].format(colour=spec["episodic"]["episodes"][1]["colour"])
+    return QUESTIONS[task]
 
 
 def answer(spec: dict[str, Any], task: str) -> str:
     """The one-word answer of ``task`` for a scene."""
     if task == "needle":
         return spec["needle"]["colour"]
-    if task == "order":
-        return spec["order"]["events"][0]["colour"]
     if task == "count":
         return str(spec["count"]["n"])
+    if task == "order":
+        return spec["order"][0]["colour"]
     if task == "detail":
         return spec["detail"]["colour"]
+    if task == "episodic":
+        return spec["episodic"]["episodes"][0]["colour"]
     raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
 
 
-def answer_space(task: str, max_count: int = 4) -> list[str]:
+def answer_space(task: str, spec: dict[str, Any] | None = None) -> list[str]:
+    """The answers a question of ``task`` can have (the episodic question names one colour, which
+    is not its answer)."""
     if task == "count":
-        return [str(i) for i in range(1, max_count + 1)]
+        return [str(i) for i in range(1, MAX_COUNT + 1)]
+    if task == "episodic" and spec is not None:
+        return [c for c in PALETTE if c != spec["episodic"]["episodes"][1]["colour"]]
     if task in TASKS:
         return list(PALETTE)
     raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
 
 
-def options(spec: dict[str, Any], task: str, rng: np.random.Generator, max_count: int = 4,
-            n_options: int = 4) -> tuple[list[str], int]:
+def options(spec: dict[str, Any], task: str, rng: np.random.Generator, n_options: int = 4) -> tuple[list[str], int]:
     """Correct answer + distinct distractors from the same space, correct position random.
 
-    For ``order`` the other square's colour is always a distractor, so knowing which colours were
-    in the corner is not enough: the order must be right.
+    For ``order`` the other colour of the pair is always a distractor, so knowing which colours
+    were shown is not enough: the order must be right.
     """
     right = answer(spec, task)
-    pool = [a for a in answer_space(task, max_count) if a != right]
+    pool = [a for a in answer_space(task, spec) if a != right]
     forced: list[str] = []
     if task == "order":
-        forced = [spec["order"]["events"][1]["colour"]]
+        forced = [spec["order"][1]["colour"]]
         pool = [a for a in pool if a not in forced]
     k = n_options - 1 - len(forced)
-    if k > len(pool):
-        raise ValueError(f"task {task}: answer space too small for {n_options} options")
     distract = forced + [pool[i] for i in rng.choice(len(pool), size=k, replace=False)]
     pos = int(rng.integers(0, n_options))
-    opts = distract[:pos] + [right] + distract[pos:]
-    return opts, pos
+    return distract[:pos] + [right] + distract[pos:], pos
 
 
-def vocabulary(max_count: int = 4) -> list[str]:
+def vocabulary() -> list[str]:
     """Every word in the corpus's questions and answers (for a word-level tokenizer)."""
-    words = {w for q in QUESTIONS.values() for w in q.split()}
-    words |= set(PALETTE) | {str(i) for i in range(1, max_count + 1)}
+    words = {w for q in QUESTIONS.values() for w in q.replace("{colour}", "").split()}
+    words |= set(PALETTE) | {str(i) for i in range(1, MAX_COUNT + 1)}
     return sorted(words)
 
 
@@ -212,8 +222,9 @@ def _rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
 
 
 def make_corpus(out_dir: str | os.PathLike, n_train: int, n_eval: int, seed: int, seconds: int = 32,
-                fps: int = 2, size: int = 108, grid: int = 27, max_count: int = 4, order_seconds: int = 2,
-                dot: int = 2, tasks: Sequence[str] = TASKS) -> dict[str, Any]:
+                fps: int = 2, size: int = 108, grid: int = 27, max_side: int = 12, size_exponent: float = 0.8,
+                max_duration: int = 8, duration_exponent: float = 1.0, noise: int = 24,
+                tasks: Sequence[str] = TASKS) -> dict[str, Any]:
     """Write ``train.json``, ``eval.json`` and ``videos.json`` under ``out_dir``; return a summary.
 
     Deterministic in ``seed``. One record per (video, task); train and eval are different
@@ -227,22 +238,22 @@ def make_corpus(out_dir: str | os.PathLike, n_train: int, n_eval: int, seed: int
         fps: native frames per second of the rendered videos.
         size: native width and height in pixels (a multiple of ``grid``, an even cell size).
         grid: cells per side of the layout lattice (27: the encoder's patch grid).
-        max_count: the most bar appearances of the count task (1..max_count).
-        order_seconds: how long each of the order task's two squares shows.
-        dot: side of the detail task's dot in cells.
-        tasks: the tasks to ask about, any of needle, order, count, detail.
+        max_side: the largest object side in cells (sides 1..max_side, heavy-tailed).
+        size_exponent: P(side) proportional to side^-size_exponent.
+        max_duration: the longest event in seconds (1..max_duration, heavy-tailed).
+        duration_exponent: P(duration) proportional to duration^-duration_exponent.
+        noise: amplitude of the background's static grey texture (per cell, +-noise).
+        tasks: the tasks to ask about, any of needle, count, order, detail, episodic.
     """
     for t in tasks:
         if t not in QUESTIONS:
             raise ValueError(f"unknown task {t!r}; allowed: {', '.join(TASKS)}")
-    if dot < 1:
-        raise ValueError(f"dot={dot}: the detail dot needs at least one cell")
     if n_train < 1 or n_eval < 1:
         raise ValueError(f"need n_train >= 1 and n_eval >= 1, got {n_train}, {n_eval}")
-    if max_count < 1 or 2 * max_count - 1 > seconds:
-        raise ValueError(f"max_count={max_count}: that many 1-s bars with 1-s gaps do not fit in {seconds} s")
-    if order_seconds < 1 or 2 * order_seconds + 1 > seconds:
-        raise ValueError(f"order_seconds={order_seconds}: two such events with a gap do not fit in {seconds} s")
+    if not 1 <= max_side <= grid // 2:
+        raise ValueError(f"max_side={max_side}: objects must fit two to a side of the {grid}-cell grid")
+    if seconds < 2 * MAX_COUNT + 3 or max_duration < 1:
+        raise ValueError(f"seconds={seconds}, max_duration={max_duration}: the events do not fit")
     out_dir = Path(out_dir)
     specs: list[dict[str, Any]] = []
     train: list[dict[str, Any]] = []
@@ -251,7 +262,8 @@ def make_corpus(out_dir: str | os.PathLike, n_train: int, n_eval: int, seed: int
         for i in range(n):
             name = f"syn-{i:05d}"
             key = f"{split}/{name}.mp4"
-            spec = scene_spec(key, _rng(seed, split, i, 0), seconds, fps, size, grid, max_count, order_seconds, dot)
+            spec = scene_spec(key, _rng(seed, split, i, 0), seconds, fps, size, grid, max_side, size_exponent,
+                              max_duration, duration_exponent, noise)
             spec["split"] = split
             specs.append(spec)
             orng = _rng(seed, split, i, 1)
@@ -259,17 +271,15 @@ def make_corpus(out_dir: str | os.PathLike, n_train: int, n_eval: int, seed: int
                 rid = f"{split}-{name}-{task}"
                 if split == "train":
                     train.append({"id": rid, "video": key, "conversations": [
-                        {"from": "human", "value": f"<video>\n{QUESTIONS[task]}"},
+                        {"from": "human", "value": f"<video>\n{question(spec, task)}"},
                         {"from": "gpt", "value": answer(spec, task)}], "task_type": task})
                 else:
-                    opts, pos = options(spec, task, orng, max_count)
-                    evals.append({"id": rid, "video": key, "question": QUESTIONS[task], "options": opts,
+                    opts, pos = options(spec, task, orng)
+                    evals.append({"id": rid, "video": key, "question": question(spec, task), "options": opts,
                                   "answer": pos, "task_type": task})
-    videos = {
-        "seed": seed, "seconds": seconds, "fps": fps, "size": size, "grid": grid,
-        "palette": {k: list(v) for k, v in PALETTE.items()}, "bar_rgb": list(BAR_RGB),
-        "tasks": list(tasks), "videos": specs,
-    }
+    videos = {"seed": seed, "seconds": seconds, "fps": fps, "size": size, "grid": grid,
+              "palette": {k: list(v) for k, v in PALETTE.items()}, "white": list(WHITE), "tasks": list(tasks),
+              "videos": specs}
     write_json_atomic(out_dir / "videos.json", videos)
     write_json_atomic(out_dir / "train.json", train)
     write_json_atomic(out_dir / "eval.json", evals)
@@ -280,40 +290,28 @@ def make_corpus(out_dir: str | os.PathLike, n_train: int, n_eval: int, seed: int
 # Rendering
 
 
-def _paint(img: np.ndarray, cells: Sequence[int], cell: int, rgb: Sequence[int]) -> None:
-    r0, c0, r1, c1 = cells
-    img[r0 * cell:r1 * cell, c0 * cell:c1 * cell] = rgb
+def visible(thing: dict[str, Any], second: int) -> bool:
+    return any(s <= second < s + d for s, d in thing["shows"])
 
 
-def render_frames(spec: dict[str, Any], palette: dict[str, Sequence[int]] | None = None,
-                  bar_rgb: Sequence[int] = BAR_RGB) -> np.ndarray:
+def render_frames(spec: dict[str, Any], palette: dict[str, Sequence[int]] | None = None) -> np.ndarray:
     """``uint8 [seconds * fps, size, size, 3]``: the scene, frame j showing second ``j // fps``."""
-    palette = palette or PALETTE
+    palette = {**(palette or PALETTE), "white": WHITE}
     size, fps, seconds, grid = spec["size"], spec["fps"], spec["seconds"], spec["grid"]
     cell = _cell_size(size, grid)
     bg = spec["background"]
-    ramp = np.linspace(-1.0, 1.0, size) * bg["gradient"]
-    ramp = ramp[:, None] if bg["axis"] == 0 else ramp[None, :]
-    base = np.clip(np.asarray(bg["rgb"], float)[None, None, :] + ramp[..., None], 0, 255).astype(np.uint8)
-    base = np.ascontiguousarray(np.broadcast_to(base, (size, size, 3)))
-    r, c = spec["detail"]["cell"]
-    d = spec["detail"].get("size", 1)
-    _paint(base, [r, c, r + d, c + d], cell, palette[spec["detail"]["colour"]])
-
-    # what is on screen in each second
-    per_second: list[list[tuple[Sequence[int], Sequence[int]]]] = [[] for _ in range(seconds)]
-    per_second[spec["needle"]["second"]].append((spec["needle"]["cells"], palette[spec["needle"]["colour"]]))
-    for s in spec["count"]["seconds"]:
-        per_second[s].append((spec["count"]["cells"], bar_rgb))
-    for ev in spec["order"]["events"]:
-        for s in range(ev["start"], ev["start"] + ev["seconds"]):
-            per_second[s].append((spec["order"]["cells"], palette[ev["colour"]]))
+    texture = np.random.default_rng(bg["texture_seed"]).integers(-spec["noise"], spec["noise"] + 1, (grid, grid))
+    grey = np.clip(bg["grey"] + texture, 0, 255).astype(np.uint8)
+    base = np.repeat(np.repeat(grey, cell, 0), cell, 1)[..., None].repeat(3, -1)
+    things = objects(spec)
     frames = np.empty((seconds * fps, size, size, 3), np.uint8)
-    for s, items in enumerate(per_second):
+    for s in range(seconds):
         img = frames[s * fps]
         img[:] = base
-        for cells, rgb in items:
-            _paint(img, cells, cell, rgb)
+        for t in things:
+            if visible(t, s):
+                r, c, side = *t["cell"], t["side"]
+                img[r * cell:(r + side) * cell, c * cell:(c + side) * cell] = palette[t["colour"]]
         frames[s * fps + 1:(s + 1) * fps] = img
     return frames
 
@@ -362,66 +360,37 @@ def render_shard(videos_json: str | os.PathLike, video_root: str | os.PathLike, 
         raise ValueError(f"{videos_json}: no videos in split {split!r}")
     keys = shard_slice(sorted(specs), n_shards, shard)
     palette = {k: tuple(v) for k, v in data.get("palette", PALETTE).items()}
-    bar = tuple(data.get("bar_rgb", BAR_RGB))
     for key in keys:
         spec = specs[key]
-        write_mp4(Path(video_root) / key, render_frames(spec, palette, bar), spec["fps"], crf)
+        write_mp4(Path(video_root) / key, render_frames(spec, palette), spec["fps"], crf)
     write_json_atomic(manifest_out, {"split": split, "shard": shard, "n_shards": n_shards, "videos": keys})
     return keys
 
 
 # ---------------------------------------------------------------------------------------------
-# A pixel-rule oracle: the answers read back from decoded frames (proof the mp4 keeps them)
+# A pixel oracle: every object's colour read back from decoded frames (the mp4 keeps them)
 
 
-def _nearest_colour(rgb: np.ndarray, palette: dict[str, Sequence[int]]) -> str:
+def nearest_colour(rgb: np.ndarray, palette: dict[str, Sequence[int]] | None = None) -> str:
+    palette = {**(palette or PALETTE), "white": WHITE}
     names = list(palette)
-    d = ((np.asarray([palette[n] for n in names], float) - rgb[None, :]) ** 2).sum(1)
+    d = ((np.asarray([palette[n] for n in names], float) - np.asarray(rgb, float)[None, :]) ** 2).sum(1)
     return names[int(d.argmin())]
 
 
-def oracle_answers(frames: np.ndarray, grid: int = 27, palette: dict[str, Sequence[int]] | None = None,
-                   sat_min: float = 100.0) -> dict[str, str | None]:
-    """Answers from frames ``[F, S, S, 3]`` (1 fps, any S divisible by grid) by simple pixel rules.
-
-    Saturation (max - min channel) separates palette colours from the grey background. It needs
-    the frames that show the events: on a frame subset it says what an ideal reader of those
-    frames could know (None where a colour was never seen).
-    """
-    palette = palette or PALETTE
+def oracle_colours(frames: np.ndarray, spec: dict[str, Any], fps: float = 1.0) -> list[str]:
+    """Each object's colour (in :func:`objects` order) decoded from ``frames`` ``[F, S, S, 3]``
+    (``fps`` frames per second of the video, S divisible by the grid): the mean over the object's
+    inner cells and the frames it shows in, nearest palette colour. Proof that the mp4 round trip
+    keeps what the ceiling assumes is there."""
+    grid = spec["grid"]
     cell = frames.shape[1] // grid
-    cells = frames.reshape(frames.shape[0], grid, cell, grid, cell, 3).astype(float).mean((2, 4))  # [F,g,g,3]
-    sat = cells.max(-1) - cells.min(-1)
-    lay = layout(grid)
-
-    def region(c: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        r0, c0, r1, c1 = c
-        inner = cells[:, r0 + 1:r1 - 1, c0 + 1:c1 - 1].mean((1, 2))  # [F,3], away from edge bleed
-        return inner, inner.max(-1) - inner.min(-1)
-
-    out: dict[str, str | None] = {}
-    rgb, s = region(lay["centre"])
-    hit = np.flatnonzero(s > sat_min)
-    out["needle"] = _nearest_colour(rgb[hit[0]], palette) if len(hit) else None
-
-    r0, c0, r1, c1 = lay["bar"]
-    bright = cells[:, r0:r1, c0 + 1:c1 - 1].mean((1, 2, 3))
-    on = bright > 180
-    runs = int(on[0]) + int((on[1:] & ~on[:-1]).sum())
-    out["count"] = str(runs)
-
-    first = None
-    for corner in lay["corners"].values():
-        rgb, s = region(corner)
-        hit = np.flatnonzero(s > sat_min)
-        if len(hit) and (first is None or hit[0] < first[0]):
-            first = (hit[0], _nearest_colour(rgb[hit[0]], palette))
-    out["order"] = first[1] if first else None
-
-    allowed = np.zeros((grid, grid), bool)
-    for r, c in detail_cells(grid):
-        allowed[r, c] = True
-    static = np.where(allowed, sat[0], -1.0)
-    r, c = np.unravel_index(int(static.argmax()), static.shape)
-    out["detail"] = _nearest_colour(cells[0, r, c], palette) if static[r, c] > sat_min / 2 else None
+    cells = frames.reshape(frames.shape[0], grid, cell, grid, cell, 3).astype(float).mean((2, 4))
+    out = []
+    for t in objects(spec):
+        r, c, side = *t["cell"], t["side"]
+        inner = (slice(r + 1, r + side - 1), slice(c + 1, c + side - 1)) if side > 2 else (slice(r, r + side),
+                                                                                           slice(c, c + side))
+        fs = [j for j in range(frames.shape[0]) if visible(t, int(j / fps))]
+        out.append(nearest_colour(cells[fs][:, inner[0], inner[1]].mean((0, 1, 2))) if fs else "")
     return out

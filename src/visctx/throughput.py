@@ -272,7 +272,7 @@ def method_cost(llm: str, arm_id: str, vision_dim: int = 16, batch_size: int = 1
     prompt = enc.train_prompt([("<video>\nwhat happens in the video", "yes")])
     videos = [f"video{i}" for i in range(batch_size)]  # one question each: the layout training gives them
     batch = enc.train_batch([prompt] * batch_size, arm.T, arm.M, keys=videos, summary=arm.summary_layout)
-    grid = torch.randn(batch_size, arm.T * arm.time_kernel, GRID, GRID, vision_dim, device=dev)
+    grid = torch.randn(batch_size, arm.frames, GRID, GRID, vision_dim, device=dev)
     t0 = time.perf_counter()
     batch["visual"] = visual_context(grid, arm, mask_seeds(videos, arm), train=True)  # the collator's work
     context_s = time.perf_counter() - t0

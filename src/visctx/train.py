@@ -26,7 +26,7 @@ from visctx import cpu
 from visctx.config import Arm
 from visctx.data import FeatureSource, TrainRecord, arm_weights, load_train_records, train_loader
 from visctx.model import PromptEncoder, VideoModel
-from visctx.video import write_json_atomic
+from visctx.files import content_digest, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class VideoLM(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model(batch)
-        if self.trainer is None or self.global_step % self.trainer.log_every_n_steps == 0:  # the steps the log keeps
+        if self.trainer is None or (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # the steps logged
             self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self.loss_history.append(float(loss.detach()))
         self.tokens += int(batch["n_real"])  # token positions computed (a shared prefix counts once)
@@ -263,6 +263,7 @@ def train(
         vision_layer: the tower's hidden state the projector reads (-2: the penultimate).
         vision_trainable: train the tower too (only with the tower in the forward).
     """
+    options = {k: v for k, v in locals().items()}  # the full run configuration, for the resume check
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
@@ -365,13 +366,14 @@ def train(
         use_distributed_sampler=False,  # ArmBatchSampler gives each rank its share of the global batch
     )
     # Resume only an interrupted run of the same configuration; a finished run removes its checkpoints.
-    run_cfg = {"train_json": str(train_json), "features_dir": str(features_dir), "init": str(init),
-               "arms": [a.id for a in arms], "steps": steps, "batch_size": batch_size, "lr": lr,
-               "warmup_steps": warmup_steps, "seed": seed, "weight_decay": weight_decay,
-               "arm_sampling": arm_sampling, "strategy": strategy, "zero_stage": zero_stage, "world": world,
-               "precision": precision, "length_groups": length_groups, "group_by_video": group_by_video,
-               "vision_trainable": vision_trainable,
-               "cpu": kernels}
+    # Keyed on the content of every input and the whole configuration (not on paths: a retrained base
+    # or a regenerated corpus at the same path must not be continued from), and on the CPU kernels.
+    run_cfg = {k: v for k, v in options.items() if k not in ("out_dir", "log_dir", "progress_bar", "ckpt_every")}
+    run_cfg |= {"arms": [a.id for a in arms], "world": world, "cpu": kernels,
+                "content": {name: content_digest(p) for name, p in (("train_json", train_json),
+                                                                     ("features_dir", features_dir), ("init", init),
+                                                                     ("vision_tower", vision_tower)) if p}}
+    run_cfg = json.loads(json.dumps(run_cfg, default=str))  # as it reads back from run_config.json
     cfg_path = log_dir_p / "run_config.json"
     try:
         same_run = json.loads(cfg_path.read_text()) == run_cfg
@@ -379,6 +381,8 @@ def train(
         same_run = False
     ckpt = _resume_point(log_dir_p) if same_run else None
     resumed = ckpt is not None
+    if not same_run and any(log_dir_p.glob("*.ckpt")):
+        log.warning("%s: checkpoints of another run (other inputs or settings); starting fresh", log_dir_p)
     if not resumed:
         for old in log_dir_p.glob("*.ckpt"):
             _remove(old)

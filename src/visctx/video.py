@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 import numpy as np
 
 from visctx.context import uniform_indices
+from visctx.files import atomic_path, load_npy, write_json_atomic  # noqa: F401  (the shards' writers use them)
 
 T_ = TypeVar("T_")
 
@@ -33,7 +33,7 @@ class VideoError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Small shared helpers: shards and atomic writes (a killed job never leaves a half file behind)
+# Shards
 
 
 def shard_slice(items: Sequence[T_], n_shards: int, shard: int) -> list[T_]:
@@ -47,73 +47,6 @@ def shard_slice(items: Sequence[T_], n_shards: int, shard: int) -> list[T_]:
     start = shard * n // n_shards
     stop = (shard + 1) * n // n_shards
     return list(items[start:stop])
-
-
-def _tmp_beside(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-class atomic_path:
-    """``with atomic_path(final) as tmp:`` write ``tmp``; it is renamed to ``final`` only on success."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.tmp = _tmp_beside(self.path)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=indent)
-            f.write("\n")
-
-
-def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-
-def load_npy(path: str | os.PathLike, mmap_mode: str | None = "r") -> np.ndarray:
-    """``np.load`` that first checks the file holds all the bytes its header promises.
-
-    A copied or half-synced shard otherwise fails deep inside numpy ("mmap length is greater than
-    file size", "cannot reshape") or, read without a memmap, not at all where it is short; the
-    error here names the file and both sizes. Zero-row arrays are returned in memory (an empty
-    file region cannot be memory-mapped).
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)  # 3.0 differs only in the text encoding
-            shape, _, dtype = read(f)
-            offset = f.tell()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such .npy file") from None
-    except (ValueError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: not a valid .npy file ({e})") from None
-    expected = offset + math.prod(shape) * dtype.itemsize
-    actual = path.stat().st_size
-    if actual < expected:
-        raise ValueError(f"{path}: truncated: {actual} bytes, expected {expected} "
-                         f"(shape {tuple(shape)}, {dtype})")
-    if math.prod(shape) == 0:
-        return np.empty(shape, dtype)
-    return np.load(path, mmap_mode=mmap_mode)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,9 +4,10 @@
 # Must equal visctx.report.TABLES / FIGURES (tests/test_workflow.py checks it): listed here so
 # the workflow loads without importing the plotting stack.
 TABLES = ["table1_tokens", "table2_frames", "table3_joint", "table4_window", "table5_fits", "model_selection",
-          "benchmarks"]
-FIGURES = ["tokens_loss", "frames_loss", "joint_contour", "accuracy_by_task"]
+          "benchmarks", "findings"]
+FIGURES = ["tokens_loss", "frames_loss", "joint_contour", "accuracy_by_task", "ceiling_gap"]
 ANALYSIS = CFG["analysis"]
+CEILING = " --ceiling-fits {input.ceiling}" if SYNTHETIC else ""  # the laws of the ceiling, beside the study's
 
 
 rule fits:
@@ -31,11 +32,36 @@ rule fits:
         " --out-json {output.json} > {log} 2>&1"
 
 
+# The laws and the optimum of the ceiling itself: the reference the trained study should approach.
+if SYNTHETIC:
+
+    rule ceiling_fits:
+        input:
+            arms=rules.ceiling.output.csv,
+            design=rules.collect.output.design,
+        output:
+            json=f"{RESULTS}/fits/ceiling.json",
+        params:
+            code=code_version("fit"),
+            budget=ANALYSIS["budget"],
+            n_boot=ANALYSIS["n_boot"],
+            seed=ANALYSIS["seed"],
+            t_max=CFG["data"]["extract"]["max_frames"],
+        threads: 2
+        log:
+            f"{LOGS}/ceiling_fits.log",
+        shell:
+            "visctx fits --arms-csv {input.arms} --design-csv {input.design} --budget {params.budget}"
+            " --n-boot {params.n_boot} --seed {params.seed} --t-max {params.t_max} --workers {threads}"
+            " --out-json {output.json} > {log} 2>&1"
+
+
 rule tables:
     input:
         arms=rules.collect.output.arms,
         design=rules.collect.output.design,
         fits=rules.fits.output.json,
+        ceiling=rules.ceiling_fits.output.json if SYNTHETIC else [],
         scores=rules.benchmark_scores.output.csv,
     output:
         csv=[report(f"{RESULTS}/tables/{t}.csv", caption=f"../report/{t}.rst", category="Tables") for t in TABLES],
@@ -47,7 +73,7 @@ rule tables:
         f"{LOGS}/tables.log",
     shell:
         "visctx tables --arms-csv {input.arms} --design-csv {input.design} --fits-json {input.fits}"
-        " --scores-csv {input.scores} --out-dir {RESULTS}/tables > {log} 2>&1"
+        " --scores-csv {input.scores} --out-dir {RESULTS}/tables" + CEILING + " > {log} 2>&1"
 
 
 rule figures:
@@ -55,6 +81,7 @@ rule figures:
         arms=rules.collect.output.arms,
         design=rules.collect.output.design,
         fits=rules.fits.output.json,
+        ceiling=rules.ceiling_fits.output.json if SYNTHETIC else [],
     output:
         [report(f"{RESULTS}/figures/{f}.png", caption=f"../report/{f}.rst", category="Figures") for f in FIGURES],
         [f"{RESULTS}/figures/{f}.pdf" for f in FIGURES],
@@ -64,7 +91,7 @@ rule figures:
         f"{LOGS}/figures.log",
     shell:
         "visctx figures --arms-csv {input.arms} --design-csv {input.design} --fits-json {input.fits}"
-        " --out-dir {RESULTS}/figures > {log} 2>&1"
+        " --out-dir {RESULTS}/figures" + CEILING + " > {log} 2>&1"
 
 
 rule metrics:
@@ -72,6 +99,7 @@ rule metrics:
         arms=rules.collect.output.arms,
         design=rules.collect.output.design,
         fits=rules.fits.output.json,
+        ceiling=rules.ceiling_fits.output.json if SYNTHETIC else [],
     output:
         json=f"{RESULTS}/metrics.json",
     params:
@@ -80,7 +108,7 @@ rule metrics:
         f"{LOGS}/metrics.log",
     shell:
         "visctx metrics --arms-csv {input.arms} --design-csv {input.design} --fits-json {input.fits}"
-        " --out-json {output.json} > {log} 2>&1"
+        " --out-json {output.json}" + CEILING + " > {log} 2>&1"
 
 
 rule analysis_all:

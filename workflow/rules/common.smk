@@ -40,7 +40,7 @@ wildcard_constraints:
     split="|".join(SPLITS),
     shard=r"\d{3}",
     seed=r"\d+",
-    arm=r"T\d+-M\d+-(sample|pool)(-tpool\d+)?",
+    arm=r"T\d+-M\d+-(sample|pool)(-from\d+)?",
     benchmark="|".join(BENCHMARKS),
 
 

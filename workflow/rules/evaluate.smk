@@ -28,9 +28,34 @@ rule evaluate_arm:
         " {params.answer} --scoring {params.scoring} --threads {threads} > {log} 2>&1"
 
 
+# The information ceiling of every arm: what its exact context can recover of each held-out answer
+# (synthetic corpus only: its scene specs say what is where, when).
+if SYNTHETIC:
+
+    rule ceiling:
+        input:
+            videos=rules.synth_corpus.output.videos,
+            eval=corpus_json("eval"),
+        output:
+            csv=f"{RESULTS}/tables/ceiling.csv",
+        params:
+            code=code_version("ceiling"),
+            studies=dumps(CFG["studies"]),
+            fps=CFG["data"]["extract"]["fps"],
+            max_frames=CFG["data"]["extract"]["max_frames"],
+            share=CFG["ceiling"]["visible_share"],
+        log:
+            f"{LOGS}/ceiling.log",
+        shell:
+            "visctx ceiling --videos-json {input.videos} --eval-json {input.eval} --studies {params.studies:q}"
+            " --extract-fps {params.fps} --max-frames {params.max_frames} --threshold {params.share}"
+            " --out-csv {output.csv} > {log} 2>&1"
+
+
 rule collect:
     input:
         evals=expand(rules.evaluate_arm.output.json, arm=ARMS, seed=SEEDS, benchmark=BENCHMARKS),
+        ceiling=rules.ceiling.output.csv if SYNTHETIC else [],
     output:
         arms=report(f"{RESULTS}/tables/arms.csv", caption="../report/arms.rst", category="Tables"),
         design=f"{RESULTS}/tables/design.csv",
@@ -42,7 +67,8 @@ rule collect:
         f"{LOGS}/collect.log",
     shell:
         "visctx collect --evals {input.evals} --studies {params.studies:q}"
-        " --out-arms {output.arms} --out-design {output.design} --out-videos {output.videos} > {log} 2>&1"
+        " --out-arms {output.arms} --out-design {output.design} --out-videos {output.videos}"
+        + (" --ceiling-csv {input.ceiling}" if SYNTHETIC else "") + " > {log} 2>&1"
 
 
 # Each arm's official score per benchmark, with intervals over seeds and (clustered) videos, and its
@@ -92,13 +118,15 @@ if NIAH:
             visual=visual_dir("eval"),
             fps=CFG["data"]["extract"]["fps"],
             batch_size=CFG["evaluate"]["batch_size"],
+            share=CFG["ceiling"]["visible_share"],
         threads: 1
         log:
             f"{LOGS}/niah/seed{{seed}}.log",
         shell:
             "visctx niah --arms {params.arms} --arms-dir {RESULTS}/arms/seed{wildcards.seed} --eval-json {input.eval}"
             " --videos-json {input.videos} --features-dir {params.visual} --extract-fps {params.fps}"
-            " --batch-size {params.batch_size} --threads {threads} --out-csv {output.csv} > {log} 2>&1"
+            " --batch-size {params.batch_size} --threads {threads} --visible-share {params.share}"
+            " --out-csv {output.csv} > {log} 2>&1"
 
     # every replicate's map, their mean and its across-seed interval: one table and one heatmap
     rule niah_summary:

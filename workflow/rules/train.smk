@@ -28,7 +28,7 @@ rule train_base:
         vision=vision_options(),
         visual=visual_dir("train"),
         arms=" ".join(a.id for a in base_arms(CFG)),
-        prompt=dumps(CFG["model"]["prompt"]),
+        prompt=lambda w: dumps(CFG["model"]["prompt"]),  # a function: "frame {i}:" is no wildcard
         logs=f"{BASE_DIR}/logs",
         threads=TRAIN["threads"],  # pinned: not scaled down with --cores, so the bits stay the same
     threads: TRAIN["threads"]
@@ -58,7 +58,7 @@ rule train_arm:
         init=lambda w: f"{RESULTS}/base/seed{w.seed}/model" if BASE else pretrained_llm(),
         vision=vision_options(),  # a fresh model's tower; a base brings its own (its trainable flag is reset)
         visual=visual_dir("train"),
-        prompt=dumps(CFG["model"]["prompt"]),
+        prompt=lambda w: dumps(CFG["model"]["prompt"]),  # a function: "frame {i}:" is no wildcard
         threads=TRAIN["threads"],
     threads: TRAIN["threads"]
     log:

@@ -1,0 +1,131 @@
+"""The information ceiling pinned on hand-built scenes: what each arm's exact context can recover."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from visctx import ceiling as C
+from visctx import synth
+from visctx.config import Arm
+
+SEC = list(range(32))  # 1 fps, 32 frames: extracted frame i shows second i
+TAU = 0.25
+
+
+def scene(**over):
+    """A scene whose objects are all off-screen (shown never) unless given."""
+    never = {"colour": "red", "cell": [0, 0], "side": 1, "shows": []}
+    spec = {"video": "v", "seconds": 32, "fps": 2, "size": 108, "grid": 27, "noise": 0,
+            "background": {"grey": 100, "texture_seed": 0},
+            "needle": dict(never, cell=[0, 0]), "count": dict(never, colour="white", cell=[0, 3], n=1),
+            "order": [dict(never, cell=[0, 6]), dict(never, colour="blue", cell=[0, 9])],
+            "detail": dict(never, cell=[0, 12]),
+            "episodic": {"cell": [0, 15], "side": 1, "episodes": [dict(colour=c, shows=[]) for c in
+                                                                 ("green", "blue", "red")]}}
+    for k, v in over.items():
+        spec[k] = v
+    return spec
+
+
+def seen(spec, arm_id):
+    return C._seen_by_key(spec, Arm.from_id(arm_id), SEC, TAU)
+
+
+def test_pooled_token_carries_an_object_holding_a_quarter_of_it():
+    # a 1-cell detail at (4, 4): a quarter of a 2x2 cell (M = 196), a ninth of a 3x3 cell (M = 81)
+    spec = scene(detail={"colour": "red", "cell": [4, 4], "side": 1, "shows": [[0, 32]]})
+    assert len(seen(spec, "T1-M196-pool")["detail"]) == 1
+    assert len(seen(spec, "T1-M81-pool")["detail"]) == 0
+    # 2x2 at (3, 3): 4 of the 9 patches of cell (1, 1) of the 3x3 pool -> 0.44 >= 0.25
+    spec = scene(detail={"colour": "red", "cell": [3, 3], "side": 2, "shows": [[0, 32]]})
+    assert len(seen(spec, "T1-M81-pool")["detail"]) == 1
+    # the zero padding counts: at M = 4 (k = 14) a 6x6 object in the far corner cell (13 real rows)
+    spec = scene(detail={"colour": "red", "cell": [21, 21], "side": 6, "shows": [[0, 32]]})
+    assert len(seen(spec, "T1-M4-pool")["detail"]) == 0  # 36 / 196 < 0.25 although 36 / 169 would pass
+
+
+def test_a_sampled_token_sees_exactly_the_patch_it_keeps():
+    pts = [4, 13, 22]  # uniform_indices(27, 3): the 3x3 sub-grid of M = 9
+    hit = scene(detail={"colour": "red", "cell": [13, 22], "side": 1, "shows": [[0, 32]]})
+    miss = scene(detail={"colour": "red", "cell": [14, 22], "side": 1, "shows": [[0, 32]]})
+    assert pts == [int((i + 0.5) * 27 / 3) for i in range(3)]
+    assert len(seen(hit, "T1-M9-sample")["detail"]) == 1 and len(seen(miss, "T1-M9-sample")["detail"]) == 0
+    loss, acc = C.item_ceiling("detail", miss, seen(miss, "T1-M9-sample"), ["red", "blue", "green", "cyan"], 0)
+    assert loss == pytest.approx(math.log(6)) and acc == 0.25
+
+
+def test_frame_sampling_can_miss_what_frame_pooling_dilutes():
+    big = {"colour": "cyan", "cell": [0, 0], "side": 12, "shows": [[10, 1]]}  # one second, 144 of a 14x14 cell
+    spec = scene(needle=big)
+    assert len(seen(spec, "T1-M4-pool")["needle"]) == 0  # frame 16 only
+    assert list(seen(spec, "T8-M4-pool")["needle"]) == [2]  # frames 2, 6, 10, ...: the third bin
+    assert len(seen(spec, "T8-M4-pool-from32")["needle"]) == 0  # 1 of 4 frames x 144/196 = 0.18 < 0.25
+    long = scene(needle=dict(big, shows=[[8, 4]]))  # four seconds fill the bin [8, 12)
+    assert list(seen(long, "T8-M4-pool-from32")["needle"]) == [2]
+    assert C.item_ceiling("needle", long, seen(long, "T8-M4-pool-from32"), ["cyan", "red", "blue", "green"], 0) == (0, 1)
+
+
+def test_counting_reads_runs_of_bins_a_lower_bound_on_the_count():
+    blinker = {"colour": "white", "cell": [0, 0], "side": 12, "n": 3, "shows": [[3, 1], [10, 2], [20, 1]]}
+    spec = scene(count=blinker)
+    opts = ["1", "2", "3", "4"]
+    assert C._runs(seen(spec, "T32-M4-pool")["count"]) == 3
+    assert C.item_ceiling("count", spec, seen(spec, "T32-M4-pool"), opts, 2) == (pytest.approx(math.log(2)), 0.5)
+    # at T = 1 nothing: uniform over 1..4
+    assert C.item_ceiling("count", spec, seen(spec, "T1-M4-pool"), opts, 2) == (pytest.approx(math.log(4)), 0.25)
+    spec4 = scene(count=dict(blinker, n=4, shows=[[3, 1], [10, 2], [20, 1], [28, 1]]))
+    assert C.item_ceiling("count", spec4, seen(spec4, "T32-M4-pool"), opts, 3) == (0.0, 1.0)
+
+
+def test_order_needs_both_in_order_and_half_knows_half():
+    a = {"colour": "red", "cell": [0, 0], "side": 12, "shows": [[2, 3]]}
+    b = {"colour": "blue", "cell": [14, 14], "side": 12, "shows": [[20, 3]]}
+    opts = ["blue", "red", "green", "cyan"]  # the answer is red (index 1); blue is the pair's other colour
+    both = scene(order=[a, b])
+    assert C.item_ceiling("order", both, seen(both, "T32-M4-pool"), opts, 1) == (0.0, 1.0)
+    only_a = scene(order=[a, dict(b, side=1)])
+    assert C.item_ceiling("order", only_a, seen(only_a, "T32-M4-pool"), opts, 1) == (pytest.approx(math.log(2)), 1.0)
+    only_b = scene(order=[dict(a, side=1), b])
+    assert C.item_ceiling("order", only_b, seen(only_b, "T32-M4-pool"), opts, 1) == (pytest.approx(math.log(10)), 0.0)
+    # one bin holds both (T = 1 pooled from 32): seen, but not which came first
+    ab = scene(order=[dict(a, shows=[[0, 16]]), dict(b, shows=[[16, 16]])])
+    assert C.item_ceiling("order", ab, seen(ab, "T1-M4-pool-from32"), opts, 1) == (pytest.approx(math.log(2)), 0.5)
+
+
+def test_episodic_needs_the_episode_before_the_named_one():
+    place = {"cell": [0, 0], "side": 12, "episodes": [{"colour": "green", "shows": [[2, 4]]},
+                                                      {"colour": "blue", "shows": [[8, 4]]},
+                                                      {"colour": "red", "shows": [[14, 4]]}]}
+    spec = scene(episodic=place)
+    opts = ["green", "red", "cyan", "yellow"]
+    assert C.item_ceiling("episodic", spec, seen(spec, "T32-M4-pool"), opts, 0) == (0.0, 1.0)
+    assert C.item_ceiling("episodic", spec, seen(spec, "T1-M4-pool"), opts, 0) == (pytest.approx(math.log(5)), 0.25)
+
+
+def test_a_token_carries_only_its_largest_object():
+    # two statics in one 14x14 cell: 64 vs 81 patches of 196 -- only the larger is carried there
+    spec = scene(detail={"colour": "red", "cell": [0, 0], "side": 8, "shows": [[0, 32]]},
+                 needle={"colour": "blue", "cell": [0, 9], "side": 4, "shows": [[0, 32]]})
+    s = seen(spec, "T1-M4-pool")
+    assert len(s["detail"]) == 1 and len(s["needle"]) == 0
+
+
+def test_the_ceiling_table_is_an_arms_table(tmp_path):
+    synth.make_corpus(tmp_path, n_train=1, n_eval=40, seed=0)
+    studies = {"tokens": {"frames": 1, "tokens": [1, 4, 49, 196], "methods": ["sample", "pool"]},
+               "frames": {"tokens": 4, "token_method": "pool", "frames": [1, 8, 32], "methods": ["sample", "pool"],
+                          "pool_source": 32}}
+    C.ceiling(str(tmp_path / "videos.json"), str(tmp_path / "eval.json"), studies, str(tmp_path / "c.csv"))
+    t = pd.read_csv(tmp_path / "c.csv").set_index("arm")
+    assert {"T", "M", "token_op", "frame_op", "pooled_from", "seed", "benchmark", "loss", "accuracy", "loss_needle",
+            "acc_episodic"} <= set(t.columns) | {t.index.name}
+    assert ((t["loss"] >= 0) & (t["loss"] <= math.log(6))).all() and (t["n"] == 200).all()
+    assert t.loc["T1-M1-pool", "loss"] > t.loc["T1-M49-pool", "loss"] > t.loc["T1-M196-pool", "loss"]
+    assert t.loc["T1-M4-pool", "loss"] > t.loc["T32-M4-pool", "loss"]  # more frames, more seen
+    items = json.loads((tmp_path / "eval.json").read_text())
+    assert len(items) == 200
