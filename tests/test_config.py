@@ -21,7 +21,7 @@ def test_every_shipped_preset_is_valid(preset):
     p = load_params(PARAMS, {"preset": preset})
     assert p["preset"] == preset
     points = study_points(p["studies"])
-    assert {pt.study for pt in points} == {"tokens", "frames", "joint", "window"}
+    assert {pt.study for pt in points} == {"tokens", "frames", "joint", "window", "methods"}
 
 
 def test_the_embedded_default_keeps_the_papers_design():
@@ -74,11 +74,14 @@ def test_shared_arms_are_trained_once():
     p = load_params(PARAMS)
     points = study_points(p["studies"])
     arms = unique_arms(points)
-    assert len(points) == 18 + 16 + 8 + 5
+    assert len(points) == 27 + 16 + 8 + 5 + 14
     assert len(arms) == len({a.id for a in arms}) < len(points)
-    # T1-M4-pool is both a token-study arm and a frame-study arm; T32-M4-pool a frame and a window arm
+    # T1-M4-pool is both a token-study arm and a frame-study arm; T32-M4-pool a frame, a window and a methods arm
     assert {pt.study for pt in points if pt.arm.id == "T1-M4-pool"} == {"tokens", "frames"}
-    assert {pt.study for pt in points if pt.arm.id == "T32-M4-pool"} == {"frames", "window"}
+    assert {pt.study for pt in points if pt.arm.id == "T32-M4-pool"} == {"frames", "window", "methods"}
+    # summary tokens keep T*M of a raw stream r times longer: the window they spend is the others'
+    (vst,) = [pt.arm for pt in points if pt.study == "methods" and pt.method == "summary" and pt.T == 32]
+    assert vst.id == "T32-M16-pool-vst4w16" and vst.kept_tokens == 32 * 4 and vst.tokens == 32 * 16
 
 
 @pytest.mark.parametrize(
@@ -103,6 +106,10 @@ def test_shared_arms_are_trained_once():
         ({"train": {"arm": {"arms": "studies"}}}, ["train.arm.arms"]),
         ({"train": {"arm": {"length_groups": -1}}}, ["train.arm.length_groups", "-1"]),
         ({"studies": {"tokenz": {}}}, ["tokenz"]),
+        ({"studies": {"methods": {"combos": [[8, 25]]}}}, ["studies.methods.combos[0]=[8, 25] (method summary)",
+                                                           "4*M=100"]),
+        ({"studies": {"methods": {"methods": ["drop"]}}}, ["studies.methods.methods[0]", "'drop'", "summary"]),
+        ({"studies": {"methods": {"combos": [[32, 9]]}}}, ["studies.methods.combos[0]=[32, 9]", "T*M=288", "<= 160"]),
     ],
 )
 def test_bad_values_are_named(override, needles):

@@ -32,6 +32,7 @@ sits at the prior: ln 6 for a colour, ln 4 for a count.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from visctx.config import Arm
-from visctx.context import GRID, time_bins, uniform_indices
+from visctx.context import GRID, MASK_OPS, mask_indices, mask_seed, time_bins, uniform_indices
 
 N_COLOURS = 6
 MAX_COUNT = 4
@@ -54,12 +55,30 @@ def frame_seconds(spec: dict[str, Any], extract_fps: float, max_frames: int) -> 
     return [k // fps for k in frame_indices(spec["seconds"] * fps, fps, extract_fps, max_frames)]
 
 
-def context(arm: Arm, seconds: Sequence[int], grid: int = GRID) -> tuple[list[list[int]], np.ndarray]:
-    """(each temporal bin's seconds, ``[M, grid, grid]`` weight of each patch in each token): the
-    arm's exact context on a video whose extracted frames show ``seconds``."""
+def context(arm: Arm, seconds: Sequence[int], grid: int = GRID, video: str | None = None
+            ) -> tuple[list[list[int]], np.ndarray]:
+    """(each temporal bin's seconds, ``[M, grid, grid]`` weight of each patch in each token, or
+    ``[T, M, grid, grid]`` where the tokens differ per frame): the arm's exact context on a video
+    whose extracted frames show ``seconds``.
+
+    Random masking at evaluation keeps the very patches the evaluation keeps (the mask of
+    ``video`` under the arm, :func:`visctx.context.mask_seed`); ``*train`` masking is evaluated
+    pooled. Summary tokens can carry at most what their raw tokens carry: their ceiling is the
+    raw stream's (an upper bound, not an exact value)."""
+    if arm.summary > 1:
+        arm = dataclasses.replace(arm, summary=1, summary_window=0)
+    if arm.token_op in MASK_OPS and not MASK_OPS[arm.token_op][1]:
+        arm = dataclasses.replace(arm, token_op="pool")
     picked = [seconds[i] for i in uniform_indices(len(seconds), arm.frames)]
     bins = ([picked[a:b] for a, b in time_bins(len(picked), arm.T)] if arm.pooled_from
             else [[s] for s in picked])
+    if arm.token_op in MASK_OPS:
+        if video is None:
+            raise ValueError(f"arm {arm.id} masks each video at random: its ceiling needs the video's key")
+        idx = mask_indices(mask_seed(video, arm.id), arm.T, grid * grid, arm.M, MASK_OPS[arm.token_op][0]).numpy()
+        W = np.zeros((arm.T, arm.M, grid * grid))
+        W[np.arange(arm.T)[:, None], np.arange(arm.M)[None, :], idx] = 1.0
+        return bins, W.reshape(arm.T, arm.M, grid, grid)
     W = np.zeros((arm.M, grid, grid))
     if arm.token_op == "pool":
         k, side = arm.kernel, math.isqrt(arm.M)
@@ -79,14 +98,14 @@ def shares(things: list[dict[str, Any]], bins: list[list[int]], W: np.ndarray) -
     from visctx.synth import visible
 
     grid = W.shape[-1]
-    out = np.zeros((len(things), len(bins), W.shape[0]))
+    out = np.zeros((len(things), len(bins), W.shape[-3]))
     for o, t in enumerate(things):
         mask = np.zeros((grid, grid))
         r, c, side = *t["cell"], t["side"]
         mask[r:r + side, c:c + side] = 1.0
-        cover = (W * mask).sum((1, 2))  # [M]
+        cover = (W * mask).sum((-2, -1))  # [M], or [T, M] for tokens that differ per frame
         frac = np.array([np.mean([visible(t, s) for s in b]) for b in bins])  # [T]
-        out[o] = frac[:, None] * cover[None, :]
+        out[o] = frac[:, None] * (cover if cover.ndim == 2 else cover[None, :])
     return out
 
 
@@ -144,7 +163,7 @@ def _seen_by_key(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], thresho
     from visctx.synth import objects
 
     things = objects(spec)
-    bins, W = context(arm, seconds, spec["grid"])
+    bins, W = context(arm, seconds, spec["grid"], spec.get("video"))
     seen = seen_bins(shares(things, bins, W), threshold)
     keys = [t["task"] + (str(t["which"]) if "which" in t else "") for t in things]
     return dict(zip(keys, seen))

@@ -21,7 +21,10 @@ from visctx.context import GRID, MASK_OPS, pool_kernel, poolable_token_counts
 
 TOKEN_OPS = ("sample", "pool", *MASK_OPS)
 FRAME_OPS = ("sample", "pool")
-STUDIES = ("tokens", "frames", "joint", "window")
+STUDIES = ("tokens", "frames", "joint", "window", "methods")
+# The ways to spend one window of L visual tokens (the ``methods`` study): a token operator, or
+# Video-XL's summary tokens (:func:`method_arm`).
+WINDOW_METHODS = (*TOKEN_OPS, "summary")
 
 
 class ParamsError(ValueError):
@@ -213,7 +216,18 @@ def study_points(studies: dict[str, Any]) -> list[StudyPoint]:
     if s:
         for T, M in s["combos"]:
             points.append(StudyPoint("window", s["token_method"], T, M, Arm(T, M, s["token_method"])))
+    s = studies.get("methods")
+    if s:
+        for method in s["methods"]:
+            for T, M in s["combos"]:
+                arm = method_arm(method, T, M, s["summary_ratio"], s.get("summary_window", 0))
+                points.append(StudyPoint("methods", method, T, M, arm))
     return points
+
+
+def method_of(arm: Arm) -> str:
+    """The ``methods`` study's name for how ``arm`` spends its window (inverse of :func:`method_arm`)."""
+    return "summary" if arm.summary > 1 else arm.token_op
 
 
 def base_arms(params: dict) -> list[Arm]:
@@ -323,6 +337,22 @@ def semantic_errors(params: dict) -> list[str]:
         if budget is not None and T * M > budget:
             errs.append(f"studies.window.combos[{i}]=[{T}, {M}]: T*M={T * M} is above the window "
                         f"studies.window.budget={budget}; allowed: T*M <= {budget}")
+    s = studies.get("methods") or {}
+    budget = s.get("budget")
+    for i, combo in enumerate(s.get("combos", [])):
+        T, M = combo
+        frames_ok(f"studies.methods.combos[{i}] T", T)
+        if budget is not None and T * M > budget:
+            errs.append(f"studies.methods.combos[{i}]=[{T}, {M}]: T*M={T * M} is above the window "
+                        f"studies.methods.budget={budget}; allowed: T*M <= {budget}")
+        for method in s.get("methods", []):
+            if method == "summary":
+                try:
+                    method_arm("summary", T, M, s.get("summary_ratio", 4), s.get("summary_window", 0))
+                except ValueError as e:
+                    errs.append(f"studies.methods.combos[{i}]=[{T}, {M}] (method summary): {e}")
+            elif e := _token_count_error(f"studies.methods.combos[{i}] M (method {method})", M, method):
+                errs.append(e)
     for part in ("base", "arm"):
         t = params.get("train", {}).get(part, {})
         if t.get("group_by_video") and t.get("length_groups"):

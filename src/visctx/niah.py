@@ -11,15 +11,17 @@ is a guess (1/4), so the map shows where, and at which haystack size, the model 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from visctx.config import Arm
-from visctx.context import mask_seeds, uniform_indices, visual_context
+from visctx.config import WINDOW_METHODS, Arm, method_of
+from visctx.context import MASK_OPS, mask_seeds, uniform_indices, visual_context
 
 DEPTHS = (0, 25, 50, 75, 100)
 
@@ -48,16 +50,20 @@ def needle_frame(spec: dict, extract_fps: float, max_frames: int) -> int | None:
     return hits[0] if hits else None
 
 
-def needle_readable(spec: dict, arm: Arm, threshold: float) -> bool:
+def needle_readable(spec: dict, arm: Arm, threshold: float, position: int = 0) -> bool:
     """Whether one of the arm's tokens carries the needle on its frame (:mod:`visctx.ceiling`'s rule):
-    the map asks about needles the arm could read in view, so a miss is the haystack's doing."""
+    the map asks about needles the arm could read in view, so a miss is the haystack's doing.
+    ``position``: the needle frame's place among the arm's T frames (where masks differ per frame)."""
     from visctx.ceiling import context, seen_bins, shares
     from visctx.synth import objects
 
     things = objects(spec)
     second = spec["needle"]["shows"][0][0]
-    bins, W = context(Arm(1, arm.M, arm.token_op), [second], spec["grid"])
-    return len(seen_bins(shares(things, bins, W), threshold)[0]) > 0
+    if arm.token_op in MASK_OPS and MASK_OPS[arm.token_op][1]:  # the patches this video's mask keeps there
+        W = context(arm, [second] * arm.frames, spec["grid"], spec["video"])[1][position]
+    else:
+        W = context(dataclasses.replace(arm, T=1, pooled_from=0), [second], spec["grid"])[1]
+    return len(seen_bins(shares(things, [[second]], W), threshold)[0]) > 0
 
 
 def niah(
@@ -126,12 +132,15 @@ def niah(
         model = VideoModel.load(Path(arms_dir) / arm.id / "model").eval()
         seeds.add(model.meta.get("seed"))
         cpu.require_same(model.meta.get("cpu"), kernels, str(Path(arms_dir) / arm.id / "model"))
-        items = [(r, j) for r, j in asked if needle_readable(specs[r.video], arm, visible_share)]
-        if not items:
-            raise ValueError(f"{eval_json}: no needle that arm {arm.id}'s tokens can carry (visible_share "
-                             f"{visible_share})")
-        prompts = [model.encoder.choice_prompt(r.question, r.options, r.answer, where=r.id) for r, _ in items]
+        per_frame = arm.token_op in MASK_OPS and MASK_OPS[arm.token_op][1] and not MASK_OPS[arm.token_op][0]
         for depth in depths:
+            pos = math.floor(depth / 100 * (arm.T - 1) + 0.5) if per_frame else 0  # as haystack_indices places it
+            items = [(r, j) for r, j in asked if needle_readable(specs[r.video], arm, visible_share, pos)]
+            if not items:  # an arm too coarse to read any needle has no map there, not a map of chance
+                print(f"niah: {eval_json}: no needle that arm {arm.id}'s tokens can carry at depth {depth} "
+                      f"(visible_share {visible_share})", file=sys.stderr)
+                continue
+            prompts = [model.encoder.choice_prompt(r.question, r.options, r.answer, where=r.id) for r, _ in items]
             right = []
             for b in range(0, len(items), batch_size):
                 chunk = items[b:b + batch_size]
@@ -144,43 +153,84 @@ def niah(
                 with torch.inference_mode():
                     pred = model.score_options(batch)["logprob"].argmax(1)
                 right += (pred == torch.tensor([r.answer for r, _ in chunk])).tolist()
-            rows.append({"arm": arm.id, "seed": model.meta.get("seed"), "T": arm.T, "M": arm.M,
+            rows.append({"arm": arm.id, "method": method_of(arm), "seed": model.meta.get("seed"), "T": arm.T, "M": arm.M,
                          "haystack": arm.T - 1, "depth": depth, "n": len(right), "accuracy": float(np.mean(right))})
+    if not rows:  # a finding, not a failure: an empty map that says why (the DAG goes on)
+        print(f"niah: {eval_json}: no needle that any of the arms {[a.id for a in arms]} can carry "
+              f"(visible_share {visible_share}): an empty map", file=sys.stderr)
     if len(seeds) > 1:
         raise ValueError(f"{arms_dir}: the arms come from different training seeds {sorted(map(str, seeds))}")
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=COLUMNS)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False, float_format="%.6g")
     if out_png:
         draw_heatmap(df, out_png)
-    return {"arms": len(arms), "items": len(items), "cells": len(df)}
+    return {"arms": int(df["arm"].nunique()), "items": len(asked), "cells": len(df)}
 
 
-def niah_summary(csvs: list[str], out_csv: str, out_png: str) -> dict:
+COLUMNS = ["arm", "method", "seed", "T", "M", "haystack", "depth", "n", "accuracy"]
+
+
+def niah_summary(csvs: list[str], out_csv: str, out_png: str, by_method: bool = False) -> dict:
     """Every seed's map (:func:`niah`) in one table: a row per (arm, depth) with the across-seed mean
     accuracy, its interval (:mod:`visctx.stats`) and each seed's value; the heatmap of the mean with
-    each replicate's map beside it.
+    each replicate's map beside it, or (``by_method``) one map per method of spending the window.
 
     Args:
         csvs: one :func:`niah` table per training seed.
         out_csv: the table over seeds.
         out_png: its heatmap.
+        by_method: one panel per method (the ``methods`` study's arms) instead of one per seed.
     """
     import pandas as pd
 
     from visctx.stats import summarise
 
     per_seed = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
+    keys = ["arm", "method", "T", "M", "haystack", "depth"]
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    if per_seed.empty:
+        pd.DataFrame(columns=[*keys, "accuracy", "accuracy_lo", "accuracy_hi"]).to_csv(out_csv, index=False)
+        draw_heatmap(per_seed, out_png, per_seed)
+        return {"cells": 0, "seeds": []}
     if per_seed.duplicated(["arm", "seed", "depth"]).any():
         raise ValueError(f"{csvs}: a (arm, seed, depth) cell appears twice (the same seed's map given twice?)")
-    keys = ["arm", "T", "M", "haystack", "depth"]
     out = summarise(per_seed, keys, ["accuracy"])
     wide = per_seed.pivot_table(index=keys, columns="seed", values="accuracy").add_prefix("accuracy_seed")
-    out = out.merge(wide.reset_index(), on=keys).sort_values(["haystack", "depth"])
-    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    out = out.merge(wide.reset_index(), on=keys).sort_values(["method", "haystack", "depth"])
     out.to_csv(out_csv, index=False, float_format="%.6g")
-    draw_heatmap(out, out_png, per_seed)
+    if by_method:
+        draw_method_heatmaps(out, out_png, len(per_seed["seed"].unique()))
+    else:
+        draw_heatmap(out, out_png, per_seed)
     return {"cells": len(out), "seeds": sorted(per_seed["seed"].unique().tolist())}
+
+
+def draw_method_heatmaps(df, out_png: str | os.PathLike, n_seeds: int) -> None:
+    """One map per method (accuracy over haystack frames and depth, mean over seeds ± half the
+    interval): how sampling, pooling, masking and summary tokens find a needle in one window."""
+    import seaborn as sns
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    methods = [m for m in WINDOW_METHODS if m in set(df["method"])] + sorted(set(df["method"]) - set(WINDOW_METHODS))
+    fig = Figure(figsize=(2.3 * len(methods) + 1.2, 3.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(methods), squeeze=False)[0]
+    for i, (ax, method) in enumerate(zip(axes, methods)):
+        d = df[df["method"] == method].assign(half=lambda x: (x["accuracy_hi"] - x["accuracy_lo"]) / 2)
+        mean = d.pivot_table(index="depth", columns="haystack", values="accuracy").sort_index(ascending=False)
+        half = d.pivot_table(index="depth", columns="haystack", values="half").reindex_like(mean)
+        annot = mean.map(lambda v: f"{v:.2f}") + half.map(lambda v: "" if v != v else f"\n±{v:.2f}")
+        sns.heatmap(mean, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=annot.to_numpy(), fmt="",
+                    annot_kws={"fontsize": 7}, cbar=i == len(methods) - 1)
+        Ms = ", ".join(str(m) for m in sorted(set(d["M"])))
+        ax.set(xlabel="haystack frames N", ylabel="needle depth (%)" if i == 0 else "", title=f"{method} (M = {Ms})")
+    fig.suptitle(f"Needle in a haystack per method, one window (mean of {n_seeds} seeds ± 95% CI; chance 0.25)",
+                 fontsize=9)
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
 
 
 def draw_heatmap(df, out_png: str | os.PathLike, per_seed=None) -> None:
@@ -193,6 +243,14 @@ def draw_heatmap(df, out_png: str | os.PathLike, per_seed=None) -> None:
     def grid(frame, value="accuracy"):
         return frame.pivot_table(index="depth", columns="haystack", values=value).sort_index(ascending=False)
 
+    if df.empty:
+        fig = Figure(figsize=(5.0, 2.0))
+        FigureCanvasAgg(fig)
+        fig.text(0.5, 0.5, "Needle in a haystack: no needle that the arms' tokens can carry\n"
+                 "(data.synthetic.visible_share; larger needles: data.synthetic.max_side)", ha="center", va="center")
+        Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=120)
+        return
     seeds = [] if per_seed is None else sorted(per_seed["seed"].unique())
     mean = grid(df)
     annot = mean.map(lambda v: f"{v:.2f}")

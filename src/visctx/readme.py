@@ -152,6 +152,23 @@ def render(root: str | Path = ".") -> str:
                    f"{co['brute_force']['M']})" if co else "")
                 + f"; the trained arms sit a median {_f(metrics['ceiling']['gap_median'], 3)} above their ceiling "
                 f"(`gap` in Tables 1-2).", "", "![trained vs ceiling](results/figures/ceiling_gap.png)", ""]
+    t6 = r / "tables/table6_methods.csv"
+    m6 = pd.read_csv(t6) if t6.exists() else None
+    if m6 is not None and "method" in m6:
+        out += ["**One window, every way to spend it** (Table 6, `results/tables/table6_methods.md`; random "
+                "masking as LongViViT does it, per frame or as tubes, at training and evaluation or in training "
+                "only; Video-XL's summary tokens at r = 4 over a raw stream of 4·M pooled tokens per frame; loss "
+                "relative to pooling at the same (T, M), paired within seeds):", "",
+                "| method | T | M | loss | vs pool | accuracy |", "|---|---|---|---|---|---|"]
+        for _, x in m6.iterrows():
+            vs = (f"{x['vs_pool_%']:+.1f} % [{x['vs_pool_%_lo']:+.1f}, {x['vs_pool_%_hi']:+.1f}]"
+                  if "vs_pool_%" in x and pd.notna(x.get("vs_pool_%")) and pd.notna(x.get("vs_pool_%_lo")) else "–")
+            out.append(f"| {x['method']}{' (best)' if x.get('best') == 'best (T, M)' else ''} | {int(x['T'])} | "
+                       f"{int(x['M'])} | {_ci(x, 'loss')} | {vs} | {_ci(x, 'accuracy')} |")
+        out += ["", "![methods at one window](results/figures/methods_window.png)"]
+        if (r / "niah/niah_methods.png").exists():
+            out.append("![needle in a haystack per method](results/niah/niah_methods.png)")
+        out.append("")
     findings = r / "tables/findings.csv"
     if findings.exists():
         f = pd.read_csv(findings).fillna("")

@@ -21,17 +21,19 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from visctx.config import WINDOW_METHODS
 from visctx.fit import LAWS, STUDY_X, FitError, joint_loss, load_arms, load_design, load_fits, load_replicates
 from visctx.stats import paired_effect, seed_interval, summarise
 
 TABLES = ["table1_tokens", "table2_frames", "table3_joint", "table4_window", "table5_fits", "model_selection",
-          "benchmarks", "findings"]
-FIGURES = ["tokens_loss", "frames_loss", "joint_contour", "accuracy_by_task", "ceiling_gap"]
+          "benchmarks", "findings", "table6_methods"]
+FIGURES = ["tokens_loss", "frames_loss", "joint_contour", "accuracy_by_task", "ceiling_gap", "methods_window"]
 TABLE_FORMATS = ("md", "csv", "tex")
 FIGURE_FORMATS = ("png", "pdf")
 DPI = 120
-METHOD_ORDER = ("sample", "pool")
-METHOD_COLORS = {"sample": "#d95f02", "pool": "#1b9e77"}
+METHOD_ORDER = WINDOW_METHODS
+METHOD_COLORS = {"sample": "#d95f02", "pool": "#1b9e77", "mask": "#7570b3", "tube": "#e7298a",
+                 "masktrain": "#66a61e", "tubetrain": "#e6ab02", "summary": "#a6761d"}
 
 
 def output_paths(out_dir: str | Path) -> dict[str, list[Path]]:
@@ -222,6 +224,39 @@ def table4_window(inp: _Inputs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def table6_methods(inp: _Inputs) -> pd.DataFrame:
+    """Every way to spend one window (the ``methods`` study: sampling, pooling, LongViViT's random
+    masking, Video-XL's summary tokens) at the same (T, M): loss and accuracy (mean over seeds,
+    interval), the information ceiling and the gap to it, and the loss relative to pooling at the
+    same (T, M) paired within each seed (interval over seeds); per method its best (T, M)."""
+    d = inp.study("methods")
+    if d.empty:
+        return _note("no methods study in design.csv")
+    reps = inp.replicates
+    rows = []
+    for method in _methods(d):
+        sub = d[d["method"] == method].drop_duplicates("arm").sort_values(["T", "M"])
+        best = sub.loc[sub["loss"].idxmin(), "arm"]
+        for _, r in sub.iterrows():
+            ref = d[(d["method"] == "pool") & (d["T"] == r["T"]) & (d["M"] == r["M"])]["arm"]
+            row = {"method": method, "T": int(r["T"]), "M": int(r["M"]), "arm": r["arm"],
+                   "kept": int(r["T"] * r["M"]), "raw": int(r["tokens"]) if "tokens" in r else None}
+            row = _with_ci(row, r, "loss")
+            if "ceiling_loss" in r:
+                row["ceiling"] = r["ceiling_loss"]
+                row = _with_ci(row, r, "gap")
+            if len(ref) and ref.iloc[0] != r["arm"] and len(inp.seeds) > 0:
+                e = paired_effect(reps, ref.iloc[0], r["arm"], "loss", relative=True)
+                row |= {"vs_pool_%": 100 * e["mean"] if e["mean"] is not None else None,
+                        "vs_pool_%_lo": 100 * e["lo"] if e["lo"] is not None else None,
+                        "vs_pool_%_hi": 100 * e["hi"] if e["hi"] is not None else None}
+            row = _with_ci(row, r, "accuracy")
+            for t in inp.tasks:
+                row = _with_ci(row, r, t)
+            rows.append(row | {"best": "best (T, M)" if r["arm"] == best else "", "seeds": int(r["seeds"])})
+    return pd.DataFrame(rows)
+
+
 def table5_fits(inp: _Inputs) -> pd.DataFrame:
     """Every fit, one row per parameter: estimate, bootstrap percentile interval (``interval``: what
     was resampled: training seeds and evaluation videos, or arms), Wald SE/interval (Gaussian, for
@@ -300,7 +335,7 @@ def build_tables(arms_csv: str | Path, design_csv: str | Path, fits_json: str | 
     inp = _Inputs(arms_csv, design_csv, fits_json, scores_csv, ceiling_fits)
     builders = {"table1_tokens": table1_tokens, "table2_frames": table2_frames, "table3_joint": table3_joint,
                 "table4_window": table4_window, "table5_fits": table5_fits, "model_selection": model_selection_table,
-                "benchmarks": benchmarks_table, "findings": findings_table}
+                "benchmarks": benchmarks_table, "findings": findings_table, "table6_methods": table6_methods}
     assert list(builders) == TABLES
     return {name: fn(inp) for name, fn in builders.items()}
 
@@ -588,6 +623,39 @@ def _ceiling_figure(inp: _Inputs, path: Path) -> Path:
     return path
 
 
+def _methods_figure(inp: _Inputs, path: Path) -> Path:
+    """Loss (mean over seeds, interval; replicates faint) of each method at each (T, M) of one
+    window, the ceiling of each arm dashed: how the four ways to spend the window compare."""
+    import seaborn as sns
+
+    d = inp.study("methods")
+    if d.empty:
+        return _placeholder(path, "no methods study in design.csv")
+    reps = inp.replicates.set_index("arm")
+    combos = sorted({(int(t), int(m)) for t, m in zip(d["T"], d["M"])})
+    methods = _methods(d)
+    with sns.axes_style("whitegrid"):
+        fig, axes = _figure(ncols=len(combos), size=(0.55 * len(methods) + 1.6, 4.0))
+        for ax, (T, M) in zip(axes[0], combos):
+            sub = d[(d["T"] == T) & (d["M"] == M)].drop_duplicates("arm").set_index("method").reindex(methods).dropna(
+                subset=["arm"])
+            xs = np.arange(len(sub))
+            for x, (method, r) in zip(xs, sub.iterrows()):
+                color = METHOD_COLORS.get(method, "#666666")
+                each = reps.loc[[r["arm"]], "loss"]
+                ax.scatter(np.full(len(each), x) + 0.12, each, color=color, s=10, alpha=0.4, lw=0)
+                err = None if pd.isna(r.get("loss_lo")) else [[r["loss"] - r["loss_lo"]], [r["loss_hi"] - r["loss"]]]
+                ax.errorbar([x], [r["loss"]], yerr=err, fmt="o", color=color, ms=6, capsize=3)
+                if "ceiling_loss" in r and pd.notna(r["ceiling_loss"]):
+                    ax.hlines(r["ceiling_loss"], x - 0.3, x + 0.3, colors=color, linestyles="--", lw=1)
+            ax.set_xticks(xs, list(sub.index), rotation=35, ha="right", fontsize=8)
+            ax.set(title=f"T = {T}, M = {M} (T·M = {T * M})", ylabel=f"held-out loss ({inp.benchmark})")
+        fig.suptitle(f"One window, every way to spend it: mean of {len(inp.seeds)} seeds ± 95% CI; "
+                     "dashed: information ceiling (summary: of its raw tokens)", fontsize=9)
+        _save(fig, path)
+    return path
+
+
 def write_figures(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
                   out_dir: str | Path, ceiling_fits: str | None = None) -> list[Path]:
     """Write every figure in :data:`FIGURES` as ``<name>.png`` and ``<name>.pdf`` into ``out_dir``.
@@ -607,6 +675,7 @@ def write_figures(arms_csv: str | Path, design_csv: str | Path, fits_json: str |
         _joint_figure(inp, out / "joint_contour.png"),
         _accuracy_figure(inp, out / "accuracy_by_task.png"),
         _ceiling_figure(inp, out / "ceiling_gap.png"),
+        _methods_figure(inp, out / "methods_window.png"),
     ]
     return [p.with_suffix(f".{ext}") for p in pngs for ext in FIGURE_FORMATS]
 
@@ -681,7 +750,11 @@ def metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
     if p:
         out["prediction"] = {"best_match": bool(p["best_match"]), "spearman": p.get("spearman"), "mape": p["mape"]}
     best: dict[str, Any] = {}
-    for study in ("tokens", "frames", "joint", "window"):
+    t6 = table6_methods(inp)
+    if "vs_pool_%" in t6:  # per method: the loss relative to pooling at its best (T, M), paired within seeds
+        rows = t6[t6["best"] != ""].set_index("method")
+        out["methods"] = {m: r["vs_pool_%"] for m, r in rows.iterrows() if pd.notna(r.get("vs_pool_%"))}
+    for study in ("tokens", "frames", "joint", "window", "methods"):
         d = inp.study(study).drop_duplicates("arm")
         if not d.empty and d["loss"].notna().any():
             best[study] = d.loc[d["loss"].idxmin(), "arm"]

@@ -331,8 +331,6 @@ def train(
     configure_llm(model.llm, gradient_checkpointing, attn_implementation, accelerator)
     if any(a.summary > 1 for a in arms):  # summary tokens from the LLM's projections as they are now
         model.enable_summary_tokens()
-    if any(a.summary > 1 for a in arms):  # summary tokens from the LLM's projections as they are now
-        model.enable_summary_tokens()
     if model.vision is not None:  # a frozen tower keeps no activations to recompute
         set_checkpointing(model.vision.tower, gradient_checkpointing and model.vision.trainable)
     module = VideoLM(model, lr, warmup_steps, steps, weight_decay)

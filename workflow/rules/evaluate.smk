@@ -143,6 +143,48 @@ if NIAH:
             "visctx niah-summary --csvs {input.csvs} --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
 
 
+# The same map on the methods study's arms: one window spent by sampling, pooling, masking and
+# summary tokens (one heatmap per method).
+NIAH_METHOD_ARMS = list(dict.fromkeys(p.arm.id for p in POINTS if p.study == "methods"))
+NIAH_METHODS = SYNTHETIC and bool(NIAH_METHOD_ARMS)
+
+if NIAH_METHODS:
+
+    use rule niah as niah_methods with:
+        input:
+            models=expand(rules.train_arm.output.model, arm=NIAH_METHOD_ARMS, allow_missing=True),
+            eval=corpus_json("eval"),
+            videos=rules.synth_corpus.output.videos,
+            visual=visual_shards("eval"),
+            quarantine=quarantine_json("eval"),
+        output:
+            csv=f"{RESULTS}/niah/methods/seed{{seed}}.csv",
+        params:
+            code=code_version("niah"),
+            arms=" ".join(NIAH_METHOD_ARMS),
+            visual=visual_dir("eval"),
+            fps=CFG["data"]["extract"]["fps"],
+            batch_size=CFG["evaluate"]["batch_size"],
+            share=CFG["ceiling"]["visible_share"],
+        log:
+            f"{LOGS}/niah/methods/seed{{seed}}.log",
+
+    rule niah_methods_summary:
+        input:
+            csvs=expand(rules.niah_methods.output.csv, seed=SEEDS),
+        output:
+            csv=f"{RESULTS}/niah/methods.csv",
+            png=report(f"{RESULTS}/niah/niah_methods.png", caption="../report/niah_methods.rst", category="Figures"),
+        params:
+            code=code_version("niah"),
+        log:
+            f"{LOGS}/niah_methods_summary.log",
+        shell:
+            "visctx niah-summary --csvs {input.csvs} --out-csv {output.csv} --out-png {output.png} --by-method"
+            " > {log} 2>&1"
+
+
 rule niah_all:
     input:
         rules.niah_summary.output if NIAH else [],
+        rules.niah_methods_summary.output if NIAH_METHODS else [],
