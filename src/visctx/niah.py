@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,15 +122,18 @@ def niah(
         raise ValueError(f"{eval_json}: no needle questions whose needle frame was extracted")
     rows = []
     seeds = set()
+    skipped: list[str] = []
     asked = items
     for arm in arms:
         model = VideoModel.load(Path(arms_dir) / arm.id / "model").eval()
         seeds.add(model.meta.get("seed"))
         cpu.require_same(model.meta.get("cpu"), kernels, str(Path(arms_dir) / arm.id / "model"))
         items = [(r, j) for r, j in asked if needle_readable(specs[r.video], arm, visible_share)]
-        if not items:
-            raise ValueError(f"{eval_json}: no needle that arm {arm.id}'s tokens can carry (visible_share "
-                             f"{visible_share})")
+        if not items:  # an arm too coarse to read any needle has no map, not a map of chance
+            skipped.append(arm.id)
+            print(f"niah: {eval_json}: no needle that arm {arm.id}'s tokens can carry (visible_share "
+                  f"{visible_share}); the arm has no map", file=sys.stderr)
+            continue
         prompts = [model.encoder.choice_prompt(r.question, r.options, r.answer, where=r.id) for r, _ in items]
         for depth in depths:
             right = []
@@ -144,14 +148,20 @@ def niah(
                 right += (pred == torch.tensor([r.answer for r, _ in chunk])).tolist()
             rows.append({"arm": arm.id, "seed": model.meta.get("seed"), "T": arm.T, "M": arm.M,
                          "haystack": arm.T - 1, "depth": depth, "n": len(right), "accuracy": float(np.mean(right))})
+    if not rows:  # a finding, not a failure: an empty map that says why (the DAG goes on)
+        print(f"niah: {eval_json}: no needle that any of the arms {[a.id for a in arms]} can carry "
+              f"(visible_share {visible_share}): an empty map", file=sys.stderr)
     if len(seeds) > 1:
         raise ValueError(f"{arms_dir}: the arms come from different training seeds {sorted(map(str, seeds))}")
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=COLUMNS)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False, float_format="%.6g")
     if out_png:
         draw_heatmap(df, out_png)
-    return {"arms": len(arms), "items": len(items), "cells": len(df)}
+    return {"arms": len(arms) - len(skipped), "skipped": skipped, "items": len(asked), "cells": len(df)}
+
+
+COLUMNS = ["arm", "seed", "T", "M", "haystack", "depth", "n", "accuracy"]
 
 
 def niah_summary(csvs: list[str], out_csv: str, out_png: str) -> dict:
@@ -169,6 +179,12 @@ def niah_summary(csvs: list[str], out_csv: str, out_png: str) -> dict:
     from visctx.stats import summarise
 
     per_seed = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
+    if per_seed.empty:
+        Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(columns=["arm", "T", "M", "haystack", "depth", "accuracy", "accuracy_lo", "accuracy_hi"]
+                     ).to_csv(out_csv, index=False)
+        draw_heatmap(per_seed, out_png, per_seed)
+        return {"cells": 0, "seeds": []}
     if per_seed.duplicated(["arm", "seed", "depth"]).any():
         raise ValueError(f"{csvs}: a (arm, seed, depth) cell appears twice (the same seed's map given twice?)")
     keys = ["arm", "T", "M", "haystack", "depth"]
@@ -191,6 +207,14 @@ def draw_heatmap(df, out_png: str | os.PathLike, per_seed=None) -> None:
     def grid(frame, value="accuracy"):
         return frame.pivot_table(index="depth", columns="haystack", values=value).sort_index(ascending=False)
 
+    if df.empty:
+        fig = Figure(figsize=(5.0, 2.0))
+        FigureCanvasAgg(fig)
+        fig.text(0.5, 0.5, "Needle in a haystack: no needle that the arms' tokens can carry\n"
+                 "(data.synthetic.visible_share; larger needles: data.synthetic.max_side)", ha="center", va="center")
+        Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=120)
+        return
     seeds = [] if per_seed is None else sorted(per_seed["seed"].unique())
     mean = grid(df)
     annot = mean.map(lambda v: f"{v:.2f}")
