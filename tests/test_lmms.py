@@ -24,11 +24,13 @@ import torch
 pytest.importorskip("lmms_eval", reason="the lmms extra: VISCTX_EXTRAS=lmms bash scripts/setup.sh")
 
 from visctx.config import Arm  # noqa: E402
+from visctx.synth import TASKS as SYNTH_TASKS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "workflow" / "lmms_tasks"
 FRAMES, SIZE, BATCH = 8, 54, 5
 CACHE_ARM, FORWARD_ARM = Arm(2, 9, "pool"), Arm(2, 4, "sample", pooled_from=4)
+N_EVAL = 3  # eval videos of the fixture corpus
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -47,7 +49,7 @@ def study(tmp_path_factory):
     os.chdir(root)
     try:
         data = Path("results/data")
-        make_corpus(data / "corpus", n_train=6, n_eval=3, seed=0, seconds=12, fps=2, size=SIZE, max_side=6)
+        make_corpus(data / "corpus", n_train=6, n_eval=N_EVAL, seed=0, seconds=12, fps=2, size=SIZE, max_side=6)
         tower = Path("results/models/pretrained/vision")
         build_tiny_vision_tower(tower, image_size=SIZE, patch_size=2, hidden_size=16, num_layers=1, num_heads=1,
                                 intermediate_size=32)
@@ -121,7 +123,7 @@ def test_lmms_eval_cli_scores_equal_visctx_evaluate(study, tmp_path):
         assert [s["score"]["pred"] for s in samples] == want["predictions"]
         if mode == "generate":
             assert [s["filtered_resps"] for s in samples] == want["generations"]  # 0.7's jsonl: the text itself
-    assert want["n"] == 12
+    assert want["n"] == N_EVAL * len(SYNTH_TASKS)  # every eval record, one per (video, task)
 
 
 @pytest.mark.parametrize("arm, visual", [(CACHE_ARM, "features"), (FORWARD_ARM, "frames")],
@@ -255,7 +257,7 @@ def test_the_dag_job_and_its_table(study, monkeypatch, tmp_path, capsys):
     `visctx lmms-table` (rule lmms_table) puts them beside the project's own score of that benchmark."""
     import pandas as pd
 
-    from visctx.cli import main
+    from visctx.cli import run_command as main  # in this process, not through the preload server
 
     root, evals = study
     for k, v in {**OFFLINE, "HF_HOME": str(root / "hf")}.items():
@@ -265,11 +267,10 @@ def test_the_dag_job_and_its_table(study, monkeypatch, tmp_path, capsys):
     decoding = ["--fps", "1.0", "--max-frames", str(FRAMES), "--size", str(SIZE),
                 "--vision-tower", "results/models/pretrained/vision", "--vision-layer", "-2"]
     assert main(["lmms-eval-arm", "--model-dir", f"results/arms/{CACHE_ARM.id}/model", "--task", "visctx_synthetic",
-                 "--include-path", str(TASKS), "--batch-size", str(BATCH), *decoding, "--out-json", str(out)],
-                preload=False) == 0
+                 "--include-path", str(TASKS), "--batch-size", str(BATCH), *decoding, "--out-json", str(out)]) == 0
     r = json.loads(out.read_text())
     want = evals[CACHE_ARM.id, "loglik"]
-    assert r["arm"] == r["trained_arm"] == CACHE_ARM.id and r["n_samples"] == {"visctx_synthetic": 12}
+    assert r["arm"] == r["trained_arm"] == CACHE_ARM.id and r["n_samples"] == {"visctx_synthetic": N_EVAL * len(SYNTH_TASKS)}
     assert r["results"]["visctx_synthetic"]["accuracy,none"] == pytest.approx(want["accuracy"], abs=1e-12)
     assert r["decoding"] == {"fps": 1.0, "max_frames": FRAMES, "size": SIZE, "vision": "feature",
                              "vision_tower": "results/models/pretrained/vision"}
@@ -277,8 +278,7 @@ def test_the_dag_job_and_its_table(study, monkeypatch, tmp_path, capsys):
 
     md, csv = tmp_path / "lmms_eval.md", tmp_path / "lmms_eval.csv"
     own = f"results/arms/{CACHE_ARM.id}/eval/loglik.json"
-    assert main(["lmms-table", "--jsons", str(out), "--evals", own, "--out-md", str(md), "--out-csv", str(csv)],
-                preload=False) == 0
+    assert main(["lmms-table", "--jsons", str(out), "--evals", own, "--out-md", str(md), "--out-csv", str(csv)]) == 0
     rows = pd.read_csv(csv)
     assert set(rows["metric"]) >= {"accuracy", "score"} and set(rows["arm"]) == {CACHE_ARM.id}
     assert rows.set_index("metric").loc["score", "value"] == pytest.approx(want["score"], rel=1e-5)
@@ -287,5 +287,5 @@ def test_the_dag_job_and_its_table(study, monkeypatch, tmp_path, capsys):
 
     capsys.readouterr()
     assert main(["lmms-eval-arm", "--model-dir", f"results/arms/{CACHE_ARM.id}/model", "--task", "no_such_task",
-                 "--include-path", str(TASKS), *decoding, "--out-json", str(tmp_path / "x.json")], preload=False) == 1
+                 "--include-path", str(TASKS), *decoding, "--out-json", str(tmp_path / "x.json")]) == 1
     assert "lmms-eval has no task 'no_such_task'" in capsys.readouterr().err

@@ -176,3 +176,12 @@ def test_benchmarks_table_has_a_column_per_benchmark(tmp_path):
     assert row["mlvu"] == pytest.approx(0.3 + 0.01 * i)
     assert row["synthetic_loss"] == pytest.approx(pd.read_csv(arms).query("arm == 'T4-M9-pool'")["loss"].mean())
     assert set(row["studies"].split(",")) == {"tokens", "frames"}
+
+
+def test_every_report_output_has_a_caption():
+    """`snakemake --report` refuses an output whose caption file is missing (it is read at DAG time)."""
+    from pathlib import Path
+
+    captions = Path(__file__).resolve().parents[1] / "workflow" / "report"
+    missing = [n for n in [*R.TABLES, *R.FIGURES, "arms", "niah"] if not (captions / f"{n}.rst").is_file()]
+    assert not missing, f"no caption file in {captions} for {missing}"

@@ -55,7 +55,8 @@ def lmms_eval_arm(model_dir: str, task: str, out_json: str, include_path: str = 
     args = {k: v for k, v in dict(fps=fps, max_frames=max_frames, size=size, vision_tower=vision_tower or None,
                                   vision_layer=vision_layer, threads=threads).items() if v is not None}
     lm = VisctxArm(pretrained=model_dir, batch_size=batch_size, device=device or None, **args)
-    arm, trained = lm.arm.id, lm.model.meta.get("arm")
+    # read before simple_evaluate: lmms-eval's lm.clean() deletes every nn.Module attribute after a run
+    arm, trained, seed = lm.arm.id, lm.model.meta.get("arm"), lm.model.meta.get("seed")
     manager = TaskManager(include_path=include_path or None, model_name=MODEL_NAME)
     if task not in manager.all_tasks:
         raise ValueError(f"lmms-eval has no task {task!r} (evaluate.lmms_tasks; local tasks are read from "
@@ -68,7 +69,7 @@ def lmms_eval_arm(model_dir: str, task: str, out_json: str, include_path: str = 
                for name, metrics in {**out["results"], **out.get("groups", {})}.items()}
     summary = {
         "arm": arm,
-        "seed": lm.model.meta.get("seed"),  # the training replicate
+        "seed": seed,  # the training replicate
         "trained_arm": trained["id"] if isinstance(trained, dict) else trained,
         "task": task,
         "model_dir": str(model_dir),

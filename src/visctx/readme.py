@@ -177,8 +177,8 @@ def render(root: str | Path = ".") -> str:
         out += [f"| {x.finding} | **{x.verdict}** | {x.evidence} | {x.ceiling} |" for x in f.itertuples()]
         out.append("")
     niah_csv = r / "niah/niah.csv"
-    if niah_csv.exists():
-        n = pd.read_csv(niah_csv)
+    n = pd.read_csv(niah_csv) if niah_csv.exists() else None
+    if n is not None and not n.empty:
         by = n.groupby("haystack")
         cells = []
         for h, g in by:
