@@ -28,7 +28,7 @@ def test_the_embedded_default_keeps_the_papers_design():
     p = load_params(PARAMS)
     s = p["studies"]
     assert len(s["tokens"]["tokens"]) == 9 and len(s["frames"]["frames"]) == 8
-    assert set(s["tokens"]["methods"]) == set(s["frames"]["methods"]) == {"sample", "pool"}
+    assert set(s["tokens"]["methods"]) == {"sample", "pool", "mask"} and set(s["frames"]["methods"]) == {"sample", "pool"}
     assert len(s["joint"]["tokens"]) * len(s["joint"]["frames"]) >= 8
     assert len(s["window"]["combos"]) == 5
 

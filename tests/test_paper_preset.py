@@ -68,7 +68,7 @@ def test_every_job_of_the_paper_is_listed(dry_run):
     arms = unique_arms(study_points(params["studies"]))
     found = jobs(dry_run)
     benches = params["evaluate"]["benchmarks"]
-    assert len(found["train_arm"]) == len(arms) == 45 and len(benches) == 6  # T = 96 pools 128 frames now (it sampled)
+    assert len(found["train_arm"]) == len(arms) == 45 + 9 + 6 and len(benches) == 6  # + 9 masked token arms, 6 new window methods; T = 96 pools 128 frames
     assert len(found["evaluate_arm"]) == len(arms) * len(benches)  # one job per (arm, benchmark)
     assert len(found["benchmark_items"]) == 5
     shards = params["data"]["shards"]["train"] + params["data"]["shards"]["eval"]

@@ -43,6 +43,9 @@ MICRO = {
                    "pool_source": 8},
         "joint": {"token_method": "pool", "tokens": [9], "frames": [4, 8]},
         "window": {"budget": 40, "token_method": "pool", "combos": [[4, 9], [8, 4]]},
+        # one window, every way to spend it (LongViViT's masking, Video-XL's summary tokens)
+        "methods": {"budget": 40, "combos": [[8, 4]], "summary_ratio": 4, "summary_window": 0,
+                    "methods": ["sample", "pool", "mask", "tube", "masktrain", "tubetrain", "summary"]},
     },
     "train": {"threads": 1, "base": {"steps": 30, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 5},
               "arm": {"steps": 4, "batch_size": 8, "lr": 1.0e-3, "warmup_steps": 1}},

@@ -2,7 +2,7 @@ import os
 import sys
 from pathlib import Path
 
-from visctx.config import ParamsError, base_arms, dumps, resolve_preset, study_points, unique_arms, validate
+from visctx.config import TOKEN_OPS, ParamsError, base_arms, dumps, resolve_preset, study_points, unique_arms, validate
 from visctx.imports import digest as import_digest
 
 # Params are validated before any job starts; a bad value names the key, value and what is allowed.
@@ -40,7 +40,7 @@ wildcard_constraints:
     split="|".join(SPLITS),
     shard=r"\d{3}",
     seed=r"\d+",
-    arm=r"T\d+-M\d+-(sample|pool)(-from\d+)?",
+    arm=rf"T\d+-M\d+-({'|'.join(TOKEN_OPS)})(-from\d+)?(-vst\d+w\d+)?",  # Arm.id
     benchmark="|".join(BENCHMARKS),
 
 
