@@ -3,11 +3,17 @@
 # then no-op reruns, rerun sets, decode throughput, encoder passes and start-up overhead are
 # measured. Writes results/perf/perf.{json,md,log}. `--no-fresh` measures this checkout instead;
 # `--fresh-clone-check` runs ../shared/tools/fresh-clone-check on the README's two commands and records it
-# in results/perf/fresh-clone-check.{json,md} (what the README quotes).
+# in results/perf/fresh-clone-check.{json,md} (what the README quotes); `--method-costs` measures a
+# training step per method of the methods study (results/perf/method-costs.json; needs the tiny LLM).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
+if [ "${1:-}" = "--method-costs" ]; then  # memory and time per way of spending the window (the methods study's L)
+  shift
+  exec visctx method-costs --llm results/models/pretrained/llm --T 32 --M 4 --steps 10 \
+    --out-json results/perf/method-costs.json "$@"
+fi
 if [ "${1:-}" = "--fresh-clone-check" ]; then
   shift
   exec visctx fresh-clone-check "$@"

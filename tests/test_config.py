@@ -74,7 +74,7 @@ def test_shared_arms_are_trained_once():
     p = load_params(PARAMS)
     points = study_points(p["studies"])
     arms = unique_arms(points)
-    assert len(points) == 27 + 16 + 8 + 5 + 14
+    assert len(points) == 27 + 16 + 8 + 5 + 7
     assert len(arms) == len({a.id for a in arms}) < len(points)
     # T1-M4-pool is both a token-study arm and a frame-study arm; T32-M4-pool a frame, a window and a methods arm
     assert {pt.study for pt in points if pt.arm.id == "T1-M4-pool"} == {"tokens", "frames"}

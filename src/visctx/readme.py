@@ -169,6 +169,20 @@ def render(root: str | Path = ".") -> str:
         if (r / "niah/niah_methods.png").exists():
             out.append("![needle in a haystack per method](results/niah/niah_methods.png)")
         out.append("")
+    costs = r / "perf/method-costs.json"
+    if costs.exists():
+        c = json.loads(costs.read_text())
+        out += [f"**What each method costs** (`bash scripts/perf.sh --method-costs` → `results/perf/method-costs.json`; "
+                f"one training step of the tiny LLM at L = {c['window']} (T = {c['T']}, M = {c['M']}), batch "
+                f"{c['batch_size']}, {c['device']}, mean of {c['steps']} steps; activation memory = the bytes autograd "
+                f"saves for the backward; KV = the keys and values the text after the video attends to):", "",
+                "| method | arm | raw visual tokens | kept | s / step | activations (MiB) | kept KV (KiB) | peak KV (KiB) |",
+                "|---|---|---|---|---|---|---|---|"]
+        for name, m in c["methods"].items():
+            out.append(f"| {name} | `{m['arm']}` | {m['raw_visual_tokens']} | {m['kept_visual_tokens']} | "
+                       f"{m['seconds_per_step']:.3f} | {m['activation_bytes'] / 2**20:.1f} | {m['kept_kv_bytes'] / 1024:.0f} | "
+                       f"{m['peak_kv_bytes'] / 1024:.0f} |")
+        out.append("")
     findings = r / "tables/findings.csv"
     if findings.exists():
         f = pd.read_csv(findings).fillna("")
