@@ -22,12 +22,13 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def dry_run(tmp_path_factory) -> str:
-    """`snakemake -n` with the paper preset and profiles/slurm, on one-record annotation files."""
+def paper_project(tmp_path_factory) -> Path:
+    """A copy of the project with one-record annotation files where the paper preset expects them."""
     dst = tmp_path_factory.mktemp("paper")
     for item in ("Snakefile", "params.yaml", "workflow", "profiles", "src"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst / item)
+    shutil.copy2(ROOT / "slurm", dst / "slurm", follow_symlinks=False)  # the repository's link to profiles/slurm
     ann = dst / "data/instruct"
     ann.mkdir(parents=True)
     (ann / "train.json").write_text(json.dumps([{"id": "a", "video": "a.mp4", "conversations": [
@@ -44,11 +45,35 @@ def dry_run(tmp_path_factory) -> str:
             pd.read_json(FIXTURES / "videomme/videomme.json").to_parquet(target)
         else:
             shutil.copy2(FIXTURES / name / ANNOTATION[name], target)
+    return dst
+
+
+def snakemake_dry(project: Path, *profile: str) -> str:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(["snakemake", "-n", "--workflow-profile", "profiles/slurm", "--config", "preset=paper"],
-                          cwd=dst, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(["snakemake", "-n", *profile, "--config", "preset=paper"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def dry_run(paper_project) -> str:
+    """`snakemake -n` with the paper preset and profiles/slurm, on one-record annotation files."""
+    return snakemake_dry(paper_project, "--workflow-profile", "profiles/slurm")
+
+
+def test_the_cluster_profile_by_its_name(paper_project, dry_run):
+    """`snakemake --profile slurm` (what a cluster user types) finds the repository's profile and
+    plans the same jobs with the same resources; the laptop's workflow profile (profiles/default,
+    applied too) sets nothing the cluster profile sets."""
+    import yaml
+
+    by_name = snakemake_dry(paper_project, "--profile", "slurm")
+    assert jobs(by_name) == jobs(dry_run)
+    laptop = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
+    cluster = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert not set(laptop) & set(cluster) - {"rerun-incomplete", "printshellcmds", "show-failed-logs"}
+    assert all(laptop[k] == cluster[k] for k in set(laptop) & set(cluster))  # shared keys agree
 
 
 def jobs(out: str) -> dict[str, list[dict[str, str]]]:
