@@ -185,3 +185,20 @@ def test_every_report_output_has_a_caption():
     captions = Path(__file__).resolve().parents[1] / "workflow" / "report"
     missing = [n for n in [*R.TABLES, *R.FIGURES, "arms", "niah"] if not (captions / f"{n}.rst").is_file()]
     assert not missing, f"no caption file in {captions} for {missing}"
+
+
+def test_every_table_is_a_dvc_output():
+    """A table the report writes but dvc.yaml does not declare is untracked: `dvc repro` would not
+    restore it, and a fresh run leaves it beside the committed artifacts."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    outs = {next(iter(o)) if isinstance(o, dict) else o
+            for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values()
+            for o in stage.get("outs", [])}
+    missing = [str(p) for p in R.output_paths("results/tables")["tables"] if str(p) not in outs]
+    assert not missing, f"report tables not declared in dvc.yaml: {missing}"
+    assert "results/figures" in {next(iter(p)) for s in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values()
+                                 for p in s.get("plots", []) if isinstance(p, dict)}

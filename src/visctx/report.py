@@ -236,7 +236,7 @@ def table6_methods(inp: _Inputs) -> pd.DataFrame:
     rows = []
     for method in _methods(d):
         sub = d[d["method"] == method].drop_duplicates("arm").sort_values(["T", "M"])
-        best = sub.loc[sub["loss"].idxmin(), "arm"]
+        best = sub.loc[sub["loss"].idxmin(), "arm"] if len(sub) > 1 else None  # one (T, M): nothing to choose
         for _, r in sub.iterrows():
             ref = d[(d["method"] == "pool") & (d["T"] == r["T"]) & (d["M"] == r["M"])]["arm"]
             row = {"method": method, "T": int(r["T"]), "M": int(r["M"]), "arm": r["arm"],
@@ -650,7 +650,7 @@ def _methods_figure(inp: _Inputs, path: Path) -> Path:
                     ax.hlines(r["ceiling_loss"], x - 0.3, x + 0.3, colors=color, linestyles="--", lw=1)
             ax.set_xticks(xs, list(sub.index), rotation=35, ha="right", fontsize=8)
             ax.set(title=f"T = {T}, M = {M} (T·M = {T * M})", ylabel=f"held-out loss ({inp.benchmark})")
-        fig.suptitle(f"One window, every way to spend it: mean of {len(inp.seeds)} seeds ± 95% CI; "
+        fig.suptitle(f"One window, every way to spend it: mean of {len(inp.seeds)} seeds ± 95% CI\n"
                      "dashed: information ceiling (summary: of its raw tokens)", fontsize=9)
         _save(fig, path)
     return path
@@ -752,7 +752,7 @@ def metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
     best: dict[str, Any] = {}
     t6 = table6_methods(inp)
     if "vs_pool_%" in t6:  # per method: the loss relative to pooling at its best (T, M), paired within seeds
-        rows = t6[t6["best"] != ""].set_index("method")
+        rows = t6[(t6["best"] != "") | (t6.groupby("method")["arm"].transform("size") == 1)].set_index("method")
         out["methods"] = {m: r["vs_pool_%"] for m, r in rows.iterrows() if pd.notna(r.get("vs_pool_%"))}
     for study in ("tokens", "frames", "joint", "window", "methods"):
         d = inp.study(study).drop_duplicates("arm")
