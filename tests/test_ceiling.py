@@ -129,3 +129,28 @@ def test_the_ceiling_table_is_an_arms_table(tmp_path):
     assert t.loc["T1-M4-pool", "loss"] > t.loc["T32-M4-pool", "loss"]  # more frames, more seen
     items = json.loads((tmp_path / "eval.json").read_text())
     assert len(items) == 200
+
+
+def test_a_masked_token_sees_the_patch_its_mask_keeps_in_its_frame():
+    """mask / tube: the ceiling reads the very patches the evaluation's mask keeps (visctx.context.
+    mask_indices with the video's seed), frame by frame; *train arms are evaluated pooled; summary
+    tokens are bounded by their raw stream."""
+    from visctx.context import mask_indices, mask_seed
+
+    arm = Arm.from_id("T4-M9-mask")
+    idx = mask_indices(mask_seed("v", arm.id), 4, 27 * 27, 9, tube=False).numpy()
+    r, c = divmod(int(idx[2, 0]), 27)  # a patch frame 2's mask keeps
+    spec = scene(detail={"colour": "red", "cell": [r, c], "side": 1, "shows": [[0, 32]]})
+    bins = seen(spec, arm.id)["detail"]
+    assert 2 in bins  # carried where the mask keeps it ...
+    assert all((r * 27 + c) in {int(i) for i in idx[t]} for t in bins)  # ... and only there
+    tube = Arm.from_id("T4-M9-tube")
+    rows = mask_indices(mask_seed("v", tube.id), 4, 27 * 27, 9, tube=True).numpy()
+    assert (rows == rows[0]).all()
+    r, c = divmod(int(rows[0, 0]), 27)
+    spec = scene(detail={"colour": "red", "cell": [r, c], "side": 1, "shows": [[0, 32]]})
+    assert list(seen(spec, tube.id)["detail"]) == [0, 1, 2, 3]  # a tube keeps it in every frame
+    big = scene(detail={"colour": "red", "cell": [0, 0], "side": 9, "shows": [[0, 32]]})
+    assert C._seen_by_key(big, Arm.from_id("T4-M9-masktrain"), SEC, TAU)["detail"].tolist() == \
+        seen(big, "T4-M9-pool")["detail"].tolist()
+    assert seen(big, "T4-M36-pool-vst4w36")["detail"].tolist() == seen(big, "T4-M36-pool")["detail"].tolist()

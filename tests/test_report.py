@@ -202,3 +202,26 @@ def test_every_table_is_a_dvc_output():
     assert not missing, f"report tables not declared in dvc.yaml: {missing}"
     assert "results/figures" in {next(iter(p)) for s in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values()
                                  for p in s.get("plots", []) if isinstance(p, dict)}
+
+
+def test_table6_compares_each_method_with_pooling_at_the_same_window(tmp_path):
+    """Table 6: a row per (method, T, M); the loss relative to pooling at the same (T, M) is the
+    mean of the per-seed paired ratios; the best (T, M) per method is its lowest loss."""
+    studies = dict(STUDIES, methods={"budget": 160, "combos": [[32, 4], [16, 9]], "summary_ratio": 4,
+                                     "methods": ["sample", "pool", "mask", "summary"]})
+    arms, design = write_study(tmp_path, studies=studies, seeds=(0, 1, 2))
+    fits = tmp_path / "fits.json"
+    write_fits(arms, design, 160, n_boot=20, seed=0, out_json=fits)
+    t6 = R.build_tables(arms, design, fits)["table6_methods"]
+    assert set(t6["method"]) == {"sample", "pool", "mask", "summary"} and len(t6) == 8
+    reps = pd.read_csv(arms)
+    for _, r in t6[t6["method"] != "pool"].iterrows():
+        ref = t6[(t6["method"] == "pool") & (t6["T"] == r["T"]) & (t6["M"] == r["M"])]["arm"].iloc[0]
+        w = reps.pivot_table(index="seed", columns="arm", values="loss")
+        assert r["vs_pool_%"] == pytest.approx(100 * ((w[r["arm"]] - w[ref]) / w[ref]).mean())
+        assert r["vs_pool_%_lo"] < r["vs_pool_%"] < r["vs_pool_%_hi"]
+    assert t6[t6["method"] == "pool"]["vs_pool_%"].isna().all()
+    vst = t6[t6["method"] == "summary"]
+    assert set(vst["arm"]) == {"T32-M16-pool-vst4w16", "T16-M36-pool-vst4w36"} and (vst["kept"] == vst["T"] * vst["M"]).all()
+    for _, g in t6.groupby("method"):
+        assert (g["best"] == "best (T, M)").sum() == 1 and g.loc[g["best"] != "", "loss"].iloc[0] == g["loss"].min()
