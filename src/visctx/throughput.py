@@ -124,24 +124,7 @@ def throughput(
         batch["frames"] = torch.randint(0, 256, (batch_size, T, size, size, 3), dtype=torch.uint8)
         batch["arm"] = Arm(T, M, "pool").id
     batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        model(batch).backward()
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    seconds = (time.perf_counter() - t0) / steps
+    seconds, _ = _timed_steps(model, batch, model.parameters(), dev, warmup, steps)
 
     seq_len = int(batch["input_ids"].shape[1])
     cfg = lm.config
@@ -252,6 +235,31 @@ def _rss_gib(field: str) -> float | None:
     return None
 
 
+
+def _timed_steps(model, batch: dict, params, dev, warmup: int, steps: int, memory=None) -> tuple[float, float | None]:
+    """Seconds per AdamW training step (forward, backward, update) over ``steps`` after ``warmup``
+    untimed ones, CUDA peak statistics reset in between; ``memory()`` is read just before the
+    timed steps (what the process holds before them)."""
+    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-5)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model(batch).backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    held = memory() if memory is not None else None
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return (time.perf_counter() - t0) / steps, held
+
 def method_cost(llm: str, arm_id: str, vision_dim: int = 16, batch_size: int = 1, steps: int = 5, warmup: int = 1,
                 device: str = "cpu", dtype: str = "fp32", threads: int = 0) -> dict:
     """One method's costs (see :func:`method_costs`), in this process."""
@@ -281,25 +289,8 @@ def method_cost(llm: str, arm_id: str, vision_dim: int = 16, batch_size: int = 1
     loss, activations = saved_activation_bytes(lambda: model(batch), exclude=params)
     loss.backward()
     kv = video_cache(model, batch)
-    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-5)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        model(batch).backward()
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-    before = torch.cuda.memory_allocated(dev) / 2**30 if dev.type == "cuda" else _rss_gib("VmRSS")
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    seconds = (time.perf_counter() - t0) / steps
+    seconds, before = _timed_steps(model, batch, params, dev, warmup, steps, memory=lambda: (
+        torch.cuda.memory_allocated(dev) / 2**30 if dev.type == "cuda" else _rss_gib("VmRSS")))
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else _rss_gib("VmHWM")
     return {"arm": arm.id, "token_op": arm.token_op, "T": arm.T, "M": arm.M, "raw_visual_tokens": arm.tokens,
             "kept_visual_tokens": arm.kept_tokens, "seq_len": int(batch["lengths"].max()),
