@@ -7,6 +7,7 @@ import pytest
 
 from visctx.config import Arm
 from visctx.evaluate import evaluate, evaluate_arms
+from visctx.files import read_seconds
 from visctx.pretrained import build_tiny_llm
 from visctx.train import VideoLM, train, train_arms
 
@@ -66,6 +67,9 @@ def test_base_learns_and_saves_a_model_dir(base):
     assert s["final_loss"] < 0.5 * s["first_loss"] and s["final_loss"] < np.log(4)  # below the answer prior
     d = root / "base"
     assert {"llm", "projector.safetensors", "model.json", "train_summary.json"} <= {p.name for p in d.iterdir()}
+    # the wall time sits in a sidecar, so a rerun writes the same summary bytes
+    assert "seconds" not in json.loads((d / "train_summary.json").read_text())
+    assert 0 < read_seconds(d / "train_summary.json") == s["seconds"]
     info = json.loads((d / "model.json").read_text())
     assert info["arm"] == "mixture" and info["arms"] == [a.id for a in ARMS] and info["steps_total"] == 60
     assert (root / "logs/base/metrics.csv").is_file()

@@ -1,5 +1,6 @@
 """File plumbing every stage shares: atomic writes (a killed job never leaves a half file behind),
-checked ``.npy`` reads, and content digests (what a resumed run compares, not paths)."""
+checked ``.npy`` reads, content digests (what a resumed run compares, not paths), and timing
+sidecars (wall times kept out of the results, so that a rerun writes the same bytes)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,35 @@ def load_npy(path: str | os.PathLike, mmap_mode: str | None = "r") -> np.ndarray
     return np.load(path, mmap_mode=mmap_mode)
 
 
+TIMING_SUFFIX = ".timing.json"  # ignored by DVC (.dvcignore) and by content_digest
+
+
+def timing_path(result: str | os.PathLike) -> Path:
+    """Where a result file's wall time lives: ``eval/synthetic.json`` -> ``eval/synthetic.timing.json``.
+
+    Why a sidecar: a time inside a result makes every rerun's bytes differ, and with them the
+    DVC hash of every cached directory holding it (``dvc.lock`` changed on a fresh clone whose
+    every table was byte-identical). Timings are for people and the performance harness; results
+    and their digests leave them out."""
+    p = Path(result)
+    return p.with_name(p.name[: -len(p.suffix)] + TIMING_SUFFIX if p.suffix else p.name + TIMING_SUFFIX)
+
+
+def write_timing(result: str | os.PathLike, seconds: float, **extra: Any) -> None:
+    write_json_atomic(timing_path(result), {"seconds": round(float(seconds), 3), **extra})
+
+
+def read_seconds(result: str | os.PathLike) -> float:
+    """The wall time recorded beside ``result`` (:func:`write_timing`)."""
+    path = timing_path(result)
+    try:
+        return float(json.loads(path.read_text())["seconds"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no timing recorded beside {result}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a timing record ({e})") from None
+
+
 FULL_BYTES = 8 << 20  # files up to this size are hashed whole
 BLOCKS, BLOCK = 64, 16 << 10
 
@@ -86,14 +116,16 @@ def content_digest(path: str | os.PathLike) -> str:
     Files up to 8 MiB are hashed whole; larger ones (feature shards, model weights at paper scale)
     by their size and 64 evenly spaced 16 KiB blocks, which any regeneration changes (hashing every
     byte of 600 MB of features would add a second to every arm's job). A directory is its files'
-    relative paths and digests, in order; a name that is not on disk (a hub model id) is itself.
+    relative paths and digests, in order, leaving out timing sidecars (a model retrained to the
+    same bytes is the same model); a name that is not on disk (a hub model id) is itself.
     """
     if not str(path):
         raise ValueError("content_digest needs a path or a name, got ''")
     p = Path(path)
     h = hashlib.sha256()
     if p.is_dir():
-        for f in sorted(x for x in p.rglob("*") if x.is_file() and "__pycache__" not in x.parts):
+        for f in sorted(x for x in p.rglob("*") if x.is_file() and "__pycache__" not in x.parts
+                        and not x.name.endswith(TIMING_SUFFIX)):
             h.update(f"{f.relative_to(p)}\0{content_digest(f)}\0".encode())
     elif p.is_file():
         size = p.stat().st_size

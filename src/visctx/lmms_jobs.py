@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from visctx.files import write_json_atomic
+from visctx.files import write_json_atomic, write_timing
 
 # lmms-eval task -> the project's benchmark over the same items (its score sits beside lmms-eval's)
 SAME_BENCHMARK = {
@@ -80,10 +80,11 @@ def lmms_eval_arm(model_dir: str, task: str, out_json: str, include_path: str = 
         "limit": limit or None,
         "n_samples": {k: v.get("effective", v.get("original")) for k, v in out.get("n-samples", {}).items()},
         "results": results,
-        "seconds": round(time.perf_counter() - t0, 3),
     }
+    seconds = time.perf_counter() - t0
     write_json_atomic(out_json, summary, indent=2)
-    return summary
+    write_timing(out_json, seconds)  # beside the result: a rerun writes the same bytes
+    return summary | {"seconds": round(seconds, 3)}
 
 
 def _version(dist: str) -> str | None:

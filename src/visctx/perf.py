@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from visctx.files import read_seconds
+
 ANALYSIS_RULES = {"fits", "figures", "tables", "metrics", "all", "analysis_all"}
 
 
@@ -171,7 +173,7 @@ def kernel_cost(run: _Runner, tmp: Path, steps: int = 150) -> dict[str, Any]:
         d = tmp / f"kernels-{name}"
         run([*args, "--out-dir", str(d / "model"), "--log-dir", str(d / "logs")], VISCTX_PRELOAD="0", **env)
         summary = json.loads((d / "model/train_summary.json").read_text())
-        out[f"{name}_s"] = round(summary["seconds"], 2)
+        out[f"{name}_s"] = round(read_seconds(d / "model/train_summary.json"), 2)
         out[f"{name}_torch"] = summary["cpu"]["torch"]
     for name in ("native", "mkl_compatible"):
         out[f"{name}_ratio"] = round(out[f"{name}_s"] / out["pinned_s"], 3)
@@ -192,7 +194,7 @@ def startup_overhead(run: _Runner, tmp: Path) -> dict[str, float]:
     for name, preload in (("plain", "0"), ("preload_cold", "1"), ("preload_warm", "1")):
         arms_dir = tmp / f"startup-{name}"
         wall, _ = run([*args, "--arms-dir", str(arms_dir)], VISCTX_PRELOAD=preload, VISCTX_PRELOAD_IDLE="30")
-        inner = json.loads((arms_dir / arm / "model/train_summary.json").read_text())["seconds"]
+        inner = read_seconds(arms_dir / arm / "model/train_summary.json")
         out[f"{name}_wall_s"] = round(wall, 2)
         out[f"{name}_overhead_s"] = round(wall - inner, 2)
     return out
