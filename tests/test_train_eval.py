@@ -1,9 +1,11 @@
 """train() and evaluate() end to end on a trivially learnable feature -> answer mapping."""
 
 import json
+import math
 
 import numpy as np
 import pytest
+import torch
 
 from visctx.config import Arm
 from visctx.evaluate import evaluate, evaluate_arms
@@ -87,7 +89,8 @@ def test_fine_tune_continues_from_the_base_and_evaluate_writes_json(base):
     out = root / f"arms/{arm.id}/eval/synthetic.json"
     r = evaluate(str(root / f"arms/{arm.id}/model"), str(root / "eval.json"), str(root / "features/eval"), arm,
                  str(out), batch_size=5)
-    assert json.loads(out.read_text()) == r
+    assert json.loads(out.read_text()) == {k: v for k, v in r.items() if k != "seconds"}  # timing: a sidecar
+    assert read_seconds(out) == r["seconds"]
     assert {"arm", "benchmark", "n", "loss", "accuracy", "per_task", "T", "M", "token_op", "frame_op",
             "pooled_from"} <= set(r)
     # the synthetic suite's official rule: the mean of per-task accuracies, from the per-item predictions
@@ -100,7 +103,25 @@ def test_fine_tune_continues_from_the_base_and_evaluate_writes_json(base):
         assert 0.0 <= v["accuracy"] <= 1.0 and v["loss"] > 0
     assert sum(v["n"] for v in r["per_task"].values()) == 16
     assert r["accuracy"] > 0.5 and r["loss"] < np.log(4)  # learnt, and generalises to new videos
-    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # atomic: no tmp left
+    assert {p.name for p in out.parent.iterdir()} == {out.name, "synthetic.timing.json"}  # atomic: no tmp left
+    # the length-normalised score is the same pass's other reading; its mode's accuracy is that one
+    assert r["answer_mode"] == "loglik" and r["loglik_accuracy"]["sum"] == r["accuracy"]
+    norm = evaluate(str(root / f"arms/{arm.id}/model"), str(root / "eval.json"), str(root / "features/eval"), arm,
+                    str(root / "norm.json"), batch_size=5, answer_mode="loglik_norm")
+    assert norm["accuracy"] == r["loglik_accuracy"]["per_token"] == norm["loglik_accuracy"]["per_token"]
+    assert norm["loss"] == r["loss"]  # the held-out loss does not depend on how an answer is picked
+
+
+def test_length_normalised_choice_favours_no_length():
+    """Summed log-likelihood prefers the short option; per token the long one that fits better."""
+    from visctx.evaluate import best_option
+
+    logprob = torch.tensor([[-2.0, -3.0, -math.inf], [-1.0, -6.0, -2.0]])  # [items, options]; -inf: padding
+    ntokens = torch.tensor([[1, 3, 0], [1, 2, 4]])
+    assert best_option(logprob, ntokens, "loglik").tolist() == [0, 0]
+    assert best_option(logprob, ntokens, "loglik_norm").tolist() == [1, 2]  # -1/tok and -0.5/tok
+    with pytest.raises(ValueError, match="mode"):
+        best_option(logprob, ntokens, "vote")
 
 
 def test_interrupted_run_resumes_from_last_ckpt(base, monkeypatch):

@@ -1,10 +1,14 @@
 """Evaluate one arm on one multiple-choice benchmark: option log-likelihood accuracy, the
 benchmark's official score, and held-out loss.
 
-Two answering modes (``evaluate.answer_mode``). ``loglik`` (the default; the tiny model cannot be
+Three answering modes (``evaluate.answer_mode``). ``loglik`` (the default; the tiny model cannot be
 asked to emit a letter): the answer is the option with the highest summed log-likelihood, each
 option scored as a continuation of a prompt that does not list the options, so option order cannot
-matter and circular orderings (Event-Bench) give the same answer every time. ``generate`` (what the
+matter and circular orderings (Event-Bench) give the same answer every time. A sum favours short
+options on real benchmarks (every token costs log-probability), so ``loglik_norm`` takes the highest
+log-likelihood per option token instead (lm-eval's ``acc_norm`` divides by the option's bytes; per
+token is the length that the model scores). Either loglik mode records both accuracies
+(``loglik_accuracy``: ``sum``, ``per_token``); the tables use the mode's. ``generate`` (what the
 official harnesses do): the prompt lists the options as ``A. ...`` lines with the instruction to
 answer with the letter, the model decodes greedily, and :func:`visctx.benchmarks.parse_letter`
 reads the letter into ``predictions`` (``None``: unparsable). The score is the benchmark's rule in
@@ -54,8 +58,8 @@ def evaluate(
         batch_size: items scored at once.
         threads: torch's CPU threads.
         benchmark: whose official rule scores the answers (``synthetic`` or a benchmark's name).
-        answer_mode: ``loglik`` (the option of highest log-likelihood) or ``generate`` (decode a
-            letter).
+        answer_mode: ``loglik`` (the option of highest summed log-likelihood), ``loglik_norm``
+            (highest per option token) or ``generate`` (decode a letter).
         max_new_tokens: the most tokens decoded per answer (``generate``).
         scoring: ``official`` (the benchmark's own script's rule), ``lmms_eval`` or ``strict``
             (:mod:`visctx.benchmarks`).
@@ -84,7 +88,18 @@ def _open(eval_json: str, features_dir: str):
     return usable_records(items, store, f"{eval_json} ({store.kind}s in {features_dir})"), store
 
 
-ANSWER_MODES = ("loglik", "generate")
+ANSWER_MODES = ("loglik", "loglik_norm", "generate")
+
+
+def best_option(logprob: torch.Tensor, ntokens: torch.Tensor, mode: str) -> torch.Tensor:
+    """Each item's chosen option from its options' summed log-likelihoods ``[B, K]`` and token counts:
+    the highest sum (``loglik``) or the highest mean per token (``loglik_norm``). A padded option slot
+    (-inf over 0 tokens) stays -inf, never nan."""
+    if mode == "loglik":
+        return logprob.argmax(1)
+    if mode == "loglik_norm":
+        return (logprob / ntokens.clamp(min=1)).argmax(1)
+    raise ValueError(f"best_option: mode={mode!r}; allowed: loglik, loglik_norm")
 
 
 def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_size: int = 32,
@@ -113,21 +128,26 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
     loader = choice_loader(records, store, model.encoder, arm, batch_size, source=source, cache=cache)
 
     pred = torch.zeros(len(records), dtype=torch.long)
-    correct = torch.zeros(len(records), dtype=torch.bool)
+    pred_norm = torch.zeros(len(records), dtype=torch.long)
     nll = torch.zeros(len(records), dtype=torch.float64)
     ntok = torch.zeros(len(records), dtype=torch.long)
+    answers = torch.tensor([r.answer for r in records], dtype=torch.long)
     with torch.inference_mode():
         for batch in loader:
             s = model.score_options(batch)
             idx, ans = batch["index"], batch["answer"]
             rows = torch.arange(len(idx))
-            pred[idx] = s["logprob"].argmax(1)
-            correct[idx] = pred[idx] == ans
+            pred[idx] = best_option(s["logprob"], s["ntokens"], "loglik")
+            pred_norm[idx] = best_option(s["logprob"], s["ntokens"], "loglik_norm")
             has = ans >= 0  # MLVU's answer -1 (not among the candidates) has no option to take the loss of
             nll[idx] = torch.where(has, -s["logprob"][rows, ans.clamp(min=0)].double(), 0.0)
             ntok[idx] = torch.where(has, s["ntokens"][rows, ans.clamp(min=0)], 0)
 
-    preds: list[int | None] = pred.tolist()
+    loglik_acc = {"sum": float((pred == answers).double().mean()),
+                  "per_token": float((pred_norm == answers).double().mean())}
+    chosen = pred_norm if answer_mode == "loglik_norm" else pred
+    correct = chosen == answers
+    preds: list[int | None] = chosen.tolist()
     texts = None
     if answer_mode == "generate":
         texts, preds = generate_answers(model, records, store, arm, batch_size, max_new_tokens, source, cache)
@@ -156,6 +176,7 @@ def evaluate_model(model, items: list, store, arm: Arm, out_json: str, batch_siz
         "official": official,
         "scoring": official["scoring"],  # the mode applied (its rule: official["rule"])
         "answer_mode": answer_mode,
+        **({"loglik_accuracy": loglik_acc} if answer_mode != "generate" else {}),
         "ids": [r.id for r in records],  # the items scored (quarantined videos' items are not)
         "predictions": preds,  # per item, in eval_json order (generate: parse_letter's reading, None: unparsable);
         # the rules re-apply to benchmarks.evaluation_answers(result): these, or the generated texts
@@ -226,8 +247,8 @@ def evaluate_arms(
         benchmark: whose official rule scores the answers (``synthetic`` or a benchmark's name).
         batch_size: items scored at once.
         threads: torch's CPU threads.
-        answer_mode: ``loglik`` (the option of highest log-likelihood) or ``generate`` (decode a
-            letter).
+        answer_mode: ``loglik`` (the option of highest summed log-likelihood), ``loglik_norm``
+            (highest per option token) or ``generate`` (decode a letter).
         max_new_tokens: the most tokens decoded per answer (``generate``).
         scoring: ``official`` (the benchmark's own script's rule), ``lmms_eval`` or ``strict``
             (:mod:`visctx.benchmarks`).
