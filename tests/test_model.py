@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from visctx.model import IGNORE, QWEN2_CHAT, Projector, PromptEncoder, PromptFormat, VideoModel
+from visctx.model import IGNORE, Projector, PromptEncoder, PromptFormat, VideoModel
 from visctx.pretrained import load_llm
 from visctx.train import lr_lambda
 from tiny_llm import tiny_llm
@@ -65,8 +65,6 @@ def test_multi_turn_every_answer_has_loss_and_nothing_else(model):
 
 
 def test_prompt_format_wraps_turns():
-    assert QWEN2_CHAT.user_prefix == "<|im_start|>user\n" and QWEN2_CHAT.answer_suffix == "<|im_end|>"
-
     class Tok:  # whitespace tokenizer: one id per word, so the pieces can be read back
         pad_token_id, eos_token_id = 0, 0
         vocab: dict = {}
@@ -286,3 +284,58 @@ def test_rows_that_share_no_video_or_differ_before_it_keep_the_full_layout(model
     assert "prefix_ids" not in enc.train_batch([p, p], 4, 9, keys=["a", "b"])
     assert "prefix_ids" not in enc.train_batch([p, q], 4, 9, keys=["a", "a"])
     assert "prefix_ids" in enc.train_batch([q, q], 4, 9, keys=["a", "a"])
+
+
+def _byte_tokenizer(d, chat_template: str | None):
+    """A byte-level BPE tokenizer without merges plus ChatML's special tokens, saved and loaded
+    through the project's loader: one id per byte, so ids are equal exactly where texts are."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from visctx.pretrained import load_tokenizer
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    t = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(alphabet))}, merges=[]))
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    t.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    if chat_template:
+        tok.chat_template = chat_template
+    tok.save_pretrained(d)
+    return load_tokenizer(d)
+
+
+def test_chat_template_layout_gives_the_templates_tokens_for_a_two_turn_record(tmp_path):
+    """model.prompt: {chat_template: true} lays a two-turn record out token for token as the
+    tokenizer's own template (Qwen2's ChatML) writes it, the visual block where <video> is."""
+    from pathlib import Path
+
+    from visctx.model import chat_template_format, prompt_layout
+
+    template = (Path(__file__).parent / "fixtures/qwen2_chat_template.jinja").read_text()
+    tok = _byte_tokenizer(tmp_path / "tok", template)
+    fmt = prompt_layout(tok, {"chat_template": True, "frame_label": ""})
+    assert fmt == chat_template_format(tok, frame_label="")
+    assert fmt.system_prefix == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert (fmt.user_prefix, fmt.turn_separator) == ("<|im_start|>user\n", "")
+    assert fmt.assistant_prefix == "<|im_end|>\n<|im_start|>assistant\n" and fmt.answer_suffix == "<|im_end|>\n"
+
+    turns = [("<video>\nwhat colour is the ball?", "dark red"), ("how many times did it flash?", "3")]
+    text = tok.apply_chat_template([{"role": r, "content": c} for h, g in turns
+                                    for r, c in (("user", h.replace("<video>\n", "<video>")), ("assistant", g))],
+                                   tokenize=False)
+    before, after = text.split("<video>")
+    ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    p = PromptEncoder(tok, fmt).train_prompt(turns)
+    assert list(p.pre) == ids(before) and list(p.post) == ids(after)
+    assert ids(before + "<video>" + after) == ids(text)  # the pieces are the whole template's tokens
+    answers = [i for i, lab in zip(p.post, p.post_labels) if lab != IGNORE]
+    assert answers == ids("dark red<|im_end|>\n") + ids("3<|im_end|>\n")  # each answer and its closing tokens
+
+    # the paper preset over the default's empty pieces: the template's layout still
+    assert prompt_layout(tok, {"chat_template": True, "user_prefix": "", "frame_label": ""}) == fmt
+    with pytest.raises(ValueError, match="only frame_label"):
+        prompt_layout(tok, {"chat_template": True, "user_prefix": "x"})
+    with pytest.raises(ValueError, match="no chat template"):
+        prompt_layout(_byte_tokenizer(tmp_path / "plain", None), {"chat_template": True})

@@ -29,13 +29,13 @@ def collate_checkpoint(ckpt_dir: str, out_dir: str, init: str, prompt_format: di
         ckpt_dir: the DeepSpeed checkpoint directory (Lightning's ``*.ckpt/``).
         out_dir: the model dir to write.
         init: what the run started from (see above).
-        prompt_format: PromptFormat fields (JSON) when ``init`` is a pretrained LLM.
+        prompt_format: PromptFormat fields (JSON), or {"chat_template": true[, "frame_label"]} when ``init`` is a pretrained LLM.
         tag: the checkpoint tag to collate (default: the one named in ``latest``).
         vision_tower, vision_layer: the tower's skeleton and layer (see above).
     """
     import torch
 
-    from visctx.model import MODEL_FORMAT, PromptFormat, Projector, VideoModel, is_model_dir, replace_dir
+    from visctx.model import MODEL_FORMAT, Projector, prompt_layout, VideoModel, is_model_dir, replace_dir
     from visctx.pretrained import load_llm
 
     src = Path(ckpt_dir)
@@ -71,7 +71,7 @@ def collate_checkpoint(ckpt_dir: str, out_dir: str, init: str, prompt_format: di
                 from visctx.features import VisionEncoder
 
                 vision = VisionEncoder.load(vision_tower, vision_layer)
-            model = VideoModel(llm, tok, vision_dim, PromptFormat(**(prompt_format or {})),
+            model = VideoModel(llm, tok, vision_dim, prompt_layout(tok, prompt_format),
                                projector=Projector(vision_dim, hidden), vision=vision)
         missing, unexpected = model.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()},
                                                     strict=False)

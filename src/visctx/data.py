@@ -518,12 +518,13 @@ def padding(train_json: str, llm: str, arms: list[Arm], batch_size: int = 16, le
         batch_size: records per batch.
         length_groups: the settings of ``train.*.length_groups`` to compare (default 0 50).
         seed: seed of the batch order.
-        prompt_format: PromptFormat fields (JSON) of the prompt layout.
+        prompt_format: PromptFormat fields (JSON), or {"chat_template": true[, "frame_label"]} of the prompt layout.
     """
-    from visctx.model import PromptFormat
+    from visctx.model import prompt_layout
     from visctx.pretrained import load_tokenizer
 
-    enc = PromptEncoder(load_tokenizer(llm), PromptFormat(**(prompt_format or {})))
+    tok = load_tokenizer(llm)
+    enc = PromptEncoder(tok, prompt_layout(tok, prompt_format))
     ds = TrainDataset(load_train_records(train_json), enc, str(train_json))
     text = np.array([len(p.pre) + len(p.post) for p in ds.prompts])
     out: dict[str, Any] = {"records": len(text), "text_tokens": {"min": int(text.min()), "mean": float(text.mean()),

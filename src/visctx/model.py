@@ -47,21 +47,65 @@ SUMMARY_FILE = "summary_tokens.safetensors"  # a model dir's summary embedding a
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """Chat wrapping around a turn. Empty for the tiny word-level LLM; see :data:`QWEN2_CHAT`."""
+    """Chat wrapping around a turn. Empty for the tiny word-level LLM; a model whose tokenizer has a
+    chat template takes it from there (:func:`prompt_layout`, ``model.prompt: {chat_template: true}``)."""
 
     user_prefix: str = ""
     assistant_prefix: str = ""
     answer_suffix: str = ""
     turn_separator: str = ""  # between an answer and the next user turn (multi-turn records)
     frame_label: str = "frame {i}:"  # text before frame i's visual tokens (1-based ordinal)
+    system_prefix: str = ""  # once, before the first user turn (a template's default system prompt)
 
 
-QWEN2_CHAT = PromptFormat(
-    user_prefix="<|im_start|>user\n",
-    assistant_prefix="<|im_end|>\n<|im_start|>assistant\n",
-    answer_suffix="<|im_end|>",
-    turn_separator="\n",
-)
+_TURNS = ("\x02U1\x03", "\x02A1\x03", "\x02U2\x03", "\x02A2\x03")  # sentinels no template writes
+
+
+def chat_template_format(tokenizer, frame_label: str = "frame {i}:") -> PromptFormat:
+    """The layout the tokenizer's own chat template writes (``apply_chat_template``), cut into the
+    pieces :class:`PromptEncoder` places around the visual block and the answers.
+
+    Why pieces and not the template per sample: the visual block sits inside the first user turn and
+    the answer tokens need labels, so the encoder assembles token pieces; rendering a two-turn
+    sentinel conversation once gives those pieces exactly (a test checks that a two-turn record's
+    tokens equal the template's). A template whose turns are not one repeated wrapping raises."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{getattr(tokenizer, 'name_or_path', 'the tokenizer')}: no chat template; "
+                         "give model.prompt's fields instead of chat_template: true")
+    u1, a1, u2, a2 = _TURNS
+    msgs = [{"role": r, "content": c} for r, c in zip(("user", "assistant") * 2, _TURNS)]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    try:
+        before, rest = text.split(u1)
+        assistant, rest = rest.split(a1)
+        between, rest = rest.split(u2)
+        assistant2, after = rest.split(a2)
+    except ValueError:
+        raise ValueError(f"chat template of {tokenizer.name_or_path}: a turn's content is not written "
+                         f"verbatim once: {text!r}") from None
+    if assistant != assistant2:
+        raise ValueError(f"chat template of {tokenizer.name_or_path}: the assistant turns are wrapped "
+                         f"differently ({assistant!r} vs {assistant2!r})")
+    answer_suffix = os.path.commonprefix([after, between])  # what closes an answer, the last one too
+    tail = between[len(answer_suffix):]  # separator + the next user turn's prefix
+    n = len(os.path.commonprefix([before[::-1], tail[::-1]]))  # the user prefix both end with
+    return PromptFormat(user_prefix=tail[len(tail) - n:], assistant_prefix=assistant, answer_suffix=answer_suffix,
+                        turn_separator=tail[:len(tail) - n], frame_label=frame_label,
+                        system_prefix=before[:len(before) - n])
+
+
+def prompt_layout(tokenizer, fields: dict | None) -> PromptFormat:
+    """``model.prompt`` as a layout: its fields, or with ``chat_template: true`` the tokenizer's
+    template (:func:`chat_template_format`; ``frame_label`` may still be given)."""
+    fields = dict(fields or {})
+    if fields.pop("chat_template", False):
+        frame_label = fields.pop("frame_label", PromptFormat.frame_label)
+        given = sorted(k for k, v in fields.items() if v)  # empty pieces: a preset over the default's
+        if given:
+            raise ValueError(f"model.prompt: with chat_template: true the template gives the pieces; "
+                             f"only frame_label may be given, not {', '.join(given)}")
+        return chat_template_format(tokenizer, frame_label)
+    return PromptFormat(**fields)
 
 
 @dataclass(frozen=True)
@@ -112,7 +156,7 @@ class PromptEncoder:
         """``turns`` = [(human, gpt), ...]; every gpt turn is an answer with loss."""
         f = self.fmt
         before, after = self._split_video(turns[0][0], where)
-        pre = self.ids(f.user_prefix + before.strip()) if (f.user_prefix or before.strip()) else ()
+        pre = self.ids(f.system_prefix + f.user_prefix + before.strip())
         post: list[int] = []
         labels: list[int] = []
         for n, (human, gpt) in enumerate(turns):
@@ -135,7 +179,7 @@ class PromptEncoder:
         f = self.fmt
         human = question if VIDEO_PLACEHOLDER in question else f"{VIDEO_PLACEHOLDER}\n{question}"
         before, after = self._split_video(human, where)
-        pre = self.ids(f.user_prefix + before.strip()) if (f.user_prefix or before.strip()) else ()
+        pre = self.ids(f.system_prefix + f.user_prefix + before.strip())
         context = self.ids(after) + self.ids(f.assistant_prefix)
         opts = []
         for k, opt in enumerate(options):

@@ -243,7 +243,7 @@ def train(
         progress_bar: show Lightning's progress bar.
         weight_decay: AdamW's weight decay (not on norms and biases).
         ckpt_every: steps between checkpoints.
-        prompt_format: PromptFormat fields (JSON) for a fresh model; a trained model dir keeps its own.
+        prompt_format: PromptFormat fields (JSON), or {"chat_template": true[, "frame_label"]} for a fresh model; a trained model dir keeps its own.
         accelerator: Lightning's (``cpu``, ``gpu``, ``cuda``, ``auto``).
         precision: Lightning's (``32-true``, ``bf16-mixed``, ``bf16-true``, ``16-mixed``).
         arm_sampling: with several arms, ``uniform`` or ``time`` (each arm about the same compute)
@@ -269,7 +269,7 @@ def train(
 
     from visctx.data import feature_stats, is_frames
     from visctx.features import VisionEncoder, open_store
-    from visctx.model import PromptFormat, Projector, is_model_dir, replace_dir
+    from visctx.model import Projector, is_model_dir, prompt_layout, replace_dir
     from visctx.pretrained import load_llm
 
     if steps < 1 or batch_size < 1 or not arms:
@@ -325,7 +325,7 @@ def train(
         mean, std = feature_stats(store, seed=seed, encode=encode)
         if vision is not None:
             vision.to("cpu")  # Lightning / DeepSpeed place the whole model
-        model = VideoModel(llm, tok, dim, PromptFormat(**(prompt_format or {})),
+        model = VideoModel(llm, tok, dim, prompt_layout(tok, prompt_format),
                            projector=Projector(dim, llm.get_input_embeddings().embedding_dim, mean, std), vision=vision)
         init_kind = "llm"
     configure_llm(model.llm, gradient_checkpointing, attn_implementation, accelerator)
@@ -492,7 +492,7 @@ def train_arms(
         threads: torch's CPU threads.
         progress_bar: show Lightning's progress bar.
         weight_decay: AdamW's weight decay (not on norms and biases).
-        prompt_format: PromptFormat fields (JSON) for a fresh model; a trained model dir keeps its own.
+        prompt_format: PromptFormat fields (JSON), or {"chat_template": true[, "frame_label"]} for a fresh model; a trained model dir keeps its own.
         accelerator: Lightning's (``cpu``, ``gpu``, ``cuda``, ``auto``).
         precision: Lightning's (``32-true``, ``bf16-mixed``, ``bf16-true``, ``16-mixed``).
         strategy, zero_stage, offload_optimizer, offload_params: ``train.scale``'s (``auto`` or
