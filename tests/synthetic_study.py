@@ -17,7 +17,7 @@ STUDIES = {  # an earlier embedded-default design (43 arms)
     "frames": {"tokens": 9, "token_method": "pool", "frames": [1, 2, 4, 6, 8, 12, 16, 32],
                "methods": ["sample", "pool"], "pool_source": 32},
     "joint": {"token_method": "pool", "tokens": [4, 25], "frames": [8, 12, 16, 24]},
-    "window": {"budget": 160, "token_method": "pool", "combos": [[4, 36], [6, 25], [10, 16], [16, 9], [32, 4]]},
+    "window": {"token_method": "pool", "combos": [[4, 36], [6, 25], [10, 16], [16, 9], [32, 4]]},
 }
 
 

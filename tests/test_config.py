@@ -93,13 +93,14 @@ def test_shared_arms_are_trained_once():
         ({"evaluate": {"benchmarks": ["imagenet"]}}, ["evaluate.benchmarks[0]", "imagenet"]),
         ({"evaluate": {"scoring": "exact"}}, ["evaluate.scoring", "'exact'"]),
         ({"evaluate": {"scoring": {"mlvu": "loose"}}}, ["evaluate.scoring", "'loose'"]),
-        ({"studies": {"window": {"budget": 100}}}, ["studies.window.combos[0]", "T*M=147", "<= 100"]),
+        ({"window": 100}, ["studies.window.combos[0]", "T*M=147", "window=100", "<= 100"]),
         ({"studies": {"tokens": {"methods": ["avg"]}}}, ["studies.tokens.methods[0]", "'avg'", "sample", "pool"]),
         ({"studies": {"frames": {"tokens": 0}}}, ["studies.frames.tokens", "0", "minimum of 1"]),
         ({"studies": {"frames": {"frames": [1, 64]}}}, ["studies.frames.frames[1]=64", "max_frames=32"]),
         ({"train": {"arm": {"lr": -1}}}, ["train.arm.lr", "-1"]),
         ({"data": {"source": "youtube"}}, ["data.source", "'youtube'"]),
-        ({"analysis": {"budget": 0}}, ["analysis.budget"]),
+        ({"window": 0}, ["window", "minimum of 1"]),
+        ({"studies": {"window": {"budget": 160}}}, ["studies.window", "budget"]),  # the old key: one name now
         ({"preset": "huge"}, ["preset", "'huge'", "paper"]),
         ({"train": {"base": {"arms": ["T1-M4-pool", "T64-M4-pool"]}}}, ["train.base.arms[1] T=64", "max_frames=32"]),
         ({"train": {"base": {"arms": ["frames-4"]}}}, ["train.base.arms[0]", "'frames-4'"]),
@@ -147,7 +148,7 @@ def test_preset_overrides_only_what_it_names():
     p = raw()
     merged = resolve_preset(deep_merge(p, {"preset": "paper"}))
     assert merged["analysis"]["n_boot"] == p["analysis"]["n_boot"]
-    assert merged["analysis"]["budget"] == 6000
+    assert merged["window"] == 6000
     assert validate(merged) is merged
 
 

@@ -207,7 +207,7 @@ def test_every_table_is_a_dvc_output():
 def test_table6_compares_each_method_with_pooling_at_the_same_window(tmp_path):
     """Table 6: a row per (method, T, M); the loss relative to pooling at the same (T, M) is the
     mean of the per-seed paired ratios; the best (T, M) per method is its lowest loss."""
-    studies = dict(STUDIES, methods={"budget": 160, "combos": [[32, 4], [16, 9]], "summary_ratio": 4,
+    studies = dict(STUDIES, methods={"combos": [[32, 4], [16, 9]], "summary_ratio": 4,
                                      "methods": ["sample", "pool", "mask", "summary"]})
     arms, design = write_study(tmp_path, studies=studies, seeds=(0, 1, 2))
     fits = tmp_path / "fits.json"

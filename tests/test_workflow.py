@@ -3,7 +3,7 @@
 One copy of the project is made per module; rule-level tests run single Snakemake targets in it
 and check what they wrote; the smoke test kills a first `dvc repro` halfway, runs it again end to
 end, checks that a second
-`dvc repro` is a no-op and that `dvc exp run -S analysis.budget=...` moves the optimum without
+`dvc repro` is a no-op and that `dvc exp run -S window=...` moves the optimum without
 retraining any arm.
 """
 
@@ -42,15 +42,16 @@ MICRO = {
         "frames": {"tokens": 4, "token_method": "pool", "frames": [1, 2, 4, 8], "methods": ["sample", "pool"],
                    "pool_source": 8},
         "joint": {"token_method": "pool", "tokens": [9], "frames": [4, 8]},
-        "window": {"budget": 40, "token_method": "pool", "combos": [[4, 9], [8, 4]]},
+        "window": {"token_method": "pool", "combos": [[4, 9], [8, 4]]},
         # one window, every way to spend it (LongViViT's masking, Video-XL's summary tokens)
-        "methods": {"budget": 40, "combos": [[8, 4]], "summary_ratio": 4, "summary_window": 0,
+        "methods": {"combos": [[8, 4]], "summary_ratio": 4, "summary_window": 0,
                     "methods": ["sample", "pool", "mask", "tube", "masktrain", "tubetrain", "summary"]},
     },
     "train": {"threads": 1, "base": {"steps": 30, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 5},
               "arm": {"steps": 4, "batch_size": 8, "lr": 1.0e-3, "warmup_steps": 1}},
     "evaluate": {"benchmarks": ["synthetic", *LOADERS]},
-    "analysis": {"budget": 40, "n_boot": 50, "seed": 0},
+    "window": 40,  # the window L: combos inside it, the optimum for it
+    "analysis": {"n_boot": 50, "seed": 0},
 }
 
 
@@ -117,7 +118,7 @@ def test_dry_run_lists_every_job(project):
 
 def test_bad_params_stop_before_any_job(project, tmp_path):
     bad = yaml.safe_load((project / "params.yaml").read_text())
-    bad["studies"]["window"]["combos"].append([8, 9])  # 72 > budget 40
+    bad["studies"]["window"]["combos"].append([8, 9])  # 72 > window 40
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(bad))
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
@@ -194,7 +195,7 @@ def test_dvc_repro_produces_every_artifact(repro):
         assert (repro / f"results/figures/{name}.pdf").read_bytes()[:5] == b"%PDF-"
     metrics = json.loads((repro / "results/metrics.json").read_text())
     opt = metrics["optimum"]
-    assert opt["budget"] == MICRO["analysis"]["budget"] and opt["T"] * opt["M"] <= opt["budget"]
+    assert opt["budget"] == MICRO["window"] and opt["T"] * opt["M"] <= opt["budget"]
     assert metrics["seeds"] == 2 and metrics["tokens"]["pool"]["effect_sd"] > 0
     html = (repro / "results/report.html").read_text(errors="ignore")
     assert "tokens_loss" in html
@@ -260,7 +261,7 @@ def test_new_window_budget_moves_the_optimum_without_retraining(repro):
     models = {p: p.stat().st_mtime for p in (repro / "results/arms").glob("seed*/*/model")}
     assert len(models) == len(micro_arms()) * len(MICRO["seeds"])
     before = json.loads((repro / "results/metrics.json").read_text())
-    run(["dvc", "exp", "run", "-S", "analysis.budget=400"], repro)
+    run(["dvc", "exp", "run", "-S", "window=400"], repro)  # the window is one key
     after = json.loads((repro / "results/metrics.json").read_text())
     assert before["optimum"]["budget"] == 40 and after["optimum"]["budget"] == 400
     from visctx.fit import optimum_from_fits  # the optimum is the fitted law's answer for the new window
@@ -289,7 +290,7 @@ FORWARD = {  # the tower in the forward, on the smallest study that still has a 
         "tokens": {"frames": 1, "tokens": [4], "methods": ["pool"]},
         "frames": {"tokens": 4, "token_method": "pool", "frames": [1, 2], "methods": ["sample"], "pool_source": 2},
         "joint": {"token_method": "pool", "tokens": [4], "frames": [2]},
-        "window": {"budget": 8, "token_method": "pool", "combos": [[2, 4]]},
+        "window": {"token_method": "pool", "combos": [[2, 4]]},
     },
     "seeds": [0],
     "train": {"base": {"steps": 4}},

@@ -327,8 +327,8 @@ def semantic_errors(params: dict) -> list[str]:
             errs.append(e)
     for i, T in enumerate(s.get("frames", [])):
         frames_ok(f"studies.joint.frames[{i}]", T)
+    budget = params.get("window")  # the window L: one key for both studies and the optimum
     s = studies.get("window") or {}
-    budget = s.get("budget")
     for i, combo in enumerate(s.get("combos", [])):
         T, M = combo
         if e := _token_count_error(f"studies.window.combos[{i}] M", M, s.get("token_method", "pool")):
@@ -336,15 +336,14 @@ def semantic_errors(params: dict) -> list[str]:
         frames_ok(f"studies.window.combos[{i}] T", T)
         if budget is not None and T * M > budget:
             errs.append(f"studies.window.combos[{i}]=[{T}, {M}]: T*M={T * M} is above the window "
-                        f"studies.window.budget={budget}; allowed: T*M <= {budget}")
+                        f"window={budget}; allowed: T*M <= {budget}")
     s = studies.get("methods") or {}
-    budget = s.get("budget")
     for i, combo in enumerate(s.get("combos", [])):
         T, M = combo
         frames_ok(f"studies.methods.combos[{i}] T", T)
         if budget is not None and T * M > budget:
             errs.append(f"studies.methods.combos[{i}]=[{T}, {M}]: T*M={T * M} is above the window "
-                        f"studies.methods.budget={budget}; allowed: T*M <= {budget}")
+                        f"window={budget}; allowed: T*M <= {budget}")
         for method in s.get("methods", []):
             if method == "summary":
                 try:

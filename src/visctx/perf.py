@@ -83,7 +83,7 @@ def rerun_sets(run: _Runner, params: dict, tmp: Path) -> dict[str, Any]:
     cfg = resolve_preset(copy.deepcopy(params))
     arms = [a.id for a in unique_arms(study_points(cfg["studies"]))]
     analysis = copy.deepcopy(params)
-    analysis["analysis"]["budget"] = int(cfg["analysis"]["budget"]) * 2
+    analysis["window"] = int(cfg["window"]) * 2
     study = copy.deepcopy(params)
     T, M = study["studies"]["window"]["combos"][-1]
     study["studies"]["window"]["combos"][-1] = [T - 1, M]  # one new window arm: T-1 frames at the same M
@@ -98,7 +98,7 @@ def rerun_sets(run: _Runner, params: dict, tmp: Path) -> dict[str, Any]:
     change = f"studies.window.combos[-1] = [{T - 1}, {M}]"
     out = {}
     for name, changed, expect in (
-        ("analysis.budget x2", analysis, lambda c: set(c) <= ANALYSIS_RULES),
+        ("window x2", analysis, lambda c: set(c) <= ANALYSIS_RULES),
         (change + (" (base mixture: every study arm)" if with_base else ""), study,
          lambda c: c.get("train_arm") == retrained and c.get("evaluate_arm") == retrained * n_bench),
         (change + " with train.base.arms pinned", pinned,

@@ -1,5 +1,5 @@
 # Fits, tables, figures and metrics from the tidy table; cheap, so a new window budget
-# (analysis.budget) reruns only these rules and never retrains an arm.
+# (the top-level key window) reruns only these rules and never retrains an arm.
 
 # Must equal visctx.report.TABLES / FIGURES (tests/test_workflow.py checks it): listed here so
 # the workflow loads without importing the plotting stack.
@@ -19,7 +19,7 @@ rule fits:
         json=f"{RESULTS}/fits/fits.json",
     params:
         code=code_version("fit"),
-        budget=ANALYSIS["budget"],
+        budget=CFG["window"],
         n_boot=ANALYSIS["n_boot"],
         seed=ANALYSIS["seed"],
         t_max=CFG["data"]["extract"]["max_frames"],  # the optimum cannot use more frames than are kept
@@ -43,7 +43,7 @@ if SYNTHETIC:
             json=f"{RESULTS}/fits/ceiling.json",
         params:
             code=code_version("fit"),
-            budget=ANALYSIS["budget"],
+            budget=CFG["window"],
             n_boot=ANALYSIS["n_boot"],
             seed=ANALYSIS["seed"],
             t_max=CFG["data"]["extract"]["max_frames"],
