@@ -154,3 +154,77 @@ def test_a_masked_token_sees_the_patch_its_mask_keeps_in_its_frame():
     assert C._seen_by_key(big, Arm.from_id("T4-M9-masktrain"), SEC, TAU)["detail"].tolist() == \
         seen(big, "T4-M9-pool")["detail"].tolist()
     assert seen(big, "T4-M36-pool-vst4w36")["detail"].tolist() == seen(big, "T4-M36-pool")["detail"].tolist()
+
+
+def shown(spec, arm_id):
+    return C._evidence(spec, Arm.from_id(arm_id), SEC, TAU)[1]
+
+
+def test_the_bound_reads_frames_whatever_the_tokens_keep():
+    """The detail off every sampled patch: the share rule says unseen, the bound says the frame
+    shows it (a tower's attention may pass it into any token)."""
+    miss = scene(detail={"colour": "red", "cell": [14, 22], "side": 1, "shows": [[0, 32]]})
+    opts = ["red", "blue", "green", "cyan"]
+    assert len(seen(miss, "T1-M9-sample")["detail"]) == 0 and list(shown(miss, "T1-M9-sample")["detail"]) == [0]
+    assert C.bound_item("detail", shown(miss, "T1-M9-sample"), opts, pooled=False) == 1.0
+    flash = scene(needle={"colour": "cyan", "cell": [0, 0], "side": 1, "shows": [[10, 1]]})
+    assert C.bound_item("needle", shown(flash, "T1-M196-pool"), opts, pooled=False) == 0.25  # frame 16 only
+    assert C.bound_item("needle", shown(flash, "T1-M4-pool-from32"), opts, pooled=True) == 1.0  # every frame, pooled
+    # order: only B shown rules B out; episodic: c3 shown rules c3 out
+    b_only = scene(order=[{"colour": "red", "cell": [0, 6], "side": 1, "shows": []},
+                          {"colour": "blue", "cell": [0, 9], "side": 1, "shows": [[0, 32]]}])
+    assert C.bound_item("order", shown(b_only, "T4-M4-pool"), ["red", "blue", "cyan", "green"], False) == 1 / 3
+    ep = scene(episodic={"cell": [0, 15], "side": 1, "episodes": [
+        {"colour": "green", "shows": [[0, 4]]}, {"colour": "blue", "shows": [[4, 4]]}, {"colour": "red", "shows": [[8, 4]]}]})
+    assert C.bound_item("episodic", shown(ep, "T1-M4-pool"), opts, False) == 1 / 4  # frame 16: none shown
+    assert C.bound_item("episodic", shown(ep, "T32-M4-pool"), opts, False) == 1.0
+
+
+def test_the_count_bound_is_the_best_guess_from_the_runs():
+    runs = [0, 0, 1, 1, 1, 2]
+    truth = ["1", "2", "1", "1", "3", "2"]  # r = 0: a tie, the smallest wins; r = 1: "1"; r = 2: "2"
+    assert C.count_bound(runs, truth).tolist() == [1, 0, 1, 1, 0, 1]
+    # over pooled frames the blinker's showings add up in a bin: shown is known, as far as a bound goes
+    blinker = scene(count={"colour": "white", "cell": [0, 0], "side": 2, "n": 2, "shows": [[3, 1], [10, 2]]})
+    assert C.bound_item("count", shown(blinker, "T1-M4-pool-from32"), ["1", "2", "3", "4"], pooled=True) == 1.0
+    assert C.bound_item("count", shown(blinker, "T8-M4-pool"), ["1", "2", "3", "4"], pooled=False) is None
+
+
+def test_the_bound_is_never_below_the_share_rule_and_the_check_flags_an_arm_above_it(tmp_path):
+    synth.make_corpus(tmp_path, n_train=1, n_eval=40, seed=0)
+    studies = {"tokens": {"frames": 1, "tokens": [1, 49], "methods": ["sample", "pool"]},
+               "frames": {"tokens": 4, "token_method": "pool", "frames": [1, 8], "methods": ["sample", "pool"],
+                          "pool_source": 32}}
+    C.ceiling(str(tmp_path / "videos.json"), str(tmp_path / "eval.json"), studies, str(tmp_path / "c.csv"))
+    c = pd.read_csv(tmp_path / "c.csv").set_index("arm")
+    for task in ("needle", "detail", "order", "episodic"):  # seen by a token -> shown by a frame
+        assert (c[f"bound_{task}"] >= c[f"acc_{task}"] - 1e-9).all(), task
+    assert (c["bound_se"] >= 0).all() and (c["bound"] <= 1).all() and c.loc["T1-M1-sample", "bound_se"] > 0
+    assert c.loc["T8-M4-pool-from32", "bound"] == 1.0  # every frame pooled in: all shown, nothing left to guess
+    assert c.loc["T1-M1-pool", "bound_detail"] == 1.0 > c.loc["T1-M1-pool", "acc_detail"]  # the static detail
+    arms = c.reset_index()[["arm", "benchmark", "accuracy", *[f"acc_{t}" for t in synth.TASKS]]]
+    trained = pd.concat([arms.assign(seed=s) for s in (0, 1)])
+    trained.loc[trained["arm"] == "T1-M1-sample", "acc_needle"] = 0.99  # an impossible arm: one frame rarely shows the flash
+    trained.to_csv(tmp_path / "arms.csv", index=False)
+    out = C.check(str(tmp_path / "arms.csv"), str(tmp_path / "c.csv"), str(tmp_path / "check"))
+    df = pd.read_csv(tmp_path / "check/ceiling_check.csv")
+    bad = df[~df["within"]]
+    assert out["outside_bound"] == 1 and bad[["arm", "task"]].values.tolist() == [["T1-M1-sample", "needle"]]
+    assert "T1-M1-sample | needle" in (tmp_path / "check/ceiling_check.md").read_text()
+    c.drop(index="T1-M1-pool").reset_index().to_csv(tmp_path / "c2.csv", index=False)
+    with pytest.raises(ValueError, match="T1-M1-pool"):
+        C.check(str(tmp_path / "arms.csv"), str(tmp_path / "c2.csv"), str(tmp_path / "check"))
+
+
+def test_the_workflows_table_and_figure_lists_are_the_reports():
+    """analysis.smk lists the tables and figures without importing the plotting stack: the same
+    names as visctx.report, or a table goes undeclared (Snakemake neither tracks nor reports it)."""
+    import re
+    from pathlib import Path
+
+    from visctx import report as R
+
+    text = (Path(__file__).resolve().parents[1] / "workflow/rules/analysis.smk").read_text()
+    lists = {name: re.findall(r'"([a-z0-9_]+)"', re.search(rf"^{name} = \[(.*?)\]", text, re.S | re.M).group(1))
+             for name in ("TABLES", "FIGURES")}
+    assert lists == {"TABLES": list(R.TABLES), "FIGURES": list(R.FIGURES)}

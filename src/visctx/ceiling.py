@@ -28,6 +28,24 @@ The rule (stated, and pinned by ``tests/test_ceiling.py`` on hand-built scenes):
 The cross-entropy is that of the answer word among the answers the question can have (the model
 scores it over its whole vocabulary, which holds at least those), so an arm that sees nothing
 sits at the prior: ln 6 for a colour, ln 4 for a count.
+
+That rule is a *model* of what a token can be read for, not a bound: measured, trained arms beat it
+(a 1-token mean pool reads the detail's colour 72 % of the time: the grey background has no chroma,
+so any share of a colour shifts the token; and the vision tower's attention mixes every patch of a
+frame into every token). Beside it stands an accuracy **bound** that no model of these features can
+exceed, whatever its tower or tokens (:func:`bound_item`): the tower sees each frame whole, so what
+an arm's context can hold at most is what its *frames* show -- an object is *shown* in the bins
+where some frame of the bin shows it, whatever M and the token operator. Given that, generously:
+
+* needle, detail: shown -> 1, else 1/options (a uniform answer among random options).
+* order: A shown -> 1; only B shown -> 1/(options - 1) (B, always an option, ruled out); neither:
+  1/options. episodic: c1 shown -> 1; else c3 shown -> 1/(options - 1); else 1/options.
+* count: with pooled frames, shown -> 1 (a bin's mean holds the showings' total time); with sampled
+  frames the evidence is r, the runs of bins that show the blinker: the bound is the best any
+  function of r does on these very items (for each r, the most frequent n among its items),
+  which can only overstate what r allows.
+
+``visctx ceiling-check`` sets every trained arm against both (``results/tables/ceiling_check.*``).
 """
 
 from __future__ import annotations
@@ -120,6 +138,43 @@ def seen_bins(sh: np.ndarray, threshold: float) -> list[np.ndarray]:
     return [np.flatnonzero(c.any(1)) for c in carried]
 
 
+def shown_bins(things: list[dict[str, Any]], bins: list[list[int]]) -> list[np.ndarray]:
+    """For each object, the bins in which some frame shows it: what any vision tower could pass on
+    (a tower sees a whole frame, and its tokens may mix every patch of it)."""
+    from visctx.synth import visible
+
+    return [np.flatnonzero([any(visible(t, s) for s in b) for b in bins]) for t in things]
+
+
+def bound_item(task: str, shown: dict[str, np.ndarray], options: Sequence[str], pooled: bool) -> float | None:
+    """The accuracy bound of one question from the bins where each object is shown (keys as in
+    :func:`item_ceiling`); ``None`` for a count over sampled frames, which :func:`arm_ceiling`
+    bounds over the arm's items together (the best function of the runs r)."""
+    k = len(options)
+    if task in ("needle", "detail"):
+        return 1.0 if len(shown[task]) else 1.0 / k
+    if task == "order":
+        return 1.0 if len(shown["order0"]) else 1.0 / (k - 1) if len(shown["order1"]) else 1.0 / k
+    if task == "episodic":
+        return 1.0 if len(shown["episodic0"]) else 1.0 / (k - 1) if len(shown["episodic2"]) else 1.0 / k
+    if task == "count":
+        return (1.0 if len(shown["count"]) else None) if pooled else None
+    raise ValueError(f"unknown task {task!r}")
+
+
+def count_bound(runs: Sequence[int], answers: Sequence[int]) -> np.ndarray:
+    """Per count item, 1 where the best guess from its runs r is right: for each r the most frequent
+    true count among the items with that r (ties: the smallest). Its mean is the best accuracy any
+    function of r reaches on these items."""
+    runs, answers = np.asarray(runs), np.asarray(answers)
+    out = np.zeros(len(runs))
+    for r in np.unique(runs):
+        sel = runs == r
+        values, counts = np.unique(answers[sel], return_counts=True)
+        out[sel] = answers[sel] == values[np.argmax(counts)]
+    return out
+
+
 def _runs(b: np.ndarray) -> int:
     return 0 if len(b) == 0 else 1 + int((np.diff(b) > 1).sum())
 
@@ -160,33 +215,54 @@ def item_ceiling(task: str, spec: dict[str, Any], seen: dict[str, np.ndarray], o
 
 
 def _seen_by_key(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold: float) -> dict[str, np.ndarray]:
+    return _evidence(spec, arm, seconds, threshold)[0]
+
+
+def _evidence(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold: float
+              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(bins where each object is seen by the share rule, bins where a frame shows it), by key."""
     from visctx.synth import objects
 
     things = objects(spec)
     bins, W = context(arm, seconds, spec["grid"], spec.get("video"))
-    seen = seen_bins(shares(things, bins, W), threshold)
     keys = [t["task"] + (str(t["which"]) if "which" in t else "") for t in things]
-    return dict(zip(keys, seen))
+    return (dict(zip(keys, seen_bins(shares(things, bins, W), threshold))),
+            dict(zip(keys, shown_bins(things, bins))))
 
 
 def arm_ceiling(arm: Arm, specs: dict[str, dict[str, Any]], items: list[dict[str, Any]], extract_fps: float,
                 max_frames: int, threshold: float) -> pd.DataFrame:
-    """One row per evaluation item: its task, ceiling loss and accuracy under ``arm``."""
+    """One row per evaluation item: its task, ceiling loss and accuracy under ``arm``, and the
+    accuracy bound (``bound``: :func:`bound_item`)."""
     rows, cache = [], {}
+    pooled = bool(arm.pooled_from)
     for it in items:
         spec = specs[it["video"]]
         if it["video"] not in cache:
-            cache[it["video"]] = _seen_by_key(spec, arm, frame_seconds(spec, extract_fps, max_frames), threshold)
-        loss, acc = item_ceiling(it["task_type"], spec, cache[it["video"]], it["options"], it["answer"])
-        rows.append({"video": it["video"], "task": it["task_type"], "loss": loss, "accuracy": acc})
-    return pd.DataFrame(rows)
+            cache[it["video"]] = _evidence(spec, arm, frame_seconds(spec, extract_fps, max_frames), threshold)
+        seen, shown = cache[it["video"]]
+        loss, acc = item_ceiling(it["task_type"], spec, seen, it["options"], it["answer"])
+        rows.append({"video": it["video"], "task": it["task_type"], "loss": loss, "accuracy": acc,
+                     "bound": bound_item(it["task_type"], shown, it["options"], pooled),
+                     "runs": _runs(shown["count"]), "truth": str(it["options"][it["answer"]])})
+    df = pd.DataFrame(rows)
+    todo = df["bound"].isna()
+    if todo.any():
+        df.loc[todo, "bound"] = count_bound(df.loc[todo, "runs"].to_numpy(), df.loc[todo, "truth"].to_numpy())
+    return df.drop(columns=["runs", "truth"]).astype({"bound": float})
+
+
+def _chance_se(b: pd.Series) -> float:
+    """The SD of the accuracy a policy reaching the bound in expectation gets on these items: its
+    guesses (items bounded below 1) are Bernoulli; what it knows (1) and misses (0) do not vary."""
+    return float(np.sqrt((b * (1 - b)).sum()) / len(b))
 
 
 def ceiling(videos_json: str, eval_json: str, studies: dict, out_csv: str, extract_fps: float = 1.0,
             max_frames: int = 32, threshold: float = 0.25) -> dict:
     """The ceiling of every arm of the studies on the held-out split, as an arms.csv-shaped table
     (``loss``, ``accuracy``, ``loss_<task>``, ``acc_<task>``; seed 0: it is exact, not trained) that
-    the fits and tables read like any arm table.
+    the fits and tables read like any arm table, with the accuracy bound (``bound``, ``bound_<task>``).
 
     Args:
         videos_json: the scene specs (``synth.make_corpus``).
@@ -212,9 +288,10 @@ def ceiling(videos_json: str, eval_json: str, studies: dict, out_csv: str, extra
         df = arm_ceiling(arm, specs, items, extract_fps, max_frames, threshold)
         row = {k: v for k, v in arm.to_dict().items() if k != "id"} | {
             "arm": arm.id, "seed": 0, "benchmark": "synthetic", "n": len(df), "loss": df["loss"].mean(),
-            "accuracy": df["accuracy"].mean()}
+            "accuracy": df["accuracy"].mean(), "bound": df["bound"].mean(), "bound_se": _chance_se(df["bound"])}
         for task, g in df.groupby("task"):
             row[f"acc_{task}"], row[f"loss_{task}"] = g["accuracy"].mean(), g["loss"].mean()
+            row[f"bound_{task}"], row[f"bound_se_{task}"] = g["bound"].mean(), _chance_se(g["bound"])
         rows.append(row)
     out = pd.DataFrame(rows)
     lead = ["arm", "T", "M", "token_op", "frame_op", "pooled_from", "tokens", "seed", "benchmark", "n", "loss",
@@ -223,3 +300,68 @@ def ceiling(videos_json: str, eval_json: str, studies: dict, out_csv: str, extra
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(out_csv, index=False, float_format="%.6g")
     return {"arms": len(out), "items": len(items)}
+
+
+Z_BOUND = 2.0  # a trained arm exceeds the bound when its mean accuracy is above it by more than 2 SE
+
+
+def check(arms_csv: str, ceiling_csv: str, out_dir: str) -> dict:
+    """Every trained arm's accuracy (mean over seeds, and their range) against the share rule's
+    ceiling and the bound, overall and per task: ``ceiling_check.{csv,md}`` in ``out_dir``.
+
+    ``within`` is true when the mean is at most ``Z_BOUND`` SE above the bound (the SE of a policy's
+    guesses, :func:`_chance_se`: the bound is computed on the very items scored, so only guessing
+    varies); ``readable`` true when at most as far above the share rule's accuracy.
+
+    Args:
+        arms_csv: the tidy table (``visctx collect``): one row per (arm, seed, benchmark).
+        ceiling_csv: every arm's ceiling and bound (``visctx ceiling``).
+        out_dir: where ``ceiling_check.csv`` and ``ceiling_check.md`` go.
+    """
+    arms = pd.read_csv(arms_csv)
+    arms = arms[arms["benchmark"] == "synthetic"]
+    c = pd.read_csv(ceiling_csv).set_index("arm")
+    if "bound" not in c.columns:
+        raise ValueError(f"{ceiling_csv}: no 'bound' column (written by an older visctx ceiling)")
+    lost = sorted(set(arms["arm"]) - set(c.index))
+    if lost:
+        raise ValueError(f"{ceiling_csv}: no ceiling for arm(s) {lost}")
+    tasks = sorted(k[len("bound_se_"):] for k in c.columns if k.startswith("bound_se_"))
+    rows = []
+    for arm, g in arms.groupby("arm", sort=True):
+        for task in ["all", *tasks]:
+            acc = g["accuracy" if task == "all" else f"acc_{task}"]
+            sfx = "" if task == "all" else f"_{task}"
+            bound, se = float(c.at[arm, f"bound{sfx}"]), float(c.at[arm, f"bound_se{sfx}"])
+            readable = float(c.at[arm, "accuracy" if task == "all" else f"acc_{task}"])
+            mean = float(acc.mean())
+            tol = Z_BOUND * max(se, 1e-12)
+            rows.append({"arm": arm, "task": task, "seeds": int(acc.notna().sum()), "trained": mean,
+                         "trained_min": float(acc.min()), "trained_max": float(acc.max()), "ceiling": readable,
+                         "bound": bound, "se": se, "excess": mean - bound,
+                         "within": bool(mean - bound <= tol), "readable": bool(mean - readable <= tol)})
+    df = pd.DataFrame(rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "ceiling_check.csv", index=False, float_format="%.4g")
+    (out / "ceiling_check.md").write_text(check_markdown(df))
+    return {"rows": len(df), "outside_bound": int((~df["within"]).sum()),
+            "above_ceiling": int((~df["readable"]).sum())}
+
+
+def check_markdown(df: pd.DataFrame) -> str:
+    """Per task, how many arms stay within the bound and the share rule's ceiling; then every
+    (arm, task) outside the bound."""
+    lines = [f"Trained accuracy (mean over seeds) against the accuracy bound (what the arm's frames show) "
+             f"and the share rule's ceiling; outside: more than {Z_BOUND:g} SE above.", "",
+             "| task | arms | within the bound | largest excess over the bound | within the ceiling | "
+             "largest excess over the ceiling |", "|---|---|---|---|---|---|"]
+    for task, g in df.groupby("task", sort=False):
+        lines.append(f"| {task} | {len(g)} | {int(g['within'].sum())} | {g['excess'].max():+.3f} | "
+                     f"{int(g['readable'].sum())} | {(g['trained'] - g['ceiling']).max():+.3f} |")
+    bad = df[~df["within"]]
+    lines += ["", f"Outside the bound: {len(bad)} of {len(df)}."]
+    if len(bad):
+        lines += ["", "| arm | task | trained | bound | SE |", "|---|---|---|---|---|"]
+        lines += [f"| {r.arm} | {r.task} | {r.trained:.3f} | {r.bound:.3f} | {r.se:.3f} |" for r in bad.itertuples()]
+    return "\n".join(lines) + "\n"

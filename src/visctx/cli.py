@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "niah": ("visctx.niah", "niah", "needle-in-a-haystack accuracy over (haystack frames, depth)"),
     "niah-summary": ("visctx.niah", "niah_summary", "the needle-in-a-haystack map over seeds: mean, interval, each seed"),
     "ceiling": ("visctx.ceiling", "ceiling", "every arm's information ceiling on the synthetic held-out split"),
+    "ceiling-check": ("visctx.ceiling", "check", "every trained arm's accuracy against the bound and the ceiling"),
     "collect": ("visctx.collect", "collect", "gather per-arm evaluations into the tidy table"),
     "benchmark-scores": ("visctx.collect", "benchmark_scores",
                          "each arm's official benchmark scores with seed x video intervals and paired differences"),

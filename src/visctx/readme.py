@@ -152,6 +152,16 @@ def render(root: str | Path = ".") -> str:
                    f"{co['brute_force']['M']})" if co else "")
                 + f"; the trained arms sit a median {_f(metrics['ceiling']['gap_median'], 3)} above their ceiling "
                 f"(`gap` in Tables 1-2).", "", "![trained vs ceiling](results/figures/ceiling_gap.png)", ""]
+    check = r / "tables/ceiling_check.csv"
+    if check.exists():
+        ck = pd.read_csv(check)
+        over = ck.assign(over=ck["trained"] - ck["ceiling"]).sort_values("over").iloc[-1]
+        out += [f"**The ceiling is a model; the bound is a bound** (`results/tables/ceiling_check.md`, "
+                f"`visctx ceiling-check`): of {len(ck)} (arm, question type) pairs, {int((~ck['readable']).sum())} "
+                f"beat the share rule's ceiling by more than 2 SE (most: {over['arm']} {over['task']}, "
+                f"{over['trained']:.2f} trained vs {over['ceiling']:.2f}), and {int((~ck['within']).sum())} the "
+                f"accuracy bound -- what the arm's frames show, which no vision tower or token operator can "
+                f"exceed (largest excess {ck['excess'].max():+.3f}).", ""]
     t6 = r / "tables/table6_methods.csv"
     m6 = pd.read_csv(t6) if t6.exists() else None
     if m6 is not None and "method" in m6:
