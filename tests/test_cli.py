@@ -143,6 +143,8 @@ CALLS: dict[str, tuple[list[str], dict]] = {
                  "--extract-fps", "1.0", "--max-frames", "32", "--threshold", "0.3", "--out-csv", "c.csv"],
                 {"videos_json": "v.json", "eval_json": "e.json", "studies": {"tokens": {"frames": 2}},
                  "extract_fps": 1.0, "max_frames": 32, "threshold": 0.3, "out_csv": "c.csv"}),
+    "ceiling-check": (["--arms-csv", "arms.csv", "--ceiling-csv", "c.csv", "--out-dir", "t"],
+                      {"arms_csv": "arms.csv", "ceiling_csv": "c.csv", "out_dir": "t"}),
     "collect": (["--evals", "a.json", "b.json", "--studies", '{"tokens": {"frames": 2}}', "--out-arms", "arms.csv",
                  "--out-design", "design.csv", "--out-videos", "videos.csv"],
                 {"evals": ["a.json", "b.json"], "studies": {"tokens": {"frames": 2}}, "out_arms": "arms.csv",
