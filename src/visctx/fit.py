@@ -131,7 +131,8 @@ class Law:
     dims: int  # 1: x; 2: (T, M)
 
     @property
-    def k(self) -> int:
+    def n_params(self) -> int:
+        """The law's free parameters (``k`` in the information criteria; not the pool kernel)."""
         return len(self.names)
 
     @property
@@ -144,14 +145,14 @@ class Law:
         return [LOG_BOUNDS if lg else EXP_BOUNDS for lg in self.log]
 
     def natural(self, theta: np.ndarray) -> np.ndarray:
-        """Internal -> natural parameters; works on ``[..., k]`` arrays (bootstrap draws)."""
+        """Internal -> natural parameters; works on ``[..., n_params]`` arrays (bootstrap draws)."""
         out = np.array(theta, dtype=float, copy=True)
         mask = np.array(self.log)
         out[..., mask] = np.exp(out[..., mask])
         return out
 
     def predict_natural(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        """``params [..., k]`` (natural) and ``X [n, dims]`` -> ``[..., n]``; broadcasts over draws."""
+        """``params [..., n_params]`` (natural) and ``X [n, dims]`` -> ``[..., n]``; broadcasts over draws."""
         p = np.asarray(params, dtype=float)[..., None]
         X = np.asarray(X, dtype=float).reshape(-1, self.dims)
         if self.name == "power_offset":
@@ -168,7 +169,7 @@ class Law:
         raise AssertionError(self.name)
 
     def f_jac(self, theta: np.ndarray, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Prediction ``[n]`` and Jacobian ``[n, k]`` w.r.t. ``theta``; ``Z`` = log X except linear (X)."""
+        """Prediction ``[n]`` and Jacobian ``[n, n_params]`` w.r.t. ``theta``; ``Z`` = log X except linear (X)."""
         return _F_JAC[self.name](theta, Z)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
@@ -391,7 +392,7 @@ class Fit:
             "formula": self.law.formula,
             "label": self.label,
             "n": int(len(self.y)),
-            "k": self.law.k,
+            "n_params": self.law.n_params,
             "params": self.params,
             "converged": self.converged,
             "optimizer": {"status": self.opt.status, "message": self.opt.message, "nit": self.opt.nit,
@@ -418,9 +419,9 @@ def _check_data(law: Law, X: np.ndarray, y: np.ndarray, label: str) -> None:
     if law.name != "linear" and (X <= 0).any():
         raise FitError(f"{label}: T and M must be >= 1 for a power law")
     distinct = len({tuple(r) for r in X.tolist()})
-    if distinct < law.k + 1:
-        raise FitError(f"{label}: the {law.name} law ({law.formula}) has {law.k} parameters and needs at "
-                       f"least {law.k + 1} distinct points; got {distinct}")
+    if distinct < law.n_params + 1:
+        raise FitError(f"{label}: the {law.name} law ({law.formula}) has {law.n_params} parameters and needs at "
+                       f"least {law.n_params + 1} distinct points; got {distinct}")
     if law.dims == 2 and (len(np.unique(X[:, 0])) < 2 or len(np.unique(X[:, 1])) < 2):
         raise FitError(f"{label}: the joint law needs at least 2 distinct T and 2 distinct M, got "
                        f"T={sorted(set(X[:, 0].tolist()))}, M={sorted(set(X[:, 1].tolist()))}")
@@ -522,8 +523,8 @@ def _inference(fit: Fit) -> dict[str, Any]:
         llf = float(res.llf)
         aic, bic = float(res.aic), float(res.bic)
         var = np.diag(cov)[:-1]
-    kk = law.k + 1  # + sigma
-    aicc = aic + 2 * kk * (kk + 1) / (n - kk - 1) if n - kk - 1 > 0 else float("nan")
+    n_lik = law.n_params + 1  # + sigma: the likelihood's parameters
+    aicc = aic + 2 * n_lik * (n_lik + 1) / (n - n_lik - 1) if n - n_lik - 1 > 0 else float("nan")
     z = float(norm.ppf(0.5 + LEVEL / 2))
     se_int = np.where(var > 0, np.sqrt(np.where(var > 0, var, 1.0)), np.nan)
     nat = law.natural(fit.theta)
@@ -572,7 +573,7 @@ def _pct(a: np.ndarray, level: float) -> list[float | None]:
 
 
 def _batch_f_jac(name: str, TH: np.ndarray, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`Law.f_jac` for a batch of parameter vectors: ``TH [B, k]`` -> ``[B, n]``, ``[B, n, k]``."""
+    """:func:`Law.f_jac` for a batch of parameter vectors: ``TH [B, n_params]`` -> ``[B, n]``, ``[B, n, n_params]``."""
     c = lambda i: TH[:, i:i + 1]  # noqa: E731
     if name == "power_offset":
         E, t = np.exp(c(0)), np.exp(c(1) - c(2) * Z[:, 0])
@@ -608,9 +609,9 @@ def _irls_batch(law: Law, Z: np.ndarray, logy: np.ndarray, W: np.ndarray, theta0
 
     Damped Gauss-Newton with IRLS weights min(1, delta/|r|) (the Huber majoriser), a step-halving
     search that only accepts decreases, bounds by clipping; a row stops when its projected gradient
-    is <= ``tol``. Returns parameters ``[B, k]`` and the projected-gradient sup norms ``[B]``. Why:
+    is <= ``tol``. Returns parameters ``[B, n_params]`` and the projected-gradient sup norms ``[B]``. Why:
     one L-BFGS-B run per resample costs ~4 ms of SciPy overhead; this does 1000 in ~0.3 s."""
-    B, k = W.shape[0], law.k
+    B, P = W.shape[0], law.n_params
     Wn = W / (delta * W.sum(1, keepdims=True))
     LY = np.broadcast_to(logy, W.shape)  # one log-loss vector for all rows, or one per row (noise draws)
     TH = np.tile(np.asarray(theta0, float), (B, 1))
@@ -620,7 +621,7 @@ def _irls_batch(law: Law, Z: np.ndarray, logy: np.ndarray, W: np.ndarray, theta0
     lam = np.full(B, 1e-6)
     gn = np.full(B, np.inf)
     active = np.arange(B)
-    eye = np.eye(k)
+    eye = np.eye(P)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         for _ in range(iters + 1):
             th, w, ly = TH[active], Wn[active], LY[active]
@@ -695,11 +696,11 @@ def bootstrap_fit(fit: Fit, n_boot: int = 1000, seed: int = 0, level: float = LE
         for b in range(n_boot):
             used = np.flatnonzero(W[b] > 0)
             Xu = fit.X[used]
-            if (len({keys[i] for i in used}) < law.k + 1
+            if (len({keys[i] for i in used}) < law.n_params + 1
                     or (law.dims == 2 and (len(np.unique(Xu[:, 0])) < 2 or len(np.unique(Xu[:, 1])) < 2))
                     or np.ptp(fit.y[used]) <= 0):
                 valid[b] = False
-    draws = np.full((n_boot, law.k), np.nan)
+    draws = np.full((n_boot, law.n_params), np.nan)
     idx = np.flatnonzero(valid)
     TH, gn = _irls_batch(law, Z, LY[idx], W[idx], fit.theta, fit.delta)
     fallback = failed = 0
@@ -795,7 +796,7 @@ def model_selection(fits: dict[str, Fit | None], study: str = "", method: str = 
         loo = f.inference.get("loo") or loo_error(f)
         f.inference["loo"] = loo
         rows.append({"study": study, "method": method, "form": form, "formula": f.law.formula,
-                     "n": len(f.y), "k": f.law.k, "loo_mae": loo["loo_mae"], "loo_n": loo["loo_n"],
+                     "n": len(f.y), "n_params": f.law.n_params, "loo_mae": loo["loo_mae"], "loo_n": loo["loo_n"],
                      "llf": f.inference["llf"], "aic": f.inference["aic"], "aicc": f.inference["aicc"],
                      "bic": f.inference["bic"], "r2": f.inference["r2"], "converged": f.converged})
     ok = [r for r in rows if r["converged"] and r["loo_mae"] is not None]
@@ -807,7 +808,7 @@ def model_selection(fits: dict[str, Fit | None], study: str = "", method: str = 
         e = np.array([x for x in fits[best["form"]].inference["loo"]["loo_errors"] if x is not None])
         se = float(e.std(ddof=1) / math.sqrt(len(e))) if len(e) > 1 else 0.0
     close = [r for r in ok if r["loo_mae"] <= best["loo_mae"] + se] if best is not None else []
-    pick = min(close, key=lambda r: (r["k"], r["loo_mae"])) if close else None  # the simplest of those
+    pick = min(close, key=lambda r: (r["n_params"], r["loo_mae"])) if close else None  # the simplest of those
     for r in rows:
         r["criterion"] = "loo_mae_1se"
         r["delta"] = r["loo_mae"] - best["loo_mae"] if r in ok else float("nan")
@@ -1198,7 +1199,7 @@ def bootstrap_all(fits: Sequence[Fit], n_boot: int, seed: int, workers: int | No
     if n_boot == 0 or not fits:
         return
     if workers > 1 and "fork" in mp.get_all_start_methods():
-        order = sorted(range(len(fits)), key=lambda i: -len(fits[i].y) * fits[i].law.k)  # big jobs first
+        order = sorted(range(len(fits)), key=lambda i: -len(fits[i].y) * fits[i].law.n_params)  # big jobs first
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
             results = list(ex.map(_boot_job, [(fits[i], n_boot, seed, Ys[i]) for i in order]))
         for i, (boot, d) in zip(order, results):
@@ -1402,7 +1403,7 @@ def optimum_from_fits(fits: dict[str, Any] | str | Path, budget: int, method: st
     except (KeyError, TypeError):
         raise FitError(f"{where}: no joint fit {form or ''} (needs token-pool x frame-sample arms varying both T "
                        f"and M)") from None
-    draws = np.asarray(j.get("draws") or [], float).reshape(-1, LAWS[form].k)
+    draws = np.asarray(j.get("draws") or [], float).reshape(-1, LAWS[form].n_params)
     X = np.asarray(j["x"], float).reshape(-1, 2)
     trained = {"T": [X[:, 0].min(), X[:, 0].max()], "M": [X[:, 1].min(), X[:, 1].max()]}
     out = optimum(joint_params5(form, j["params"]), budget, method, t_max,

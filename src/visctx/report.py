@@ -286,7 +286,7 @@ def model_selection_table(inp: _Inputs) -> pd.DataFrame:
     if not rows:
         return _note("no fits")
     df = pd.DataFrame(rows).rename(columns={"aicc": "aicc_gaussian"})
-    cols = ["study", "method", "form", "formula", "n", "k", "loo_mae", "delta", "within_1se", "criterion",
+    cols = ["study", "method", "form", "formula", "n", "n_params", "loo_mae", "delta", "within_1se", "criterion",
             "selected", "r2", "aicc_gaussian", "converged"]
     return df[[c for c in cols if c in df.columns]]
 
