@@ -1,11 +1,15 @@
 # The study as a DAG: videos -> frames -> features -> base -> arms -> evaluations -> fits, tables,
-# figures. Rules are thin calls of `visctx <command>`; everything they know comes from params.yaml.
+# figures. Rules are thin calls of `visctx <command>`; everything they know comes from the params
+# (config/config.yaml under params.yaml: visctx.config.raw_params).
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "params.yaml"
+configfile: "config/config.yaml"  # every setting, documented
+
+
+configfile: "params.yaml"  # the experiment's knobs and overrides (what dvc exp run -S sets), over it
 
 
 report: "workflow/report/workflow.rst"

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-visctx check > /dev/null   # a bad params.yaml stops here, naming the key
+visctx check > /dev/null   # bad params (config/config.yaml, params.yaml) stop here, naming the key
 dvc repro "$@"

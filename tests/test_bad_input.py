@@ -319,3 +319,23 @@ def test_collect_refuses_arms_evaluated_on_different_video_sets(tmp_path):
     assert not (tmp_path / "arms.csv").exists()
     evals[1] = write("b.json", "T1-M4-pool", sha_all)
     assert collect(evals, studies, str(tmp_path / "arms.csv"), str(tmp_path / "design.csv"))["arms"] == 2
+
+
+def test_curves_name_a_missing_or_malformed_training_log(tmp_path):
+    from visctx.collect import curves
+
+    model = tmp_path / "arms/seed0/T1-M4-pool/model"
+    model.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"T1-M4-pool/train/metrics\.csv"):
+        curves([str(model)], str(tmp_path / "c.csv"))
+    (model.parent / "train").mkdir()
+    (model.parent / "train/metrics.csv").write_text("epoch,step,loss\n0,9,1.0\n")
+    with pytest.raises(ValueError, match=r"metrics\.csv: expected columns step and train/loss"):
+        curves([str(model)], str(tmp_path / "c.csv"))
+    (model.parent / "train/metrics.csv").write_text("epoch,step,train/loss\n0,9,1.5\n0,19,1.25\n")
+    base = tmp_path / "base/seed0/model"
+    (base.parent / "train").mkdir(parents=True)
+    (base.parent / "train/metrics.csv").write_text("epoch,step,train/loss\n0,9,2.0\n")
+    assert curves([str(model), str(base)], str(tmp_path / "c.csv")) == {"runs": 2, "rows": 3}
+    assert (tmp_path / "c.csv").read_text().splitlines() == [
+        "run,seed,step,loss", "T1-M4-pool,0,10,1.5", "T1-M4-pool,0,20,1.25", "base,0,10,2.0"]

@@ -1,11 +1,14 @@
 """params.yaml: every shipped config is valid, bad values are named, studies expand to unique arms."""
 
+import difflib
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from visctx.config import (Arm, ParamsError, deep_merge, load_params, resolve_preset, study_points,
+from visctx.config import (Arm, ParamsError, deep_merge, load_params, raw_params, resolve_preset, study_points,
                            unique_arms, validate)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,7 +16,7 @@ PARAMS = ROOT / "params.yaml"
 
 
 def raw():
-    return yaml.safe_load(PARAMS.read_text())
+    return raw_params(PARAMS)
 
 
 @pytest.mark.parametrize("preset", ["embedded", "paper"])
@@ -161,3 +164,67 @@ def test_arm_ids_round_trip(arm):
 def test_bad_arm_ids(bad):
     with pytest.raises(ValueError):
         Arm.from_id(bad)
+
+
+@pytest.mark.parametrize("path, override, changed", [
+    ("params.yaml", "window=200", {"-window: 160", "+window: 200"}),
+    ("params.yaml", "preset=paper", {"-preset: embedded", "+preset: paper"}),
+    ("params.yaml", "seeds=[0,1]", {"-- 2"}),
+    ("params.yaml", "+train.arm.steps=50", {"+train:", "+  arm:", "+    steps: 50"}),
+    ("config/config.yaml", "train.arm.steps=50", {"-    steps: 100", "+    steps: 50"}),
+    ("config/config.yaml", "studies.tokens.tokens=[1,4]", {f"-    - {m}" for m in (9, 16, 25, 36, 49, 81, 196)}),
+])
+def test_dvc_exp_run_set_param_rewrites_only_the_value_it_sets(tmp_path, path, override, changed):
+    """`dvc exp run -S` rewrites a params file through DVC's own YAML round trip, which expands flow
+    lists, drops comments that follow a list and prints null as empty; both files are written as
+    that round trip writes them, so a rewrite changes the values set and nothing else."""
+    from dvc.utils.hydra import apply_overrides
+
+    copy = tmp_path / "params.yaml"
+    shutil.copy2(ROOT / path, copy)
+    apply_overrides(str(copy), [override])
+    before, after = (ROOT / path).read_text().splitlines(), copy.read_text().splitlines()
+    diff = {ln.split("#")[0].rstrip() for ln in difflib.unified_diff(before, after, lineterm="", n=0)
+            if ln[:1] in "+-" and not ln.startswith(("+++", "---"))}
+    assert diff == changed
+
+
+def test_params_yaml_holds_the_knobs_and_overrides_the_documented_config(tmp_path):
+    """DVC shows every key of params.yaml as a column of `dvc exp show`: it holds the knobs only;
+    config/config.yaml (every setting) is under it, and a key set in params.yaml wins."""
+    assert set(yaml.safe_load(PARAMS.read_text())) == {"preset", "window", "seeds"}
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    (tmp_path / "params.yaml").write_text("preset: embedded\nwindow: 200\nseeds: [0]\ntrain: {arm: {steps: 7}}\n")
+    p = load_params(tmp_path / "params.yaml")
+    assert p["window"] == 200 and p["seeds"] == [0] and p["train"]["arm"]["steps"] == 7
+    assert p["train"]["arm"]["lr"] == raw()["train"]["arm"]["lr"]  # the rest from config/config.yaml
+    (tmp_path / "params.yaml").write_text("preset: paper\ntrain: {arm: {steps: 7}}\n")
+    assert load_params(tmp_path / "params.yaml")["train"]["arm"]["steps"] == 2000  # the preset is applied last
+    (tmp_path / "config/config.yaml").write_text("- a list\n")
+    with pytest.raises(ParamsError, match=r"config/config\.yaml: expected a mapping"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_each_stage_reads_its_resolved_params(tmp_path):
+    """results/params/<stage>.json: what DVC's stages depend on instead of keys of params.yaml."""
+    from visctx.config import STAGE_PARAMS, write_stage_params
+
+    out = tmp_path / "out"
+    written = write_stage_params(str(PARAMS), str(out))
+    assert set(written) == set(STAGE_PARAMS) == {"data", "train", "analyze", "niah"}
+    analyze = json.loads((out / "analyze.json").read_text())
+    assert analyze["window"] == 160 and analyze["data.extract.max_frames"] == 32
+    mtime = (out / "train.json").stat().st_mtime_ns
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    paper = tmp_path / "params.yaml"
+    paper.write_text(PARAMS.read_text().replace("preset: embedded", "preset: paper"))
+    write_stage_params(str(paper), str(out))
+    assert json.loads((out / "analyze.json").read_text())["window"] == 6000  # the preset resolved
+    assert (out / "train.json").stat().st_mtime_ns != mtime
+    mtime = (out / "train.json").stat().st_mtime_ns
+    write_stage_params(str(paper), str(out))
+    assert (out / "train.json").stat().st_mtime_ns == mtime  # unchanged: not rewritten
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage in STAGE_PARAMS:  # each DVC stage depends on its file, and declares no params of its own
+        assert f"results/params/{stage}.json" in stages[stage]["deps"] and "params" not in stages[stage]
+    assert {"params.yaml", "config/config.yaml"} <= set(stages["params"]["deps"])

@@ -32,7 +32,7 @@ def test_timing_round_trip_and_errors_name_the_file(tmp_path):
         read_seconds(tmp_path / "bad.json")
 
 
-def test_content_digest_leaves_out_timings_only(tmp_path):
+def test_content_digest_leaves_out_timings_and_bookkeeping_only(tmp_path):
     d = tmp_path / "model"
     d.mkdir()
     (d / "weights.bin").write_bytes(b"w")
@@ -40,6 +40,10 @@ def test_content_digest_leaves_out_timings_only(tmp_path):
     before = content_digest(d)
     write_timing(d / "train_summary.json", 2.0)
     assert content_digest(d) == before  # another run's time: the same model
+    (d / ".snakemake_timestamp").write_text("")
+    (d / ".fresh.json").write_text("{}")
+    assert content_digest(d) == before  # dated or stamped: the same model
+    assert content_digest(d, file_digest=lambda f: content_digest(f)) == before  # a caching caller's files
     (d / "weights.bin").write_bytes(b"v")
     assert content_digest(d) != before  # other weights: another model
 

@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 def paper_project(tmp_path_factory) -> Path:
     """A copy of the project with one-record annotation files where the paper preset expects them."""
     dst = tmp_path_factory.mktemp("paper")
-    for item in ("Snakefile", "params.yaml", "workflow", "profiles", "src"):
+    for item in ("Snakefile", "params.yaml", "config", "workflow", "profiles", "src"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst / item)
     shutil.copy2(ROOT / "slurm", dst / "slurm", follow_symlinks=False)  # the repository's link to profiles/slurm

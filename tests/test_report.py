@@ -101,6 +101,17 @@ def test_table5_and_model_selection(full):
     assert ms.loc[ms["study"] == "joint"].set_index("form").loc["joint", "selected"]  # the law that made the data
 
 
+def test_the_headline_is_what_dvc_exp_show_shows_first(full, tmp_path):
+    out, *_, metrics = full
+    m = R.write_metrics(out.parent / "arms.csv", out.parent / "design.csv", out.parent / "fits.json", tmp_path / "m.json",
+                        full_json=str(tmp_path / "full.json"))
+    head = json.loads((tmp_path / "m.json").read_text())
+    assert json.loads((tmp_path / "full.json").read_text()) == m == metrics and head == R.headline(m)
+    assert list(head) == ["optimum", "effect", "loss_sd", "findings_hold"]
+    assert head["optimum"]["T"] == m["optimum"]["T"] and head["effect"]["tokens_pool"] == m["tokens"]["pool"]["effect"]
+    assert len(flatten(head)) <= 14
+
+
 def test_metrics_keys(full):
     out, *_, metrics = full
     assert json.loads((out / "metrics.json").read_text()) == metrics

@@ -1,6 +1,7 @@
 """train() and evaluate() end to end on a trivially learnable feature -> answer mapping."""
 
 import json
+import re
 import math
 
 import numpy as np
@@ -276,3 +277,12 @@ def test_generation_mode_decodes_and_parses_letters(setup, tmp_path):
     assert out["accuracy"] == pytest.approx(np.mean([p == t for p, t in zip(out["predictions"], [-1, *truth[1:]])]))
     other = {t: v for t, v in ll["per_task"].items() if t != recs[0]["task_type"]}
     assert other and all(out["per_task"][t] == v for t, v in other.items())  # other tasks' items untouched
+
+
+def test_a_job_log_shows_progress_with_rate_and_time_left(setup, capfd):
+    """Without a progress bar (the rules' --no-progress-bar: a job's output is its log) training
+    prints a line per ~5 % of its steps: step, loss, rate, time left."""
+    run(setup, "progress", setup / "llm", ARMS[:1], 20, "logs/progress")
+    lines = [ln for ln in capfd.readouterr().out.splitlines() if "steps/s" in ln]
+    assert len(lines) == 20 and ": step 20/20 (100 %), loss " in lines[-1], lines
+    assert all(re.search(r"loss \d+\.\d{4}, \d+\.\d\d steps/s, \d+m\d\ds left$", ln) for ln in lines), lines

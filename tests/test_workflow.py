@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from visctx.benchmarks import LOADERS
-from visctx.config import deep_merge, load_params, study_points, unique_arms
+from visctx.config import deep_merge, load_params, raw_params, study_points, unique_arms
 from visctx.synth import write_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,13 +67,15 @@ def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedPr
 def project(tmp_path_factory) -> Path:
     """A git + DVC copy of the project with the micro params."""
     dst = tmp_path_factory.mktemp("project")
-    for item in ("Snakefile", "dvc.yaml", "workflow", "profiles", "src", ".dvc", ".dvcignore", ".gitignore"):
+    for item in ("Snakefile", "dvc.yaml", "workflow", "profiles", "src", ".dvc", ".dvcignore", ".gitignore", "config"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst / item,
                                                              **({"ignore": shutil.ignore_patterns("tmp", "cache", "__pycache__")} if src.is_dir() else {}))
-    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), MICRO)
+    params = deep_merge(raw_params(ROOT / "params.yaml"), MICRO)
     params["benchmarks"] = bench_fixtures(dst / "bench_videos")
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    knobs = {k: params.pop(k) for k in ("preset", "window", "seeds")}  # as the repository splits them
+    (dst / "config/config.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (dst / "params.yaml").write_text(yaml.safe_dump(knobs, sort_keys=False))
     load_params(dst / "params.yaml")  # the micro config is itself valid
     run(["git", "init", "-q"], dst)
     run(["git", "add", "-A"], dst)
@@ -117,7 +120,7 @@ def test_dry_run_lists_every_job(project):
 
 
 def test_bad_params_stop_before_any_job(project, tmp_path):
-    bad = yaml.safe_load((project / "params.yaml").read_text())
+    bad = raw_params(project / "params.yaml")
     bad["studies"]["window"]["combos"].append([8, 9])  # 72 > window 40
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(bad))
@@ -193,12 +196,21 @@ def test_dvc_repro_produces_every_artifact(repro):
     for name in ("tokens_loss", "frames_loss", "joint_contour", "accuracy_by_task"):
         assert (repro / f"results/figures/{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (repro / f"results/figures/{name}.pdf").read_bytes()[:5] == b"%PDF-"
-    metrics = json.loads((repro / "results/metrics.json").read_text())
+    metrics = json.loads((repro / "results/metrics_full.json").read_text())
     opt = metrics["optimum"]
     assert opt["budget"] == MICRO["window"] and opt["T"] * opt["M"] <= opt["budget"]
     assert metrics["seeds"] == 2 and metrics["tokens"]["pool"]["effect_sd"] > 0
-    html = (repro / "results/report.html").read_text(errors="ignore")
-    assert "tokens_loss" in html
+    headline = json.loads((repro / "results/metrics.json").read_text())  # what dvc exp show shows
+    assert list(headline) == ["optimum", "effect", "loss_sd", "findings_hold"]
+    assert headline["optimum"]["T"] == opt["T"] and headline["effect"]["tokens_pool"] == metrics["tokens"]["pool"]["effect"]
+    curves = pd.read_csv(repro / "results/tables/curves.csv")  # one place, one format: a DVC plot
+    runs = set(map(tuple, curves[["run", "seed"]].drop_duplicates().values.tolist()))
+    assert runs == {(a, s) for a in [*micro_arms(), "base"] for s in MICRO["seeds"]}
+    rows = curves.groupby(["run", "seed"]).size()  # Lightning logs every min(10, steps) steps
+    base_steps, arm_steps = MICRO["train"]["base"]["steps"], MICRO["train"]["arm"]["steps"]
+    assert (rows.loc["base"] == base_steps // min(10, base_steps)).all()
+    assert (rows.drop("base") == arm_steps // min(10, arm_steps)).all()
+    assert curves["loss"].gt(0).all() and curves.groupby(["run", "seed"])["step"].max().loc["base"].eq(base_steps).all()
     for arm in micro_arms():  # one job, one log per (arm, seed)
         for seed in MICRO["seeds"]:
             assert f"{arm}: " in (repro / f"results/arms/seed{seed}/{arm}/train.log").read_text()
@@ -245,6 +257,10 @@ def test_needle_in_a_haystack_scores_every_frame_arm_at_every_depth(repro):
     one = niah[niah["T"] == 1]  # no haystack: the depth cannot matter
     assert one["accuracy"].nunique() == 1
     assert (repro / "results/niah/niah_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    # the methods' maps are over the same needles: every method is asked as many at each depth
+    methods = pd.concat(pd.read_csv(repro / f"results/niah/methods/seed{s}.csv") for s in MICRO["seeds"])
+    assert set(methods["method"]) == set(MICRO["studies"]["methods"]["methods"])
+    assert (methods.groupby(["seed", "depth"])["n"].nunique() == 1).all()
 
 
 def test_second_repro_is_a_no_op(repro):
@@ -260,9 +276,9 @@ def test_new_window_budget_moves_the_optimum_without_retraining(repro):
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results"], repro)
     models = {p: p.stat().st_mtime for p in (repro / "results/arms").glob("seed*/*/model")}
     assert len(models) == len(micro_arms()) * len(MICRO["seeds"])
-    before = json.loads((repro / "results/metrics.json").read_text())
+    before = json.loads((repro / "results/metrics_full.json").read_text())
     run(["dvc", "exp", "run", "-S", "window=400"], repro)  # the window is one key
-    after = json.loads((repro / "results/metrics.json").read_text())
+    after = json.loads((repro / "results/metrics_full.json").read_text())
     assert before["optimum"]["budget"] == 40 and after["optimum"]["budget"] == 400
     from visctx.fit import optimum_from_fits  # the optimum is the fitted law's answer for the new window
 
@@ -271,6 +287,98 @@ def test_new_window_budget_moves_the_optimum_without_retraining(repro):
     assert {p: p.stat().st_mtime for p in models} == models  # no arm retrained
     show = run(["dvc", "exp", "show", "--md"], repro).stdout
     assert "optimum" in show and "400" in show
+
+
+def test_dvc_exp_show_fits_a_200_column_terminal_with_the_optimum(repro):
+    """Stages depend on their resolved params files, not on 150 keys of params.yaml, and the
+    declared metrics are the headline: the default table is readable (it once had 328 columns)."""
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", COLUMNS="200")
+    proc = subprocess.run(["dvc", "exp", "show", "--no-pager"], cwd=repro, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 200
+    header = " ".join(lines[:4])
+    for column in ("optimum.T", "optimum.M", "optimum.T_lo", "optimum.M_hi", "preset"):
+        assert column in header, proc.stdout
+    full = run(["dvc", "metrics", "show", "results/metrics_full.json", "--json"], repro).stdout  # the rest, one command away
+    assert "joint" in full and "prediction" in full
+
+
+def test_the_snakemake_report_is_built_on_demand(repro):
+    """Not committed (it changed on every run): `snakemake --report` writes it from the artifacts."""
+    run(["snakemake", "--report", "report.html"], repro)
+    assert "tokens_loss" in (repro / "report.html").read_text(errors="ignore")
+
+
+ANALYSIS_RULES = set(re.findall(r"^\s*rule (\w+):", (ROOT / "workflow/rules/analysis.smk").read_text(), re.M))
+
+
+def jobs_in(output: str) -> set[str]:
+    """The rules of the jobs a Snakemake log says it ran (or, dry, would run)."""
+    return set(re.findall(r"^\s*(?:local)?rule (\w+):", output, re.M))
+
+
+def test_a_temporary_experiment_runs_the_analysis_only(repro):
+    """`dvc exp run --temp`: a fresh workspace (no .snakemake/, every mtime new) where an
+    analysis-only change once scheduled the whole study; the stamps (visctx.fresh) date the
+    restored results by content, so only analysis jobs run."""
+    run(["git", "add", "-A"], repro)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results", "--allow-empty"], repro)
+    out = run(["dvc", "exp", "run", "--temp", "-n", "temp200", "-S", "window=200"], repro, timeout=900)
+    jobs = jobs_in(out.stdout + out.stderr)
+    assert jobs and jobs <= ANALYSIS_RULES, jobs
+    show = json.loads(run(["dvc", "exp", "show", "--json"], repro).stdout)
+    assert "temp200" in json.dumps(show)
+
+
+def test_a_queued_experiment_runs_the_analysis_only(repro):
+    """The way sweeps are run: `dvc exp run --queue`, then `dvc queue start` (a worker in its own
+    temporary workspace); its log lists analysis jobs only."""
+    run(["dvc", "exp", "run", "--queue", "-n", "queued300", "-S", "window=300"], repro)
+    run(["dvc", "queue", "start"], repro)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repro).stdout
+        line = next((ln for ln in status.splitlines() if "queued300" in ln), "")
+        if "Success" in line or "Failed" in line:
+            break
+        time.sleep(2)
+    run(["dvc", "queue", "stop", "--kill"], repro)
+    assert "Success" in line, status
+    jobs = jobs_in(run(["dvc", "queue", "logs", "queued300"], repro).stdout)
+    assert jobs and jobs <= ANALYSIS_RULES, jobs
+
+
+def test_a_byte_identical_restore_reruns_nothing(repro):
+    """A checkout that rewrites the corpus with the same bytes (new mtimes) once made
+    `snakemake -n train_all` plan 85 jobs."""
+    for f in sorted((repro / "results/data").rglob("*")):
+        if f.is_file():
+            data = f.read_bytes()
+            f.unlink()
+            f.write_bytes(data)
+    out = run(["snakemake", "-n", "train_all", "analysis_all"], repro).stdout
+    assert jobs_in(out) == set(), out[-2000:]
+
+
+def test_a_truncated_video_is_noticed_and_quarantined(repro):
+    """Videos are inputs (frame extraction's depfile): one truncated in place, dated older than
+    everything, reruns its shard's extraction, and the quarantine names it; the original bytes put
+    back rerun that extraction only (the same frames: nothing downstream)."""
+    video = sorted((repro / "results/data/videos/train").glob("*.mp4"))[0]
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 3])
+    os.utime(video, (1_000_000, 1_000_000))
+    target = "results/data/quarantine/train.json"
+    assert "extract_frames" in jobs_in(run(["snakemake", "-n", target], repro).stdout)
+    run(["snakemake", "--cores", "2", target], repro)
+    report = json.loads((repro / target).read_text())
+    assert video.name in json.dumps(report), report
+    video.write_bytes(data)
+    proc = run(["snakemake", "--cores", "2", target], repro)
+    assert jobs_in(proc.stdout + proc.stderr) == {"extract_frames", "quarantine_split"}
+    assert video.name not in json.dumps(json.loads((repro / target).read_text()))
+    assert jobs_in(run(["snakemake", "-n", "train_all"], repro).stdout) == set()
 
 
 def test_each_dvc_stage_that_runs_library_code_depends_on_the_library(project):
@@ -304,8 +412,10 @@ def test_the_rules_run_the_tower_in_the_forward(tmp_path):
     shutil.copy2(ROOT / "Snakefile", tmp_path)
     for item in ("workflow", "profiles", "src"):
         shutil.copytree(ROOT / item, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__"))
-    params = deep_merge(deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), MICRO), FORWARD)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params = deep_merge(deep_merge(raw_params(ROOT / "params.yaml"), MICRO), FORWARD)
+    (tmp_path / "config").mkdir()
+    for path in ("config/config.yaml", "params.yaml"):  # the whole config in both: params.yaml wins anyway
+        (tmp_path / path).write_text(yaml.safe_dump(params, sort_keys=False))
     run(["snakemake", "--cores", "2", "train_all", "niah_all"], tmp_path, timeout=1200)
     results = tmp_path / "results"
     assert not (results / "data/features").exists()

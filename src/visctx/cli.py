@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 # The one registry of commands: name -> (module, function, one-line help).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "check": ("visctx.config", "describe", "validate params.yaml and list the arms of every study"),
+    "params": ("visctx.config", "write_stage_params", "write what each DVC stage reads of the resolved params"),
     "synth": ("visctx.synth", "make_corpus", "write the synthetic corpus (instruction JSON + scene specs)"),
     "render": ("visctx.synth", "render_shard", "render one shard of synthetic videos to mp4"),
     "extract": ("visctx.video", "extract_shard", "decode one shard of videos with decord"),
@@ -49,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ceiling": ("visctx.ceiling", "ceiling", "every arm's information ceiling on the synthetic held-out split"),
     "ceiling-check": ("visctx.ceiling", "check", "every trained arm's accuracy against the bound and the ceiling"),
     "collect": ("visctx.collect", "collect", "gather per-arm evaluations into the tidy table"),
+    "curves": ("visctx.collect", "curves", "every training run's loss curve in one table (a DVC plot)"),
     "benchmark-scores": ("visctx.collect", "benchmark_scores",
                          "each arm's official benchmark scores with seed x video intervals and paired differences"),
     "fits": ("visctx.fit", "write_fits", "fit the scaling laws, bootstrap, optimum"),
@@ -70,7 +72,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 # Commands that gain nothing from the preload server: quick without torch, or running other processes.
-IN_PROCESS = {"check", "perf", "fresh-clone-check"}
+IN_PROCESS = {"check", "params", "perf", "fresh-clone-check"}
 # Imported once by the preload server: everything a job's hot path imports (this module imports lazily).
 PRELOAD = (
     "numpy", "torch", "transformers", "lightning",

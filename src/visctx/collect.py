@@ -197,3 +197,35 @@ def benchmark_scores(evals: list[str], items_jsons: list[str], out_csv: str, n_b
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False, float_format="%.6g")
     return {"benchmarks": sorted(by_bench), "rows": len(df)}
+
+
+def curves(models: list[str], out_csv: str) -> dict:
+    """Every training run's loss curve in one long table (``run, seed, step, loss``): the base's
+    and each arm's, from the CSV log Lightning writes beside each model (``<run>/train/metrics.csv``),
+    one place and one format for ``dvc plots show`` (declared in dvc.yaml).
+
+    Args:
+        models: model dirs (``results/base/seed<s>/model``, ``results/arms/seed<s>/<arm>/model``).
+        out_csv: the table.
+    """
+    frames = []
+    for model in models:
+        run_dir = Path(model).parent
+        log = run_dir / "train" / "metrics.csv"
+        if not log.is_file():
+            raise FileNotFoundError(f"{log}: no training log beside {model}")
+        df = pd.read_csv(log)
+        if "train/loss" not in df or "step" not in df:
+            raise ValueError(f"{log}: expected columns step and train/loss, got {list(df.columns)}")
+        df = df.dropna(subset=["train/loss"])
+        seed_dir = run_dir if run_dir.name.startswith("seed") else run_dir.parent
+        frames.append(pd.DataFrame({
+            "run": "base" if run_dir.name.startswith("seed") else run_dir.name,
+            "seed": int(seed_dir.name.removeprefix("seed")),
+            "step": df["step"].astype(int) + 1,  # Lightning logs the step before its update
+            "loss": df["train/loss"].round(6),
+        }))
+    table = pd.concat(frames, ignore_index=True).sort_values(["run", "seed", "step"], kind="stable")
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_csv, index=False)
+    return {"runs": int(table[["run", "seed"]].drop_duplicates().shape[0]), "rows": int(len(table))}

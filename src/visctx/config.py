@@ -1,6 +1,7 @@
 """Params: loading, the preset switch, validation, and the one mapping from studies to arms.
 
-``params.yaml`` is the single source of truth (DVC params and Snakemake config alike). Its
+``config/config.yaml`` (every setting, documented) under ``params.yaml`` (the experiment's knobs
+and overrides) are the single source of truth, DVC's and Snakemake's alike (:func:`raw_params`). The
 ``studies`` section is data; :func:`study_points` is the only place that turns it into arms, so an
 arm requested by two studies is one arm, trained once.
 """
@@ -406,16 +407,37 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
         return yaml.safe_load(f)
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> dict:
-    """Read, apply overrides and the preset, validate; the resolved dict is what every stage sees."""
-    path = Path(path)
+DEFAULTS = Path("config") / "config.yaml"  # beside params.yaml: every setting, documented
+
+
+def _read_mapping(path: Path) -> dict:
     try:
         with open(path) as f:
-            params = yaml.safe_load(f)
+            data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such params file") from None
-    if not isinstance(params, dict):
+    data = {} if data is None else data
+    if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def raw_params(path: str | Path = "params.yaml") -> dict:
+    """The params as written, before the preset: ``config/config.yaml`` beside ``path`` (every
+    setting, documented), with ``path`` deep-merged over it (the experiment's knobs and overrides:
+    what ``dvc exp run -S`` rewrites and ``dvc exp show`` lists). Why two files: DVC shows every key
+    of params.yaml as a column (it had 328) and rewrites it on ``-S``, moving its comments; a params
+    file without ``config/`` beside it is read alone."""
+    path = Path(path)
+    params = _read_mapping(path)
+    defaults = path.parent / DEFAULTS
+    return deep_merge(_read_mapping(defaults), params) if defaults.is_file() else params
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> dict:
+    """Read (:func:`raw_params`), apply overrides and the preset, validate; the resolved dict is
+    what every stage sees (Snakemake reads the same two files: ``configfile`` twice)."""
+    params = raw_params(path)
     if overrides:
         params = deep_merge(params, overrides)
     return validate(resolve_preset(params))
@@ -424,6 +446,54 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
 def dumps(obj: Any) -> str:
     """Stable JSON for rule params (Snakemake reruns a job when its params change)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+# What each DVC stage reads of the resolved params (its preset applied). Each stage depends on its
+# file under results/params (written by `visctx params`, the first stage) instead of on keys of
+# params.yaml: DVC then reruns a stage exactly when what it reads changed, whichever preset or key
+# moved it, and `dvc exp show` lists only the few knobs the params stage declares, not 150 keys.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "data": ("seed", "data", "model", "features", "evaluate.benchmarks", "benchmarks"),
+    "train": ("seeds", "ceiling", "studies", "train", "evaluate", "model"),
+    "analyze": ("analysis", "window", "data.extract.max_frames", "ceiling"),
+    "niah": ("seeds", "ceiling", "data.extract.fps", "studies.frames", "studies.methods", "evaluate.batch_size",
+             "model.vision_features"),
+}
+
+
+def stage_params(resolved: dict, stage: str) -> dict:
+    """``{dotted key: value}`` of what ``stage`` reads (:data:`STAGE_PARAMS`) in resolved params."""
+    out = {}
+    for key in STAGE_PARAMS[stage]:
+        value: Any = resolved
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise ParamsError(f"{key}: missing from the resolved params (stage {stage})")
+            value = value[part]
+        out[key] = value
+    return out
+
+
+def write_stage_params(params: str = "params.yaml", out_dir: str = "results/params") -> dict:
+    """Write each DVC stage's resolved params to ``<out_dir>/<stage>.json`` (see :data:`STAGE_PARAMS`).
+
+    Args:
+        params: the params file, read as the workflow reads it (preset resolved, validated).
+        out_dir: where the per-stage files go (DVC's deps of the stages).
+    """
+    from visctx.files import atomic_path
+
+    resolved = load_params(params)
+    written = {}
+    for stage in STAGE_PARAMS:
+        path = Path(out_dir) / f"{stage}.json"
+        values = stage_params(resolved, stage)
+        text = json.dumps(values, indent=1, sort_keys=True, allow_nan=False) + "\n"
+        if not path.is_file() or path.read_text() != text:  # unchanged: keep its mtime
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
+        written[stage] = str(path)
+    return written
 
 
 def describe(params: str = "params.yaml") -> dict:

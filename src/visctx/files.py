@@ -10,7 +10,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -77,6 +77,8 @@ def load_npy(path: str | os.PathLike, mmap_mode: str | None = "r") -> np.ndarray
 
 
 TIMING_SUFFIX = ".timing.json"  # ignored by DVC (.dvcignore) and by content_digest
+STAMP = ".fresh.json"  # what made the outputs beside it (visctx.fresh): bookkeeping, not content
+SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"  # Snakemake's mtime carrier in a directory output
 
 
 def timing_path(result: str | os.PathLike) -> Path:
@@ -109,7 +111,7 @@ FULL_BYTES = 8 << 20  # files up to this size are hashed whole
 BLOCKS, BLOCK = 64, 16 << 10
 
 
-def content_digest(path: str | os.PathLike) -> str:
+def content_digest(path: str | os.PathLike, file_digest: Callable[[Path], str] | None = None) -> str:
     """A digest of a file's or directory's content (16 hex digits): what a resumed run compares,
     so that a retrained base or a regenerated corpus at the same path is not mistaken for the old.
 
@@ -117,7 +119,9 @@ def content_digest(path: str | os.PathLike) -> str:
     by their size and 64 evenly spaced 16 KiB blocks, which any regeneration changes (hashing every
     byte of 600 MB of features would add a second to every arm's job). A directory is its files'
     relative paths and digests, in order, leaving out timing sidecars (a model retrained to the
-    same bytes is the same model); a name that is not on disk (a hub model id) is itself.
+    same bytes is the same model), freshness stamps and Snakemake's directory timestamp (dating a
+    directory is no change to it); a name that is not on disk (a hub model id) is itself.
+    ``file_digest``: how a directory's files are digested (a caching caller's; the same result).
     """
     if not str(path):
         raise ValueError("content_digest needs a path or a name, got ''")
@@ -125,8 +129,8 @@ def content_digest(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     if p.is_dir():
         for f in sorted(x for x in p.rglob("*") if x.is_file() and "__pycache__" not in x.parts
-                        and not x.name.endswith(TIMING_SUFFIX)):
-            h.update(f"{f.relative_to(p)}\0{content_digest(f)}\0".encode())
+                        and not x.name.endswith(TIMING_SUFFIX) and x.name not in (STAMP, SNAKEMAKE_TIMESTAMP)):
+            h.update(f"{f.relative_to(p)}\0{(file_digest or content_digest)(f)}\0".encode())
     elif p.is_file():
         size = p.stat().st_size
         with open(p, "rb") as fh:

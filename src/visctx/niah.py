@@ -79,6 +79,7 @@ def niah(
     batch_size: int = 32,
     threads: int = 1,
     visible_share: float = 0.25,
+    every_needle: bool = False,
 ) -> dict:
     """Accuracy of each frame-sampling arm (``<arms_dir>/<arm>/model``) on the needle questions of
     ``eval_json`` at every depth; writes the table (``out_csv``, with the models' training seed) and,
@@ -97,6 +98,9 @@ def niah(
         threads: torch's CPU threads.
         visible_share: the ceiling's rule (``ceiling.visible_share``): only needles an arm's token
             can carry on their own frame are asked.
+        every_needle: ask every arm every needle instead, whatever its tokens carry: the maps of
+            several token methods at one window are then over the same items (what a method drops
+            of the needle frame counts against it).
     """
     import pandas as pd
 
@@ -135,7 +139,8 @@ def niah(
         per_frame = arm.token_op in MASK_OPS and MASK_OPS[arm.token_op][1] and not MASK_OPS[arm.token_op][0]
         for depth in depths:
             pos = math.floor(depth / 100 * (arm.T - 1) + 0.5) if per_frame else 0  # as haystack_indices places it
-            items = [(r, j) for r, j in asked if needle_readable(specs[r.video], arm, visible_share, pos)]
+            items = asked if every_needle else [
+                (r, j) for r, j in asked if needle_readable(specs[r.video], arm, visible_share, pos)]
             if not items:  # an arm too coarse to read any needle has no map there, not a map of chance
                 print(f"niah: {eval_json}: no needle that arm {arm.id}'s tokens can carry at depth {depth} "
                       f"(visible_share {visible_share})", file=sys.stderr)

@@ -288,7 +288,9 @@ def perf(out_dir: str = "results/perf", repo: str = ".", fresh: bool = True, kee
             "dvc repro": round(run(["dvc", "repro"])[0], 2),
             "dvc status": round(run(["dvc", "status"])[0], 2),
         }
-        params = yaml.safe_load((root / "params.yaml").read_text())
+        from visctx.config import raw_params
+
+        params = raw_params(root / "params.yaml")  # the full config (--configfile replaces both files)
         report["reruns"] = rerun_sets(run, params, tmp)
         extract = params["data"]["extract"]
         videos = sorted((root / "results/data/videos/train").glob("*.mp4"))[:16]

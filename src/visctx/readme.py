@@ -95,7 +95,7 @@ def render(root: str | Path = ".") -> str:
     from visctx.fit import load_replicates
 
     r = Path(root) / "results"
-    metrics = json.loads((r / "metrics.json").read_text())
+    metrics = json.loads((r / "metrics_full.json").read_text())
     fits = json.loads((r / "fits/fits.json").read_text())
     reps = load_replicates(r / "tables/arms.csv")
     seeds = sorted(reps["seed"].unique().tolist())
@@ -179,9 +179,13 @@ def render(root: str | Path = ".") -> str:
         nm = r / "niah/methods.csv"
         if nm.exists() and not (n6 := pd.read_csv(nm)).empty:
             acc = n6.groupby("method")["accuracy"].mean()
-            out += ["", "**Needle in a haystack per method** at that window (mean over depths and seeds; each method is "
-                    "asked the needles its own tokens carry on the needle frame, so the maps are not over the same "
-                    "items): " + "; ".join(f"{m} {_f(acc[m], 2)}" for m in m6["method"].drop_duplicates() if m in acc)
+            per_depth = n6.groupby(["seed", "depth"])["n"].nunique()
+            asked = (f"every method is asked the same {int(n6['n'].iloc[0])} needles at each depth (what its tokens "
+                     f"drop of the needle frame counts against it)" if (per_depth == 1).all() and n6["n"].nunique() == 1
+                     else "each method is asked the needles its own tokens carry on the needle frame, so the maps are "
+                          "not over the same items")
+            out += ["", "**Needle in a haystack per method** at that window (mean over depths and seeds; " + asked
+                    + "): " + "; ".join(f"{m} {_f(acc[m], 2)}" for m in m6["method"].drop_duplicates() if m in acc)
                     + ".", "", "![needle in a haystack per method](results/niah/niah_methods.png)"]
         out.append("")
     costs = r / "perf/method-costs.json"

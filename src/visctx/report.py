@@ -789,18 +789,38 @@ def _clean_json(obj: Any) -> Any:
     return obj
 
 
+def headline(m: dict[str, Any]) -> dict[str, Any]:
+    """The few figures ``dvc exp show`` shows by default, the optimum first (DVC keeps the first
+    columns when a terminal is narrow): the optimum and its interval, each study's effect, the
+    noise and the findings that hold. Everything else is in the full file."""
+    opt = m.get("optimum") or {}
+    effect = {f"{study}_{method}": (m.get(study) or {}).get(method, {}).get("effect")
+              for study, methods in (("tokens", ("pool", "sample")), ("frames", ("pool", "sample")))
+              for method in methods}
+    return {
+        "optimum": {k: opt.get(k) for k in ("T", "M", "T_lo", "T_hi", "M_lo", "M_hi", "agree")},
+        "effect": {k: v for k, v in effect.items() if v is not None},
+        "loss_sd": (m.get("noise") or {}).get("loss_sd_median"),
+        "findings_hold": (m.get("findings") or {}).get("holds"),
+    }
+
+
 def write_metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
-                  out_json: str | Path, ceiling_fits: str | None = None) -> dict[str, Any]:
-    """Write :func:`metrics` to ``out_json`` (for ``dvc exp show``); returns it.
+                  out_json: str | Path, full_json: str | None = None, ceiling_fits: str | None = None) -> dict[str, Any]:
+    """Write :func:`metrics` to ``full_json`` and its :func:`headline` to ``out_json`` (the
+    metrics file ``dvc exp show`` reads); returns the full metrics.
 
     Args:
         arms_csv, design_csv: ``collect``'s tables.
         fits_json: ``fits``' output.
-        out_json: the metrics file.
+        out_json: the headline metrics file (declared as DVC metrics).
+        full_json: every figure (``dvc metrics show <it>``); without it ``out_json`` gets them all.
         ceiling_fits: the fits of the information ceiling: its optimum goes beside the study's.
     """
     m = metrics(arms_csv, design_csv, fits_json, ceiling_fits)
-    out = Path(out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(m, indent=2, allow_nan=False) + "\n")
+    for path, obj in ((full_json, m), (out_json, headline(m) if full_json else m)):
+        if path:
+            out = Path(path)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
     return m

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -51,6 +52,39 @@ def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
         return max(min_ratio, 1.0 - (1.0 - min_ratio) * (step - warmup_steps) / span)
 
     return f
+
+
+class ProgressLog(L.Callback):
+    """One line per ~5 % of the steps, with the rate and the time left, for job logs (a progress
+    bar there is carriage returns; the rules redirect a job's output into its log). Wall times go
+    to the log only, never into a result."""
+
+    def __init__(self, steps: int, every: int | None = None, label: str = "train") -> None:
+        self.steps, self.label = steps, label
+        self.every = every or max(1, steps // 20)
+        self.t0: float | None = None
+        self.first = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.t0, self.first = time.monotonic(), trainer.global_step  # a resumed run counts from where it began
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every and step != self.steps:
+            return
+        rate = (step - self.first) / max(time.monotonic() - (self.t0 or time.monotonic()), 1e-9)
+        left = (self.steps - step) / rate if rate > 0 else float("inf")
+        loss = pl_module.loss_history[-1] if getattr(pl_module, "loss_history", None) else float("nan")
+        print(f"{self.label}: step {step}/{self.steps} ({100 * step / max(self.steps, 1):.0f} %), "
+              f"loss {loss:.4f}, {rate:.2f} steps/s, {_eta(left)} left", flush=True)
+
+
+def _eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 class VideoLM(L.LightningModule):
@@ -349,6 +383,8 @@ def train(
     callbacks = [ckpt_cb]
     if progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(50, steps // 20))))
+    else:
+        callbacks.append(ProgressLog(steps, label="/".join(Path(out_dir).parts[-3:-1]) or "train"))
     trainer = L.Trainer(
         **scale,
         max_steps=steps,

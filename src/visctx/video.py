@@ -24,6 +24,7 @@ import numpy as np
 
 from visctx.context import uniform_indices
 from visctx.files import atomic_path, load_npy, write_json_atomic  # noqa: F401  (the shards' writers use them)
+from visctx.fresh import write_reads
 
 T_ = TypeVar("T_")
 
@@ -265,4 +266,6 @@ def extract_shard(corpus_json: str | os.PathLike, video_root: str | os.PathLike,
             "video_root": str(video_root),  # which files: a video shared by two splits is visible as such
             "quarantined": quarantined, "short": short}
     write_json_atomic(out_json, meta)
+    # the videos are what the frames were made from: a truncated or replaced one reruns this shard
+    write_reads(out_json, (Path(video_root) / key for key in keys))
     return meta

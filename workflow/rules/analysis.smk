@@ -101,14 +101,15 @@ rule metrics:
         fits=rules.fits.output.json,
         ceiling=rules.ceiling_fits.output.json if SYNTHETIC else [],
     output:
-        json=f"{RESULTS}/metrics.json",
+        json=f"{RESULTS}/metrics.json",  # the headline, for dvc exp show
+        full=f"{RESULTS}/metrics_full.json",
     params:
         code=code_version("report"),
     log:
         f"{LOGS}/metrics.log",
     shell:
         "visctx metrics --arms-csv {input.arms} --design-csv {input.design} --fits-json {input.fits}"
-        " --out-json {output.json}" + CEILING + " > {log} 2>&1"
+        " --out-json {output.json} --full-json {output.full}" + CEILING + " > {log} 2>&1"
 
 
 if SYNTHETIC:

@@ -3,19 +3,27 @@ import sys
 from pathlib import Path
 
 from visctx.config import TOKEN_OPS, ParamsError, base_arms, dumps, resolve_preset, study_points, unique_arms, validate
+from visctx.fresh import install as fresh_install
 from visctx.imports import digest as import_digest
 
 # Params are validated before any job starts; a bad value names the key, value and what is allowed.
 try:
     CFG = validate(resolve_preset(config))
 except ParamsError as e:
-    sys.exit(f"params.yaml (after preset {config.get('preset')!r} and --config overrides) is invalid:\n{e}")
+    sys.exit(f"config/config.yaml + params.yaml (after preset {config.get('preset')!r} and --config overrides) "
+             f"is invalid:\n{e}")
+
+RESULTS = "results"
+
+# Freshness by content (visctx.fresh): outputs are dated by what they were made from before the DAG
+# is built, and every finished job is stamped, so a DVC experiment's temporary workspace, a fresh
+# clone or a byte-identical restore reruns only what changed by content, params or code.
+fresh_install(workflow, RESULTS)
 
 # Jobs run in children of one warm process instead of each importing torch anew (visctx.preload).
 if CFG["workflow"]["preload"]:
     os.environ.setdefault("VISCTX_PRELOAD", "1")
 
-RESULTS = "results"
 DATA = f"{RESULTS}/data"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = CFG["evaluate"]["benchmarks"]

@@ -90,10 +90,26 @@ rule benchmark_scores:
         " --seed {params.seed} --out-csv {output.csv} > {log} 2>&1"
 
 
+# Every training run's loss curve, one long table (a DVC plot: dvc plots show results/tables/curves.csv).
+rule curves:
+    input:
+        models=expand(rules.train_arm.output.model, arm=ARMS, seed=SEEDS)
+        + (expand(rules.train_base.output.model, seed=SEEDS) if BASE else []),
+    output:
+        csv=f"{RESULTS}/tables/curves.csv",
+    params:
+        code=code_version("collect"),
+    log:
+        f"{LOGS}/curves.log",
+    shell:
+        "visctx curves --models {input.models} --out-csv {output.csv} > {log} 2>&1"
+
+
 rule train_all:
     input:
         rules.collect.output,
         rules.benchmark_scores.output,
+        rules.curves.output,
 
 
 # Needle in a haystack on the frame study's sampling arms (synthetic corpus: the needle frame of
@@ -119,13 +135,14 @@ if NIAH:
             fps=CFG["data"]["extract"]["fps"],
             batch_size=CFG["evaluate"]["batch_size"],
             share=CFG["ceiling"]["visible_share"],
+            every="",  # the frame study: each arm is asked the needles its tokens can carry
         threads: 1
         log:
             f"{LOGS}/niah/seed{{seed}}.log",
         shell:
             "visctx niah --arms {params.arms} --arms-dir {RESULTS}/arms/seed{wildcards.seed} --eval-json {input.eval}"
             " --videos-json {input.videos} --features-dir {params.visual} --extract-fps {params.fps}"
-            " --batch-size {params.batch_size} --threads {threads} --visible-share {params.share}"
+            " --batch-size {params.batch_size} --threads {threads} --visible-share {params.share} {params.every}"
             " --out-csv {output.csv} > {log} 2>&1"
 
     # every replicate's map, their mean and its across-seed interval: one table and one heatmap
@@ -166,6 +183,7 @@ if NIAH_METHODS:
             fps=CFG["data"]["extract"]["fps"],
             batch_size=CFG["evaluate"]["batch_size"],
             share=CFG["ceiling"]["visible_share"],
+            every="--every-needle",  # every method the same needles: what its tokens drop counts
         log:
             f"{LOGS}/niah/methods/seed{{seed}}.log",
 

@@ -29,7 +29,7 @@ rule train_base:
         visual=visual_dir("train"),
         arms=" ".join(a.id for a in base_arms(CFG)),
         prompt=lambda w: dumps(CFG["model"]["prompt"]),  # a function: "frame {i}:" is no wildcard
-        logs=f"{BASE_DIR}/logs",
+        logs=f"{BASE_DIR}/train",  # as an arm's: <run>/train/{metrics.csv,*.ckpt}
         threads=TRAIN["threads"],  # pinned: not scaled down with --cores, so the bits stay the same
     threads: TRAIN["threads"]
     log:
