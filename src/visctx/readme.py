@@ -179,9 +179,10 @@ def render(root: str | Path = ".") -> str:
         nm = r / "niah/methods.csv"
         if nm.exists() and not (n6 := pd.read_csv(nm)).empty:
             acc = n6.groupby("method")["accuracy"].mean()
-            per_depth = n6.groupby(["seed", "depth"])["n"].nunique()
-            asked = (f"every method is asked the same {int(n6['n'].iloc[0])} needles at each depth (what its tokens "
-                     f"drop of the needle frame counts against it)" if (per_depth == 1).all() and n6["n"].nunique() == 1
+            per_seed = [pd.read_csv(f) for f in sorted((r / "niah/methods").glob("seed*.csv"))]  # they count the items
+            ns = pd.concat(per_seed)["n"] if per_seed else pd.Series([], dtype=int)
+            asked = (f"every method is asked the same {int(ns.iloc[0])} needles at each depth (what its tokens "
+                     f"drop of the needle frame counts against it)" if ns.nunique() == 1
                      else "each method is asked the needles its own tokens carry on the needle frame, so the maps are "
                           "not over the same items")
             out += ["", "**Needle in a haystack per method** at that window (mean over depths and seeds; " + asked
