@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 # The one registry of commands: name -> (module, function, one-line help).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "check": ("visctx.config", "describe", "validate params.yaml and list the arms of every study"),
+    "check": ("visctx.config", "describe", "validate the params (config/config.yaml under params.yaml) and list every study's arms"),
     "params": ("visctx.config", "write_stage_params", "write what each DVC stage reads of the resolved params"),
     "synth": ("visctx.synth", "make_corpus", "write the synthetic corpus (instruction JSON + scene specs)"),
     "render": ("visctx.synth", "render_shard", "render one shard of synthetic videos to mp4"),
