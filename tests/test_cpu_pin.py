@@ -4,10 +4,12 @@ on a machine whose best instruction set is the pinned one, gives identical bytes
 switched off the same run differs, so the test can fail.
 
 The other machine is simulated by exporting the kernel level its hardware would give
-(``ATEN_CPU_CAPABILITY``, ``NPY_DISABLE_CPU_FEATURES``) from outside, as its CPU would impose it. On
-an AVX-512 machine the project's real pin (``avx2``) is tested; on an AVX2 machine, which has
-nothing above the real pin, the same mechanism is tested one level down (``default``, the
-baseline kernels of a CPU without AVX2)."""
+(``ATEN_CPU_CAPABILITY``, ``NPY_DISABLE_CPU_FEATURES``, and on Intel MKL's instruction limit
+``MKL_ENABLE_INSTRUCTIONS``) from outside, as its CPU would impose it. On an AVX-512 machine the
+project's real pin (``avx2``) is tested; on an AVX2 machine, which has nothing above the real pin,
+the same mechanism is tested one level down (``default``, the baseline kernels of a CPU without
+AVX2). MKL's own pin (``MKL_CBWR=COMPATIBLE``) is tested where MKL has kernels to choose from: on
+Intel (on AMD MKL runs one kernel whatever it is told, so there is nothing to simulate)."""
 
 from __future__ import annotations
 
@@ -24,10 +26,13 @@ from visctx import cpu
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ARMS = ("T2-M9-pool", "T4-M4-pool")
+# what the tests set from outside; a value inherited from the test process must not leak in
+CPU_VARS = ("ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", cpu.PIN_VAR)
+INTEL = cpu.cpu_vendor() == "GenuineIntel"
 
 
 def native_capability() -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES")}
+    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
     env[cpu.PIN_VAR] = "off"
     out = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
                          env=env, capture_output=True, text=True, check=True)
@@ -77,8 +82,7 @@ def pipeline_script(root: Path) -> str:
 def run(root: Path, **env_overrides: str) -> dict[str, str]:
     """Run the pipeline in ``root`` with the preload server; digests of every product."""
     root.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES", cpu.PIN_VAR)}
+    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
     env |= {"VISCTX_PRELOAD": "1", "VISCTX_PRELOAD_IDLE": "20",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]), **env_overrides}
@@ -101,7 +105,10 @@ def test_the_pin_gives_the_bytes_of_the_pinned_cpu(tmp_path):
     pin = pin_under_test(native)
     if pin is None:
         pytest.skip(f"this CPU's torch kernels are {native}: no instruction set below it to simulate")
-    other_cpu = dict(cpu.LEVELS[pin])  # what a CPU whose best level is the pin computes with natively
+    # what a CPU whose best level is the pin computes with natively (MKL_CBWR is the project's, not the CPU's)
+    other_cpu = {k: v for k, v in cpu.LEVELS[pin].items() if k != "MKL_CBWR"}
+    if INTEL:
+        other_cpu["MKL_ENABLE_INSTRUCTIONS"] = "AVX2" if pin == cpu.DEFAULT_LEVEL else "SSE4_2"
 
     here = run(tmp_path / "here", **{cpu.PIN_VAR: pin})  # the project sets the variables itself
     there = run(tmp_path / "there", **other_cpu, **{cpu.PIN_VAR: pin})
@@ -113,6 +120,22 @@ def test_the_pin_gives_the_bytes_of_the_pinned_cpu(tmp_path):
     assert json.loads(control["cpu"])["torch"] == native
     trained = [k for k in here if k.endswith(".safetensors") or k == "eval"]
     assert any(control[k] != here[k] for k in trained), "native kernels gave the pinned bytes: the test cannot fail"
+    assert json.loads(here["cpu"])["blas"] == "mkl/compatible"
+
+
+@pytest.mark.skipif(not INTEL, reason="MKL runs one kernel on this CPU vendor whatever it is told: no other to simulate")
+def test_the_mkl_pin_gives_the_bytes_of_an_intel_cpu_of_another_isa(tmp_path):
+    """Intel's MKL picks its kernels by instruction set (its bits then differ from AMD's, too): under
+    the pin a CPU limited to AVX2 computes this one's bytes; natively (torch and NumPy alike in both
+    runs) only MKL's choice differs, and the bytes do."""
+    limited = {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    assert run(tmp_path / "pinned", **{cpu.PIN_VAR: cpu.DEFAULT_LEVEL}) == \
+        run(tmp_path / "pinned_avx2", **limited, **{cpu.PIN_VAR: cpu.DEFAULT_LEVEL})
+    native = run(tmp_path / "native", **{cpu.PIN_VAR: "off"})
+    native_avx2 = run(tmp_path / "native_avx2", **limited, **{cpu.PIN_VAR: "off"})
+    assert json.loads(native["cpu"])["blas"] == "mkl/GenuineIntel"
+    trained = [k for k in native if k.endswith(".safetensors") or k == "eval"]
+    assert any(native[k] != native_avx2[k] for k in trained), "MKL's kernels gave the same bytes: the test cannot fail"
 
 
 def test_a_job_refuses_kernels_other_than_the_pin(tmp_path):
@@ -121,6 +144,22 @@ def test_a_job_refuses_kernels_other_than_the_pin(tmp_path):
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default", **{cpu.PIN_VAR: "avx2"})
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "contradicts VISCTX_CPU_PIN=avx2" in proc.stderr
+    env = dict(os.environ, MKL_CBWR="AVX2", **{cpu.PIN_VAR: "avx2"})
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "MKL_CBWR=AVX2 contradicts" in proc.stderr
+
+
+def test_mkl_computes_on_its_compatible_branch_and_a_late_pin_is_refused():
+    """The test process imported visctx first: MKL runs the branch the pin asks for. A process whose
+    torch multiplied matrices before the variable was set keeps MKL's native branch: refused."""
+    assert cpu.mkl_branch() == "compatible" and cpu.fingerprint()["blas"] == "mkl/compatible"
+    code = ("import os, torch; torch.ones(8, 8) @ torch.ones(8, 8); os.environ['MKL_CBWR'] = 'COMPATIBLE'; "
+            "from visctx import cpu; print(cpu.mkl_branch()); cpu.check()")
+    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS}
+    env |= {k: v for k, v in cpu.LEVELS["avx2"].items() if k != "MKL_CBWR"} | {cpu.PIN_VAR: "avx2"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stdout.strip() == "off", proc.stdout + proc.stderr
+    assert "MKL computes with its 'off' branch" in proc.stderr
 
 
 def test_a_model_made_with_other_kernels_is_refused():

@@ -18,7 +18,8 @@ def test_no_import_cycle_among_the_modules():
 
 
 def test_params_validation_imports_no_training_code():
-    assert set(imports.closure("config")) <= {"config", "context", "strategy", "files"}  # files: atomic writes, no visctx import
+    # files: atomic writes; __init__ and cpu: the kernel pin every process runs first
+    assert set(imports.closure("config")) <= {"config", "context", "strategy", "files", "__init__", "cpu"}
     assert not {"train", "collate", "fit", "data", "evaluate"} & set(imports.closure("model"))
 
 
@@ -30,6 +31,8 @@ def test_cycles_are_found(tmp_path):
     (src / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from visctx import a\n")
     assert imports.cycles(src) == [["a", "b"]]
     assert imports.closure("c", src=src) == ["c"]  # typing-only imports never run
+    (src / "__init__.py").write_text("from visctx.c import y\n")  # runs before any module of the package
+    assert imports.closure("b", src=src) == ["__init__", "a", "b", "c"]
 
 
 def test_a_change_to_any_imported_module_changes_the_digest(tmp_path):
@@ -43,6 +46,10 @@ def test_a_change_to_any_imported_module_changes_the_digest(tmp_path):
     imports.direct_imports.cache_clear()
     (src / "context.py").write_text((src / "context.py").read_text() + "\n# imported through config\n")
     assert imports.digest("fit", src=src) != before
+    imports.direct_imports.cache_clear()
+    feat = imports.digest("features", src=src)  # imports no cpu itself: the package's __init__ does
+    (src / "cpu.py").write_text((src / "cpu.py").read_text() + "\n# the pin every process runs\n")
+    assert imports.digest("features", src=src) != feat
     imports.direct_imports.cache_clear()
 
 

@@ -17,13 +17,18 @@ machine), or ``off`` (native kernels, for the control run). A value already in t
 is kept, and :func:`check` refuses to compute when what the libraries actually use is not the pin
 (torch used before visctx was imported, a CPU below the pin, a contradicting variable).
 
-BLAS is MKL, linked into torch's CPU wheel. On AMD it runs the same 256-bit kernel whatever it is
-told (``MKL_CBWR``, ``MKL_ENABLE_INSTRUCTIONS`` are ignored), so AMD CPUs agree without a pin; on
-Intel it picks other kernels, and only ``MKL_CBWR=COMPATIBLE`` was the same on every CPU tried, at
-about twice the training time (measured, platform-notes). That would break the default study's
-time budget, so MKL is not pinned: the fingerprint names the CPU vendor, and a model or evaluation
-made on one vendor is refused on the other instead of being silently mixed (README, *Same bytes
-on every machine*).
+BLAS is MKL, linked into torch's CPU wheel, and it chooses its kernels by vendor as well as by
+instruction set: on AMD it runs one 256-bit kernel whatever it is told; on Intel it picks AVX-512
+or AVX2 kernels, and their bits differ from AMD's (measured on a real Intel Xeon, 2026-12-02: the
+base's training loss left the AMD machine's committed curve within 400 steps, under MKL's default
+and under ``MKL_CBWR=AVX2`` alike; the forward-only feature encoding agreed). So the pinned levels
+also set ``MKL_CBWR=COMPATIBLE``, MKL's conditional-numerical-reproducibility branch that gives the
+same results on every x86-64 CPU, Intel or not, at a fixed thread count (every job sets its
+threads). It costs time (the base's training ran 1.4x longer on the Intel machine; the harness
+measures it); :func:`check` reads the branch MKL actually runs (``mkl_serv_cbwr_get``, exported by
+torch's CPU library) and refuses another, and the fingerprint says ``mkl/compatible``, not the vendor.
+Under ``off`` MKL runs natively and the fingerprint names the CPU vendor, so results of two vendors
+are refused side by side instead of mixed (README, *Same bytes on every machine*).
 """
 
 from __future__ import annotations
@@ -37,9 +42,13 @@ DEFAULT_LEVEL = "avx2"
 # NumPy 2.x's x86 dispatch targets above AVX2 (X86_V3) are X86_V4 and the AVX512_* groups.
 _NPY_AVX512 = "X86_V4 AVX512_ICL AVX512_SPR"
 LEVELS: dict[str, dict[str, str]] = {
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "NPY_DISABLE_CPU_FEATURES": _NPY_AVX512},
-    "default": {"ATEN_CPU_CAPABILITY": "default", "NPY_DISABLE_CPU_FEATURES": f"X86_V3 {_NPY_AVX512}"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "NPY_DISABLE_CPU_FEATURES": _NPY_AVX512, "MKL_CBWR": "COMPATIBLE"},
+    "default": {"ATEN_CPU_CAPABILITY": "default", "NPY_DISABLE_CPU_FEATURES": f"X86_V3 {_NPY_AVX512}",
+                "MKL_CBWR": "COMPATIBLE"},
 }
+# MKL's branch codes (mkl_cbwr.h), as mkl_serv_cbwr_get(MKL_CBWR_BRANCH) returns them
+MKL_BRANCHES = {1: "off", 2: "auto", 3: "compatible", 4: "sse2", 6: "ssse3", 7: "sse4_1", 8: "sse4_2", 9: "avx",
+                10: "avx2", 12: "avx512", 14: "avx512_e1"}
 ALLOWED = (*LEVELS, "off")
 
 
@@ -83,16 +92,35 @@ def cpu_vendor() -> str:
     return platform.processor() or "unknown"
 
 
+def mkl_branch() -> str | None:
+    """The code branch MKL computes with in this process (``compatible`` under the pin), or None
+    where torch's library does not export MKL's query (a build without MKL)."""
+    import ctypes
+
+    import torch as _torch
+
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(_torch.__file__), "lib", "libtorch_cpu.so"))
+        get = lib.mkl_serv_cbwr_get
+    except (OSError, AttributeError):
+        return None
+    get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+    code = get(1)  # MKL_CBWR_BRANCH
+    return MKL_BRANCHES.get(code, str(code))
+
+
 def fingerprint(torch: bool = True) -> dict[str, Any]:
     """What decides the bits of this process's results, the same on every machine under one pin:
     the pin, NumPy's dispatch targets and, with ``torch``, torch's kernel capability and the BLAS
-    path (MKL, by vendor). Recorded in every model, training summary, evaluation and fit;
+    path (MKL's compatible branch, or the vendor whose kernels MKL picked). Recorded in every model, training summary, evaluation and fit;
     compared by :func:`require_same`. ``torch=False`` for NumPy-only work (the fits)."""
     fp: dict[str, Any] = {"pin": level(), "numpy": _numpy_dispatch()}
     if torch:
         import torch as _torch
 
-        fp |= {"torch": _torch.backends.cpu.get_cpu_capability(), "blas": f"mkl/{cpu_vendor()}"}
+        branch = mkl_branch()
+        blas = "mkl/compatible" if branch == "compatible" else f"mkl/{cpu_vendor()}"
+        fp |= {"torch": _torch.backends.cpu.get_cpu_capability(), "blas": blas}
     return fp
 
 
@@ -112,6 +140,14 @@ def check(torch: bool = True) -> dict[str, Any]:
         raise CpuPinError(f"torch computes with {fp['torch']} kernels, but {PIN_VAR}={lv} needs {torch_want}: "
                           f"torch ran a tensor op before visctx was imported (import visctx first), or this "
                           f"CPU lacks {torch_want}")
+    env_mkl = os.environ.get("MKL_CBWR")
+    if env_mkl is not None and env_mkl.upper() != want["MKL_CBWR"]:
+        raise CpuPinError(f"MKL_CBWR={env_mkl} contradicts {PIN_VAR}={lv} (MKL_CBWR={want['MKL_CBWR']}: the same "
+                          f"BLAS bits on Intel and AMD); unset one of them, or {PIN_VAR}=off to compute natively")
+    if torch and fp["blas"] != "mkl/compatible" and mkl_branch() is not None:
+        raise CpuPinError(f"MKL computes with its {mkl_branch()!r} branch, but {PIN_VAR}={lv} needs 'compatible' "
+                          f"(MKL_CBWR=COMPATIBLE): torch ran a matrix product before visctx was imported "
+                          f"(import visctx first)")
     disabled = set(want["NPY_DISABLE_CPU_FEATURES"].split())
     leaked = sorted(disabled & set(fp["numpy"]))
     if leaked:

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from visctx import cpu
 from visctx.files import atomic_path, load_npy, write_json_atomic
 
 
@@ -228,6 +229,7 @@ def encode_shard(frames_npy: str | os.PathLike, frames_json: str | os.PathLike, 
         device: torch device of the tower (``cpu``, ``cuda``).
     """
     torch.set_num_threads(threads)
+    kernels = cpu.check()  # the tower's products go through MKL too: the pinned kernels, or an error
     with open(frames_json) as f:
         meta = json.load(f)
     frames = load_npy(frames_npy, mmap_mode="r")
@@ -251,7 +253,8 @@ def encode_shard(frames_npy: str | os.PathLike, frames_json: str | os.PathLike, 
         del arr
     out = {"videos": list(meta["videos"]), "frames": int(F), "grid": int(G), "dim": int(D),
            "layer": int(layer), "vision_tower": str(vision_tower),
-           "quarantined": list(meta.get("quarantined", [])), "short": list(meta.get("short", []))}
+           "quarantined": list(meta.get("quarantined", [])), "short": list(meta.get("short", [])),
+           "cpu": kernels}
     write_json_atomic(out_json, out)
     return out
 

@@ -4,7 +4,9 @@ command runs, for the rules' code digests, and the test that the layers have no 
 Why not hand-kept lists: a rule's digest that omits a module its command imports (``fits`` once
 covered only ``fit.py`` though it imports ``context`` and ``config``) leaves Snakemake thinking a
 job is current after that module changed. Every ``import`` counts, at module level or inside a
-function (lazy imports run too).
+function (lazy imports run too), and so does the package's ``__init__`` (it runs before any module
+of the package: it pins the CPU kernels, so :mod:`visctx.cpu` is in every command's code; feature
+encoding once escaped a change of the pin because its closure had no ``cpu``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = "visctx"
+INIT = "__init__"  # the package's own module: imported first by every ``import visctx.<module>``
 SRC = Path(__file__).resolve().parent
 
 
@@ -48,9 +51,9 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 
 def closure(*modules: str, src: Path = SRC) -> list[str]:
-    """``modules`` and everything they import, transitively (sorted names)."""
+    """``modules``, the package's ``__init__`` and everything they import, transitively (sorted names)."""
     seen: set[str] = set()
-    todo = list(modules)
+    todo = list(modules) + ([INIT] if (src / f"{INIT}.py").is_file() else [])
     while todo:
         m = todo.pop()
         if m in seen:

@@ -152,11 +152,10 @@ def encoder_passes(data_dir: Path) -> dict[str, Any]:
 
 def kernel_cost(run: _Runner, tmp: Path, steps: int = 150) -> dict[str, Any]:
     """What the CPU-kernel pin costs (:mod:`visctx.cpu`): one training job of the study's base
-    mixture, ``steps`` steps, run with the pin (the default), with native kernels
-    (``VISCTX_CPU_PIN=off``) and with MKL's conditional-numerical-reproducibility mode
-    (``MKL_CBWR=COMPATIBLE``, what would make Intel and AMD CPUs agree too): seconds inside the
-    training loop and each one's ratio to the pinned run. On a CPU whose best level is the pin the
-    first two coincide."""
+    mixture, ``steps`` steps, run with the pin (the default: torch and NumPy at AVX2, MKL on its
+    compatible branch), with native kernels (``VISCTX_CPU_PIN=off``) and with torch and NumPy
+    pinned but MKL native (what the pin cost before MKL was pinned; Intel and AMD then disagree):
+    seconds inside the training loop and each one's ratio to the pinned run."""
     from visctx.config import base_arms, load_params
 
     cfg = load_params(run.root / "params.yaml")
@@ -169,13 +168,17 @@ def kernel_cost(run: _Runner, tmp: Path, steps: int = 150) -> dict[str, Any]:
             f"--{'' if base.get('group_by_video') else 'no-'}group-by-video", "--seed", "0",
             "--threads", str(cfg["train"]["threads"]), "--no-progress-bar"]
     out: dict[str, Any] = {"steps": steps}
-    for name, env in (("pinned", {}), ("native", {"VISCTX_CPU_PIN": "off"}), ("mkl_compatible", {"MKL_CBWR": "COMPATIBLE"})):
+    from visctx import cpu
+
+    mkl_native = {"VISCTX_CPU_PIN": "off"} | {k: v for k, v in cpu.LEVELS[cpu.DEFAULT_LEVEL].items() if k != "MKL_CBWR"}
+    for name, env in (("pinned", {}), ("native", {"VISCTX_CPU_PIN": "off"}), ("mkl_native", mkl_native)):
         d = tmp / f"kernels-{name}"
         run([*args, "--out-dir", str(d / "model"), "--log-dir", str(d / "logs")], VISCTX_PRELOAD="0", **env)
         summary = json.loads((d / "model/train_summary.json").read_text())
         out[f"{name}_s"] = round(read_seconds(d / "model/train_summary.json"), 2)
         out[f"{name}_torch"] = summary["cpu"]["torch"]
-    for name in ("native", "mkl_compatible"):
+        out[f"{name}_blas"] = summary["cpu"]["blas"]
+    for name in ("native", "mkl_native"):
         out[f"{name}_ratio"] = round(out[f"{name}_s"] / out["pinned_s"], 3)
     return out
 
@@ -337,10 +340,11 @@ def to_markdown(r: dict) -> str:
     lines += [f"| {k} | {s[f'{k}_wall_s']} | {s[f'{k}_overhead_s']} |" for k in ("plain", "preload_cold", "preload_warm")]
     if "kernels" in r:
         k = r["kernels"]
-        lines += ["", f"| CPU kernels, base mixture, {k['steps']} steps | torch kernels | seconds | ratio |",
-                  "|---|---|---|---|",
-                  f"| pinned (default) | {k['pinned_torch']} | {k['pinned_s']} | 1 |",
-                  f"| native (`VISCTX_CPU_PIN=off`) | {k['native_torch']} | {k['native_s']} | {k['native_ratio']} |",
-                  f"| pinned + `MKL_CBWR=COMPATIBLE` | {k['mkl_compatible_torch']} | {k['mkl_compatible_s']} | "
-                  f"{k['mkl_compatible_ratio']} |"]
+        lines += ["", f"| CPU kernels, base mixture, {k['steps']} steps | torch kernels | BLAS | seconds | ratio |",
+                  "|---|---|---|---|---|",
+                  f"| pinned (default) | {k['pinned_torch']} | {k.get('pinned_blas', '')} | {k['pinned_s']} | 1 |",
+                  f"| native (`VISCTX_CPU_PIN=off`) | {k['native_torch']} | {k.get('native_blas', '')} | {k['native_s']} | "
+                  f"{k['native_ratio']} |",
+                  f"| torch and NumPy pinned, MKL native | {k['mkl_native_torch']} | {k.get('mkl_native_blas', '')} | "
+                  f"{k['mkl_native_s']} | {k['mkl_native_ratio']} |"]
     return "\n".join(lines) + "\n"
