@@ -3,6 +3,7 @@ step builds the tidy table."""
 
 import ast
 import collections.abc
+import dataclasses
 import importlib
 import inspect
 import json
@@ -205,18 +206,25 @@ def test_the_registry_is_what_its_annotation_says():
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_command_parses_a_real_call(name):
-    """Each given option arrives as its value, of its annotation's type; the others are the defaults."""
+    """Each given option arrives as its value, of its annotation's type; the others are the defaults.
+    An options object (``train``'s TrainOptions) arrives built, each field an option of its own."""
     argv, want = CALLS[name]
     module, func, _ = COMMANDS[name]
     func = getattr(importlib.import_module(module), func)
     hints, params = typing.get_type_hints(func), inspect.signature(func).parameters
-    got = parse(name, argv)
-    assert set(got) == set(params)
+    got = cli.parse_command(name, func, argv)
+    assert set(got) == {k for k, p in params.items() if p.kind is not p.VAR_KEYWORD}
+    defaults = {k: p.default for k, p in params.items()}
+    for pname, cls in cli._options_params(func).items():
+        assert isinstance(got[pname], cls), (pname, got[pname])
+        hints |= typing.get_type_hints(cls)
+        defaults |= {f.name: f.default for f in dataclasses.fields(cls)}
+        got |= dataclasses.asdict(got.pop(pname))
     for key, value in got.items():
         if key in want:
             assert value == want[key] and conforms(value, hints[key]), (key, value, hints[key])
         else:
-            assert value == params[key].default, key
+            assert value == defaults[key], key
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -228,7 +236,12 @@ def test_help_of_every_command_shows_the_help_of_its_options(name, capsys):
         main([name, "--help"])
     assert e.value.code == 0
     shown = "".join(capsys.readouterr().out.split())  # argparse rewraps the text
-    for pname in inspect.signature(func).parameters:
+    options = cli._options_params(func)
+    names = [p for p, v in inspect.signature(func).parameters.items() if p not in options and v.kind is not v.VAR_KEYWORD]
+    for cls in options.values():  # an options object's fields are helped by its own Args
+        names += [f.name for f in dataclasses.fields(cls)]
+        helps |= parse_docstring(inspect.getdoc(cls))[1]
+    for pname in names:
         assert helps.get(pname), f"{name}: --{pname.replace('_', '-')} has no entry in {func.__name__}'s Args"
         assert f"--{pname.replace('_', '-')}" in shown
         assert "".join(helps[pname].split()) in shown, pname

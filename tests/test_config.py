@@ -192,7 +192,7 @@ def test_dvc_exp_run_set_param_rewrites_only_the_value_it_sets(tmp_path, path, o
 def test_params_yaml_holds_the_knobs_and_overrides_the_documented_config(tmp_path):
     """DVC shows every key of params.yaml as a column of `dvc exp show`: it holds the knobs only;
     config/config.yaml (every setting) is under it, and a key set in params.yaml wins."""
-    assert set(yaml.safe_load(PARAMS.read_text())) == {"preset", "window", "seeds"}
+    assert set(yaml.safe_load(PARAMS.read_text())) == {"preset", "results", "window", "seeds"}
     shutil.copytree(ROOT / "config", tmp_path / "config")
     (tmp_path / "params.yaml").write_text("preset: embedded\nwindow: 200\nseeds: [0]\ntrain: {arm: {steps: 7}}\n")
     p = load_params(tmp_path / "params.yaml")
@@ -218,6 +218,11 @@ def test_each_stage_reads_its_resolved_params(tmp_path):
     shutil.copytree(ROOT / "config", tmp_path / "config")
     paper = tmp_path / "params.yaml"
     paper.write_text(PARAMS.read_text().replace("preset: embedded", "preset: paper"))
+    with pytest.raises(ParamsError, match=r"preset 'paper' writes under 'results-paper', but .*params\.yaml's results "
+                                          r".* is 'results': set both, e\.g\. `dvc exp run -S preset=paper -S "
+                                          r"results=results-paper`"):
+        write_stage_params(str(paper), str(out))  # DVC's stage paths would be the default's
+    paper.write_text(paper.read_text().replace("results: results ", "results: results-paper "))
     write_stage_params(str(paper), str(out))
     assert json.loads((out / "analyze.json").read_text())["window"] == 6000  # the preset resolved
     assert (out / "train.json").stat().st_mtime_ns != mtime
@@ -226,5 +231,5 @@ def test_each_stage_reads_its_resolved_params(tmp_path):
     assert (out / "train.json").stat().st_mtime_ns == mtime  # unchanged: not rewritten
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for stage in STAGE_PARAMS:  # each DVC stage depends on its file, and declares no params of its own
-        assert f"results/params/{stage}.json" in stages[stage]["deps"] and "params" not in stages[stage]
+        assert f"${{results}}/params/{stage}.json" in stages[stage]["deps"] and "params" not in stages[stage]
     assert {"params.yaml", "config/config.yaml"} <= set(stages["params"]["deps"])

@@ -23,9 +23,10 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def paper_project(tmp_path_factory) -> Path:
-    """A copy of the project with one-record annotation files where the paper preset expects them."""
+    """A copy of the project with one-record annotation files where the paper preset expects them,
+    holding the embedded default's committed artifacts (its results/ as a clone has it)."""
     dst = tmp_path_factory.mktemp("paper")
-    for item in ("Snakefile", "params.yaml", "config", "workflow", "profiles", "src"):
+    for item in ("Snakefile", "params.yaml", "config", "workflow", "profiles", "src", "results"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst / item)
     shutil.copy2(ROOT / "slurm", dst / "slurm", follow_symlinks=False)  # the repository's link to profiles/slurm
@@ -106,11 +107,21 @@ def test_every_job_of_the_paper_is_listed(dry_run):
         assert len(found[rule]) == 1
 
 
+def test_the_paper_preset_writes_under_its_own_root(paper_project, dry_run):
+    """Presets apart: in a clone holding the embedded default's results, the paper's dry run plans
+    its whole study (above) and every job it plans reads and writes under results-paper/, none
+    under the default's results/."""
+    assert (paper_project / "results/tables/arms.csv").is_file()  # the default's artifacts are there
+    paths = re.findall(r"^\s+(?:input|output|log): (.*)$", dry_run, flags=re.M)
+    files = [f for line in paths for f in line.split(", ") if f.startswith("results")]
+    assert files and all(f.startswith("results-paper/") for f in files), [f for f in files if not f.startswith("results-paper/")][:5]
+
+
 def test_training_and_evaluation_read_frames_and_name_the_tower(dry_run):
     blocks = {m.group(1): block for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run)
               if (m := re.match(r"(?:local)?rule (\w+):", block))}
-    assert "results/data/frames/train/shard-000.npy" in blocks["train_arm"]
-    assert "results/data/features/" not in dry_run
+    assert "results-paper/data/frames/train/shard-000.npy" in blocks["train_arm"]
+    assert "/data/features/" not in dry_run
     params = load_params(ROOT / "params.yaml", {"preset": "paper"})
     assert params["model"]["vision_trainable"] is False  # frozen, as in the paper
 

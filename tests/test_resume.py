@@ -38,7 +38,7 @@ def root(tmp_path_factory):
 def run(root, name, steps, **kw):
     args = dict(ARGS, **kw)
     return train(str(root / name / "model"), str(root / "train.json"), str(root / "features/train"),
-                 str(root / "llm"), ARMS, steps, log_dir=str(root / name / "train"), **args)
+                 str(root / "llm"), ARMS, steps=steps, log_dir=str(root / name / "train"), **args)
 
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -201,3 +201,18 @@ def test_a_run_with_other_settings_is_not_resumed(root, monkeypatch):
     monkeypatch.setattr(VideoLM, "training_step", original)
     s = run(root, "clip", 14, ckpt_every=3, gradient_clipping=1.0)  # not in the old path-only key
     assert not s["resumed"]
+
+
+def test_the_options_object_is_what_a_run_resumes_on():
+    """TrainOptions is the one schema: every field but how a run is watched and checkpointed keys
+    the resume (a new field cannot be forgotten there), and a misspelt option is refused by name."""
+    import dataclasses
+
+    from visctx.train import TrainOptions
+
+    o = TrainOptions.of(steps=4, batch_size=2, lr=1e-3, warmup_steps=0, seed=0, threads=1)
+    assert set(o.run_config()) == {f.name for f in dataclasses.fields(TrainOptions)} - {"progress_bar", "ckpt_every"}
+    assert TrainOptions.of(o, gradient_clipping=1.0).run_config() != o.run_config()
+    assert TrainOptions.of(o, progress_bar=False, ckpt_every=1).run_config() == o.run_config()
+    with pytest.raises(TypeError, match="unknown training option.*gradient_clip\\b"):
+        TrainOptions.of(o, gradient_clip=1.0)

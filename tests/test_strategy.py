@@ -350,7 +350,7 @@ def test_the_global_batch_must_split_over_the_ranks(tmp_path):
     from visctx.train import train
 
     with pytest.raises(ValueError, match=r"batch_size=6 .* 4 ranks \(train.scale.devices"):
-        train(str(tmp_path / "o"), "t.json", "f", "i", ["T1-M1-pool"], 1, batch_size=6, lr=1e-3, warmup_steps=0,
+        train(str(tmp_path / "o"), "t.json", "f", "i", ["T1-M1-pool"], steps=1, batch_size=6, lr=1e-3, warmup_steps=0,
               seed=0, threads=1, log_dir=str(tmp_path / "l"), devices=4)
 
 

@@ -55,7 +55,7 @@ def run(root, out, init, arms, steps, log, **kw):
     args = dict(batch_size=8, lr=3e-3, warmup_steps=3, seed=0, threads=1, progress_bar=False)
     args.update(kw)
     return train(str(root / out), str(root / "train.json"), str(root / "features" / "train"), str(init), arms,
-                 steps, log_dir=str(root / log), **args)
+                 steps=steps, log_dir=str(root / log), **args)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_arms_sharing_a_process_train_and_score_exactly_as_alone(base):
     root, _ = base
     args = dict(batch_size=8, lr=1e-3, warmup_steps=3, seed=0, threads=1, progress_bar=False)
     summaries = train_arms(ARMS, str(root / "grouped"), str(root / "train.json"), str(root / "features/train"),
-                           str(root / "base"), 5, **args)
+                           str(root / "base"), steps=5, **args)
     assert list(summaries) == [a.id for a in ARMS] and all(s["steps"] == 5 for s in summaries.values())
     alone = ARMS[1]
     run(root, "alone/model", root / "base", [alone], 5, "alone/train", lr=1e-3)
@@ -170,7 +170,7 @@ def test_arms_sharing_a_process_train_and_score_exactly_as_alone(base):
         assert saved["arm"] == arm.id and saved["loss"] == scores[arm.id]["loss"]
     with pytest.raises(ValueError, match="twice"):
         train_arms([ARMS[0], ARMS[0]], str(root / "dup"), str(root / "train.json"), str(root / "features/train"),
-                   str(root / "base"), 1, **args)
+                   str(root / "base"), steps=1, **args)
 
 
 def test_masking_and_summary_arms_fine_tune_from_the_base_and_evaluate(base):
@@ -182,7 +182,7 @@ def test_masking_and_summary_arms_fine_tune_from_the_base_and_evaluate(base):
     arms = [Arm(2, 9, "tubetrain"), Arm(2, 9, "pool", summary=3, summary_window=9)]
     args = dict(batch_size=8, lr=1e-3, warmup_steps=0, seed=0, threads=1, progress_bar=False)
     out = train_arms(arms, str(root / "others"), str(root / "train.json"), str(root / "features/train"),
-                     str(root / "base"), 4, **args)
+                     str(root / "base"), steps=4, **args)
     assert all(np.isfinite(s["final_loss"]) for s in out.values())
     assert (root / f"others/{arms[1].id}/model" / SUMMARY_FILE).is_file()
     assert not (root / f"others/{arms[0].id}/model" / SUMMARY_FILE).exists()
@@ -210,7 +210,7 @@ def test_length_groups_lower_the_padding_trained_on(setup, tmp_path):
     summaries = {}
     for groups in (0, 6):
         summaries[groups] = s = train(str(tmp_path / f"g{groups}"), str(corpus), str(root / "features/train"),
-                                      str(root / "llm"), [arm], 12, batch_size=8, lr=1e-3, warmup_steps=0, seed=0,
+                                      str(root / "llm"), [arm], steps=12, batch_size=8, lr=1e-3, warmup_steps=0, seed=0,
                                       threads=1, progress_bar=False, log_dir=str(tmp_path / f"logs{groups}"),
                                       length_groups=groups)
         assert s["steps"] == 12 and s["length_groups"] == groups and 0 <= s["pad_fraction"] < 1
@@ -219,7 +219,7 @@ def test_length_groups_lower_the_padding_trained_on(setup, tmp_path):
     assert summaries[6]["tokens"] == summaries[0]["tokens"] and summaries[0]["pad_fraction"] > 0.05
     assert summaries[6]["pad_fraction"] < 0.5 * summaries[0]["pad_fraction"], summaries
     with pytest.raises(ValueError, match="length_groups"):
-        train(str(tmp_path / "bad"), str(corpus), str(root / "features/train"), str(root / "llm"), [arm], 1,
+        train(str(tmp_path / "bad"), str(corpus), str(root / "features/train"), str(root / "llm"), [arm], steps=1,
               batch_size=8, lr=1e-3, warmup_steps=0, seed=0, threads=1, progress_bar=False,
               log_dir=str(tmp_path / "logsbad"), length_groups=-1)
 

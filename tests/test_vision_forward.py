@@ -68,7 +68,7 @@ def run(root, out, visual="frames", init=None, steps=3, **kw):
     args = dict(batch_size=4, lr=3e-3, warmup_steps=0, seed=0, threads=1, progress_bar=False)
     args.update(kw)
     return train(str(root / out), str(root / "train.json"), str(root / visual / "train"), str(init or root / "llm"),
-                 [ARMS[0]], steps, log_dir=str(root / out / "logs"), **args)
+                 [ARMS[0]], steps=steps, log_dir=str(root / out / "logs"), **args)
 
 
 def tower_state(path):

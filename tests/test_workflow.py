@@ -73,7 +73,7 @@ def project(tmp_path_factory) -> Path:
                                                              **({"ignore": shutil.ignore_patterns("tmp", "cache", "__pycache__")} if src.is_dir() else {}))
     params = deep_merge(raw_params(ROOT / "params.yaml"), MICRO)
     params["benchmarks"] = bench_fixtures(dst / "bench_videos")
-    knobs = {k: params.pop(k) for k in ("preset", "window", "seeds")}  # as the repository splits them
+    knobs = {k: params.pop(k) for k in ("preset", "results", "window", "seeds")}  # as the repository splits them
     (dst / "config/config.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dst / "params.yaml").write_text(yaml.safe_dump(knobs, sort_keys=False))
     load_params(dst / "params.yaml")  # the micro config is itself valid

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import dataclasses
 import enum
 import importlib
 import inspect
@@ -277,26 +278,71 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def _options_type(tp: Any) -> type | None:
+    """The dataclass an options parameter is annotated with (``X`` or ``X | None``), else None."""
+    members = _members(tp)
+    candidates = members if members is not None else [tp]
+    found = [m for m in candidates if dataclasses.is_dataclass(m) and isinstance(m, type)]
+    return found[0] if len(found) == 1 and len(candidates) == 1 else None
+
+
+def _options_params(func: Callable) -> dict[str, type]:
+    """{parameter: its dataclass} for ``func``'s options object: a parameter named ``options``
+    (or ``*_options``) annotated with a dataclass, each field an option of its own on the command
+    line (litgpt's way: the options type is the schema). Other dataclasses (an ``Arm``) are values."""
+    hints = typing.get_type_hints(func)
+    return {name: cls for name in inspect.signature(func).parameters
+            if (name == "options" or name.endswith("_options")) and (cls := _options_type(hints.get(name))) is not None}
+
+
 def build_parser(name: str, func: Callable) -> argparse.ArgumentParser:
     """The parser of ``visctx name``: an option per parameter of ``func`` (``out_dir`` ->
-    ``--out-dir``), typed by its annotation, helped by its docstring's ``Args:`` entry."""
+    ``--out-dir``), typed by its annotation, helped by its docstring's ``Args:`` entry; a parameter
+    annotated with a dataclass (an options object) gives an option per field instead, helped by
+    the dataclass's ``Args:`` (:func:`_options_params`)."""
     description, helps = parse_docstring(inspect.getdoc(func))
     parser = argparse.ArgumentParser(prog=f"visctx {name}", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(func)
+    options = _options_params(func)
+    entries: list[tuple[str, Any, Any, str]] = []  # (name, annotation, default or empty, help)
     for pname, p in inspect.signature(func).parameters.items():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        required = p.default is inspect.Parameter.empty
-        default = None if required else p.default
-        kwargs = _argument(hints.get(pname, str))
+        if pname in options:
+            cls = options[pname]
+            field_helps = parse_docstring(inspect.getdoc(cls))[1]
+            field_hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                default = f.default if f.default is not dataclasses.MISSING else (
+                    f.default_factory() if f.default_factory is not dataclasses.MISSING else inspect.Parameter.empty)
+                entries.append((f.name, field_hints[f.name], default, field_helps.get(f.name, "")))
+            continue
+        entries.append((pname, hints.get(pname, str), p.default, helps.get(pname, "")))
+    seen: set[str] = set()
+    for pname, tp, default, help_text in entries:
+        if pname in seen:
+            raise TypeError(f"visctx {name}: option --{pname.replace('_', '-')} is defined twice (a parameter "
+                            f"and a field of its options object)")
+        seen.add(pname)
+        required = default is inspect.Parameter.empty
+        default = None if required else default
+        kwargs = _argument(tp)
         if kwargs.get("action") is not argparse.BooleanOptionalAction:
             kwargs.setdefault("metavar", pname.upper())
-        text = f"{helps.get(pname, '')} ({'required' if required else 'default: ' + _shown(default)})".strip()
+        text = f"{help_text} ({'required' if required else 'default: ' + _shown(default)})".strip()
         action = parser.add_argument("--" + pname.replace("_", "-"), dest=pname, required=required,
                                      default=default, **kwargs)
         action.help = text.replace("%", "%%")  # after: BooleanOptionalAction appends its own default
     return parser
+
+
+def parse_command(name: str, func: Callable, argv: list[str]) -> dict[str, Any]:
+    """``func``'s keyword arguments from ``argv``: options objects built from their fields."""
+    args = vars(build_parser(name, func).parse_args(argv))
+    for pname, cls in _options_params(func).items():
+        args[pname] = cls(**{f.name: args.pop(f.name) for f in dataclasses.fields(cls)})
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,7 +370,7 @@ def run_command(argv: list[str]) -> int:
         return 0
     module, fname, _ = COMMANDS[argv[0]]
     func = getattr(importlib.import_module(module), fname)
-    args = vars(build_parser(argv[0], func).parse_args(argv[1:]))
+    args = parse_command(argv[0], func, argv[1:])
     try:
         result = func(**args)
     except (ValueError, KeyError, FileNotFoundError) as e:

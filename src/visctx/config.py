@@ -484,6 +484,11 @@ def write_stage_params(params: str = "params.yaml", out_dir: str = "results/para
     from visctx.files import atomic_path
 
     resolved = load_params(params)
+    templated = _read_mapping(Path(params)).get("results")  # what dvc.yaml's ${results} paths are built from
+    if templated != resolved["results"]:
+        raise ParamsError(f"results: preset {resolved.get('preset')!r} writes under {resolved['results']!r}, but "
+                          f"{params}'s results (the root of DVC's stage paths) is {templated!r}: set both, e.g. "
+                          f"`dvc exp run -S preset={resolved.get('preset')} -S results={resolved['results']}`")
     written = {}
     for stage in STAGE_PARAMS:
         path = Path(out_dir) / f"{stage}.json"

@@ -8,6 +8,7 @@ projector; a trained model dir (has ``projector.safetensors``) is continued.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -15,8 +16,9 @@ import os
 import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, ClassVar, Sequence
 
 import lightning as L
 import numpy as np
@@ -222,59 +224,22 @@ def _remove(ckpt: Path) -> None:
     shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink(missing_ok=True)
 
 
-def train(
-    out_dir: str,
-    train_json: str,
-    features_dir: str,
-    init: str,
-    arms: list[Arm],
-    steps: int,
-    batch_size: int,
-    lr: float,
-    warmup_steps: int,
-    seed: int,
-    threads: int,
-    log_dir: str,
-    progress_bar: bool = True,
-    weight_decay: float = 0.0,
-    ckpt_every: int = 200,
-    prompt_format: dict | None = None,
-    accelerator: str = "cpu",
-    precision: str = "32-true",
-    arm_sampling: str = "uniform",
-    strategy: str = "auto", zero_stage: int = 2, offload_optimizer: bool = False, offload_params: bool = False,
-    gradient_checkpointing: bool = False, attn_implementation: str = "sdpa", devices: int = 1, num_nodes: int = 1,
-    gradient_clipping: float = 0.0,
-    length_groups: int = 0,
-    group_by_video: bool = False,
-    vision_tower: str | None = None,
-    vision_layer: int = -2,
-    vision_trainable: bool = False,
-) -> dict:
-    """Train projector + LLM on answer tokens for ``steps`` steps; save the model dir atomically.
-
-    An interrupted run resumes exactly (same batches, same final weights and losses as an
-    uninterrupted run) from its newest readable checkpoint in ``log_dir`` (``last.ckpt`` and the
-    two newest ``step=N.ckpt``, every ``ckpt_every`` steps). Returns the summary that is also
-    written to ``<out_dir>/train_summary.json`` (``pad_fraction``: how much of the padded batches
-    was padding; ``tokens``: real tokens trained on).
+@dataclass(frozen=True)
+class TrainOptions:
+    """How one training run trains: the options of ``visctx train`` and ``train-arms`` (one flag per
+    field, as the rules pass them from ``train.base`` / ``train.arm`` / ``train.scale``), the
+    settings a resumed run must share (:meth:`run_config`), and what :func:`train` and
+    :func:`train_arms` take. Why one type: the two entry points repeated 25 keywords each, and
+    the resume check compared a hand-kept subset.
 
     Args:
-        out_dir: the model dir to write (``VideoModel.save``; replaced atomically).
-        train_json: the instruction JSON (LLaVA-style records).
-        features_dir: cached features, or frames (``model.vision_features: forward``): then the
-            model runs ``vision_tower`` (its ``vision_layer``) in the forward, trained too if
-            ``vision_trainable``; a trained ``init`` brings its own tower.
-        init: a pretrained LLM (hub name or ``save_pretrained`` dir) or a trained model dir to continue.
-        arms: one arm (a fine-tune) or every arm of the study (the base; one arm drawn per batch).
         steps: optimizer steps.
         batch_size: the global batch (split over ``devices`` x ``num_nodes`` ranks).
         lr: AdamW's peak learning rate.
         warmup_steps: linear warmup to ``lr``, then linear decay to 0 at ``steps``.
         seed: seeds the init, the batches and the arm drawn for each.
         threads: torch's CPU threads.
-        log_dir: checkpoints and Lightning's CSV log.
-        progress_bar: show Lightning's progress bar.
+        progress_bar: show Lightning's progress bar (else a progress line every ~5 % of the steps).
         weight_decay: AdamW's weight decay (not on norms and biases).
         ckpt_every: steps between checkpoints.
         prompt_format: PromptFormat fields (JSON), or {"chat_template": true[, "frame_label"]} for a fresh model; a trained model dir keeps its own.
@@ -297,7 +262,86 @@ def train(
         vision_layer: the tower's hidden state the projector reads (-2: the penultimate).
         vision_trainable: train the tower too (only with the tower in the forward).
     """
-    options = {k: v for k, v in locals().items()}  # the full run configuration, for the resume check
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    seed: int
+    threads: int
+    progress_bar: bool = True
+    weight_decay: float = 0.0
+    ckpt_every: int = 200
+    prompt_format: dict | None = None
+    accelerator: str = "cpu"
+    precision: str = "32-true"
+    arm_sampling: str = "uniform"
+    strategy: str = "auto"
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    devices: int = 1
+    num_nodes: int = 1
+    gradient_clipping: float = 0.0
+    length_groups: int = 0
+    group_by_video: bool = False
+    vision_tower: str | None = None
+    vision_layer: int = -2
+    vision_trainable: bool = False
+
+    # how the run is watched and checkpointed, not what it computes: a resumed run may differ in them
+    NOT_RESUMED: ClassVar[tuple[str, ...]] = ("progress_bar", "ckpt_every")
+
+    @classmethod
+    def of(cls, options: TrainOptions | None = None, **fields: Any) -> TrainOptions:
+        """``options`` with ``fields`` replaced, or the options made of ``fields`` alone; an unknown
+        field is an error naming it."""
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown training option(s) {', '.join(unknown)}; TrainOptions has "
+                            f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+        return dataclasses.replace(options, **fields) if options is not None else cls(**fields)
+
+    def run_config(self) -> dict[str, Any]:
+        """The fields a run resumes on (in field order: it is written to ``run_config.json``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.NOT_RESUMED}
+
+
+def train(
+    out_dir: str,
+    train_json: str,
+    features_dir: str,
+    init: str,
+    arms: list[Arm],
+    log_dir: str,
+    options: TrainOptions | None = None,
+    **overrides,
+) -> dict:
+    """Train projector + LLM on answer tokens for ``options.steps`` steps; save the model dir atomically.
+
+    An interrupted run resumes exactly (same batches, same final weights and losses as an
+    uninterrupted run) from its newest readable checkpoint in ``log_dir`` (``last.ckpt`` and the
+    two newest ``step=N.ckpt``, every ``ckpt_every`` steps), if it is the same run: the content of
+    every input and the whole :class:`TrainOptions` but what cannot change the result
+    (:data:`TrainOptions.NOT_RESUMED`). Returns the summary that is also written to
+    ``<out_dir>/train_summary.json`` (``pad_fraction``: how much of the padded batches was padding;
+    ``tokens``: real tokens trained on).
+
+    Args:
+        out_dir: the model dir to write (``VideoModel.save``; replaced atomically).
+        train_json: the instruction JSON (LLaVA-style records).
+        features_dir: cached features, or frames (``model.vision_features: forward``): then the
+            model runs ``vision_tower`` (its ``vision_layer``) in the forward, trained too if
+            ``vision_trainable``; a trained ``init`` brings its own tower.
+        init: a pretrained LLM (hub name or ``save_pretrained`` dir) or a trained model dir to continue.
+        arms: one arm (a fine-tune) or every arm of the study (the base; one arm drawn per batch).
+        log_dir: checkpoints and Lightning's CSV log.
+        options: how to train (on the command line, one option per field).
+        overrides: fields of :class:`TrainOptions` by name, over ``options`` (or instead of it).
+    """
+    o = TrainOptions.of(options, **overrides)
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
@@ -306,26 +350,26 @@ def train(
     from visctx.model import Projector, is_model_dir, prompt_layout, replace_dir
     from visctx.pretrained import load_llm
 
-    if steps < 1 or batch_size < 1 or not arms:
+    if o.steps < 1 or o.batch_size < 1 or not arms:
         raise ValueError(f"train needs steps >= 1, batch_size >= 1 and at least one arm "
-                         f"(got steps={steps}, batch_size={batch_size}, arms={arms})")
+                         f"(got steps={o.steps}, batch_size={o.batch_size}, arms={arms})")
     arms = [a if isinstance(a, Arm) else Arm.from_id(str(a)) for a in arms]
     from visctx.strategy import build_strategy, configure_llm, full_weights, set_checkpointing
 
-    world = devices * num_nodes  # batch_size is the global batch, split over the ranks
-    if batch_size % world:
-        raise ValueError(f"batch_size={batch_size} (train.*.batch_size, the global batch) does not split evenly "
+    world = o.devices * o.num_nodes  # batch_size is the global batch, split over the ranks
+    if o.batch_size % world:
+        raise ValueError(f"batch_size={o.batch_size} (train.*.batch_size, the global batch) does not split evenly "
                          f"over {world} ranks (train.scale.devices x num_nodes)")
-    scale = build_strategy(strategy, zero_stage, offload_optimizer, offload_params, precision, gradient_checkpointing,
-                           attn_implementation, accelerator, devices, num_nodes, gradient_clipping, batch_size // world)
-    torch.set_num_threads(threads)
+    scale = build_strategy(o.strategy, o.zero_stage, o.offload_optimizer, o.offload_params, o.precision, o.gradient_checkpointing,
+                           o.attn_implementation, o.accelerator, o.devices, o.num_nodes, o.gradient_clipping, o.batch_size // world)
+    torch.set_num_threads(o.threads)
     kernels = cpu.check()  # the pinned CPU kernels, or an error saying why they are not in use
-    L.seed_everything(seed, workers=True, verbose=False)
+    L.seed_everything(o.seed, workers=True, verbose=False)
     t0 = time.perf_counter()
 
     store = open_store(features_dir)
     frames = is_frames(store)
-    if vision_trainable and not frames:
+    if o.vision_trainable and not frames:
         raise ValueError(f"vision_trainable (model.vision_trainable) needs the tower in the forward: {features_dir} "
                          f"holds cached features (set model.vision_features: forward)")
     if is_model_dir(init):
@@ -335,7 +379,7 @@ def train(
             raise ValueError(f"{init}: a model {'without' if frames else 'with'} its own vision tower cannot train on "
                              f"{store.kind}s ({features_dir}); model.vision_features must match the model it continues")
         if model.vision is not None:
-            model.vision.set_trainable(vision_trainable)
+            model.vision.set_trainable(o.vision_trainable)
         elif model.vision_dim != store.dim:
             raise ValueError(f"{init}: projector expects {model.vision_dim}-wide features, {features_dir} has {store.dim}")
         init_kind = "model"
@@ -343,57 +387,57 @@ def train(
         llm, tok = load_llm(init)
         vision, encode = None, None
         if frames:
-            if not vision_tower:
+            if not o.vision_tower:
                 raise ValueError(f"{features_dir} holds frames, so the vision tower runs in the forward: name it "
                                  f"(--vision-tower; model.vision_tower)")
-            vision = VisionEncoder.load(vision_tower, vision_layer, vision_trainable)
+            vision = VisionEncoder.load(o.vision_tower, o.vision_layer, o.vision_trainable)
             # the projector's input statistics encode a sample of frames (4,096 at paper scale):
             # on this rank's GPU if there is one, not on the CPU before Lightning moves the model
-            vision.to(local_device(accelerator))
+            vision.to(local_device(o.accelerator))
 
             def encode(x):
                 with torch.no_grad():
                     return vision(torch.from_numpy(np.array(x))).float().cpu().numpy()  # a copy: x is memory-mapped
 
         dim = vision.dim if vision is not None else store.dim
-        mean, std = feature_stats(store, seed=seed, encode=encode)
+        mean, std = feature_stats(store, seed=o.seed, encode=encode)
         if vision is not None:
             vision.to("cpu")  # Lightning / DeepSpeed place the whole model
-        model = VideoModel(llm, tok, dim, prompt_layout(tok, prompt_format),
+        model = VideoModel(llm, tok, dim, prompt_layout(tok, o.prompt_format),
                            projector=Projector(dim, llm.get_input_embeddings().embedding_dim, mean, std), vision=vision)
         init_kind = "llm"
-    configure_llm(model.llm, gradient_checkpointing, attn_implementation, accelerator)
+    configure_llm(model.llm, o.gradient_checkpointing, o.attn_implementation, o.accelerator)
     if any(a.summary > 1 for a in arms):  # summary tokens from the LLM's projections as they are now
         model.enable_summary_tokens()
     if model.vision is not None:  # a frozen tower keeps no activations to recompute
-        set_checkpointing(model.vision.tower, gradient_checkpointing and model.vision.trainable)
-    module = VideoLM(model, lr, warmup_steps, steps, weight_decay)
+        set_checkpointing(model.vision.tower, o.gradient_checkpointing and model.vision.trainable)
+    module = VideoLM(model, o.lr, o.warmup_steps, o.steps, o.weight_decay)
     module.train()
 
     dm = VideoDataModule(train_json, features_dir, PromptEncoder(model.tokenizer, model.prompt_format), arms,
-                         batch_size, seed, store=store, arm_sampling=arm_sampling, length_groups=length_groups,
-                         group_by_video=group_by_video)
+                         o.batch_size, o.seed, store=store, arm_sampling=o.arm_sampling, length_groups=o.length_groups,
+                         group_by_video=o.group_by_video)
     log_dir_p = Path(log_dir)
     log_dir_p.mkdir(parents=True, exist_ok=True)
     # last.ckpt plus the two newest step checkpoints: a damaged newest file still leaves one to
     # resume from. No version counter: a damaged file removed on resume is rewritten by its name.
     ckpt_cb = ModelCheckpoint(dirpath=log_dir_p, filename="{step}", save_last=True, save_top_k=2,
-                              monitor="step", mode="max", every_n_train_steps=max(1, ckpt_every),
+                              monitor="step", mode="max", every_n_train_steps=max(1, o.ckpt_every),
                               enable_version_counter=False)
     callbacks = [ckpt_cb]
-    if progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(50, steps // 20))))
+    if o.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(50, o.steps // 20))))
     else:
-        callbacks.append(ProgressLog(steps, label="/".join(Path(out_dir).parts[-3:-1]) or "train"))
+        callbacks.append(ProgressLog(o.steps, label="/".join(Path(out_dir).parts[-3:-1]) or "train"))
     trainer = L.Trainer(
         **scale,
-        max_steps=steps,
+        max_steps=o.steps,
         logger=CSVLogger(str(log_dir_p), name="", version=""),
         callbacks=callbacks,
         enable_checkpointing=True,
-        enable_progress_bar=progress_bar,
+        enable_progress_bar=o.progress_bar,
         enable_model_summary=False,
-        log_every_n_steps=max(1, min(10, steps)),
+        log_every_n_steps=max(1, min(10, o.steps)),
         num_sanity_val_steps=0,
         limit_val_batches=0,
         deterministic=False,
@@ -402,11 +446,11 @@ def train(
     # Resume only an interrupted run of the same configuration; a finished run removes its checkpoints.
     # Keyed on the content of every input and the whole configuration (not on paths: a retrained base
     # or a regenerated corpus at the same path must not be continued from), and on the CPU kernels.
-    run_cfg = {k: v for k, v in options.items() if k not in ("out_dir", "log_dir", "progress_bar", "ckpt_every")}
-    run_cfg |= {"arms": [a.id for a in arms], "world": world, "cpu": kernels,
+    run_cfg = {"train_json": train_json, "features_dir": features_dir, "init": init, "arms": [a.id for a in arms],
+               **o.run_config(), "world": world, "cpu": kernels,
                 "content": {name: content_digest(p) for name, p in (("train_json", train_json),
                                                                      ("features_dir", features_dir), ("init", init),
-                                                                     ("vision_tower", vision_tower)) if p}}
+                                                                     ("vision_tower", o.vision_tower)) if p}}
     run_cfg = json.loads(json.dumps(run_cfg, default=str))  # as it reads back from run_config.json
     cfg_path = log_dir_p / "run_config.json"
     try:
@@ -437,17 +481,17 @@ def train(
         "arms": [a.id for a in arms],
         "init": str(init),
         "init_kind": init_kind,
-        "batch_size": batch_size,
-        "lr": lr,
-        "warmup_steps": warmup_steps,
-        "weight_decay": weight_decay,
-        "arm_sampling": arm_sampling,
-        "length_groups": length_groups,
-        "group_by_video": group_by_video,
+        "batch_size": o.batch_size,
+        "lr": o.lr,
+        "warmup_steps": o.warmup_steps,
+        "weight_decay": o.weight_decay,
+        "arm_sampling": o.arm_sampling,
+        "length_groups": o.length_groups,
+        "group_by_video": o.group_by_video,
         "pad_fraction": module.pad_fraction,  # rank 0's share of each batch on several ranks
         "tokens": module.tokens,
-        "seed": seed,
-        "threads": threads,
+        "seed": o.seed,
+        "threads": o.threads,
         "resumed": resumed,
         "vision": "cache" if model.vision is None else "trainable" if model.vision.trainable else "frozen",
         "cpu": kernels,
@@ -458,7 +502,7 @@ def train(
         "arms": [a.id for a in arms],
         "steps": int(trainer.global_step),  # this run
         "steps_total": before + int(trainer.global_step),  # including the runs it continued
-        "seed": seed,
+        "seed": o.seed,
         "init": str(init),
         "features_dir": str(features_dir),
         "train_json": str(train_json),
@@ -488,25 +532,8 @@ def train_arms(
     train_json: str,
     features_dir: str,
     init: str,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    warmup_steps: int,
-    seed: int,
-    threads: int,
-    progress_bar: bool = True,
-    weight_decay: float = 0.0,
-    prompt_format: dict | None = None,
-    accelerator: str = "cpu",
-    precision: str = "32-true",
-    strategy: str = "auto", zero_stage: int = 2, offload_optimizer: bool = False, offload_params: bool = False,
-    gradient_checkpointing: bool = False, attn_implementation: str = "sdpa", devices: int = 1, num_nodes: int = 1,
-    gradient_clipping: float = 0.0,
-    length_groups: int = 0,
-    group_by_video: bool = False,
-    vision_tower: str | None = None,
-    vision_layer: int = -2,
-    vision_trainable: bool = False,
+    options: TrainOptions | None = None,
+    **overrides,
 ) -> dict:
     """Fine-tune each arm separately from ``init``, one after another in this process, into
     ``<arms_dir>/<arm>/model`` (logs in ``<arms_dir>/<arm>/train``).
@@ -520,39 +547,17 @@ def train_arms(
         train_json: the instruction JSON (LLaVA-style records).
         features_dir: cached features, or frames (then the tower runs in the forward).
         init: the base model dir (or a pretrained LLM) every arm starts from.
-        steps: optimizer steps per arm.
-        batch_size: the global batch (split over ``devices`` x ``num_nodes`` ranks).
-        lr: AdamW's peak learning rate.
-        warmup_steps: linear warmup to ``lr``, then linear decay to 0 at ``steps``.
-        seed: seeds the init and the batches (the same for every arm).
-        threads: torch's CPU threads.
-        progress_bar: show Lightning's progress bar.
-        weight_decay: AdamW's weight decay (not on norms and biases).
-        prompt_format: PromptFormat fields (JSON), or {"chat_template": true[, "frame_label"]} for a fresh model; a trained model dir keeps its own.
-        accelerator: Lightning's (``cpu``, ``gpu``, ``cuda``, ``auto``).
-        precision: Lightning's (``32-true``, ``bf16-mixed``, ``bf16-true``, ``16-mixed``).
-        strategy, zero_stage, offload_optimizer, offload_params: ``train.scale``'s (``auto`` or
-            ``deepspeed`` with its ZeRO stage and offloading; :mod:`visctx.strategy`).
-        gradient_checkpointing: recompute activations in the backward pass (memory for time).
-        attn_implementation: the LLM's attention (``sdpa``, ``flash_attention_2``, ``eager``).
-        devices: ranks (GPUs) per node.
-        num_nodes: nodes.
-        gradient_clipping: clip the gradient norm to this (0: off).
-        length_groups: batches of records of similar text length, from mega-batches of that many
-            batches (0: off).
-        group_by_video: a video's records in one batch, its visual prefix computed once for all.
-        vision_tower: the tower a fresh model runs in its forward (frames in ``features_dir``).
-        vision_layer: the tower's hidden state the projector reads (-2: the penultimate).
-        vision_trainable: train the tower too (only with the tower in the forward).
+        options: how to train each arm (on the command line, one option per field).
+        overrides: fields of :class:`TrainOptions` by name, over ``options`` (or instead of it).
     """
-    shared = {k: v for k, v in locals().items() if k not in ("arms", "arms_dir")}  # train's options, as given
+    o = TrainOptions.of(options, **overrides)
     arms = [a if isinstance(a, Arm) else Arm.from_id(str(a)) for a in arms]
     if len({a.id for a in arms}) != len(arms):
         raise ValueError(f"train_arms: an arm is listed twice in {[a.id for a in arms]}")
     out = {}
     for arm in arms:
         root = Path(arms_dir) / arm.id
-        out[arm.id] = train(str(root / "model"), arms=[arm], log_dir=str(root / "train"), **shared)
+        out[arm.id] = train(str(root / "model"), train_json, features_dir, init, [arm], str(root / "train"), o)
         print(f"{arm.id}: {out[arm.id]['steps']} steps, {out[arm.id]['seconds']} s, "
               f"final loss {out[arm.id]['final_loss']:.4f}", flush=True)
     return out

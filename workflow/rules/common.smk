@@ -13,7 +13,7 @@ except ParamsError as e:
     sys.exit(f"config/config.yaml + params.yaml (after preset {config.get('preset')!r} and --config overrides) "
              f"is invalid:\n{e}")
 
-RESULTS = "results"
+RESULTS = CFG["results"]  # each preset its own root (presets.paper: results-paper)
 
 # Freshness by content (visctx.fresh): outputs are dated by what they were made from before the DAG
 # is built, and every finished job is stamped, so a DVC experiment's temporary workspace, a fresh
