@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -104,6 +105,24 @@ def test_interrupted_run_ends_as_an_uninterrupted_one(root, reference, monkeypat
     s = run(root, name, 14, ckpt_every=ckpt_every)
     assert s["resumed"] and s["steps"] == 14
     assert_same_run(root / name / "model", reference[14][1])
+    # the loss curve too: rows logged before the crash survive it (crash 13: the row of step 10 was
+    # logged after checkpoint 8 and before checkpoint 12, from which the run resumes)
+    assert curve(root / name / "model", root) == curve(reference[14][1], root)
+
+
+def curve(model: Path, root: Path) -> list[tuple[int, float]]:
+    from visctx.collect import curves
+
+    run_dir = root / "curves/seed0" / model.parent.name  # the layout collect.curves reads
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("model", "train"):
+        if not (run_dir / name).exists():
+            (run_dir / name).symlink_to(model.parent / name)
+    out = run_dir / "curve.csv"
+    curves([str(run_dir / "model")], str(out))
+    table = pd.read_csv(out)
+    assert len(table) >= 1
+    return list(zip(table["step"], table["loss"]))
 
 
 def test_damaged_last_checkpoint_falls_back_to_the_newest_readable_one(root, reference, monkeypatch, caplog):

@@ -217,7 +217,8 @@ def curves(models: list[str], out_csv: str) -> dict:
         df = pd.read_csv(log)
         if "train/loss" not in df or "step" not in df:
             raise ValueError(f"{log}: expected columns step and train/loss, got {list(df.columns)}")
-        df = df.dropna(subset=["train/loss"])
+        # a step logged before a kill and again by the resumed run (the same value): once
+        df = df.dropna(subset=["train/loss"]).drop_duplicates(subset="step", keep="last")
         seed_dir = run_dir if run_dir.name.startswith("seed") else run_dir.parent
         frames.append(pd.DataFrame({
             "run": "base" if run_dir.name.startswith("seed") else run_dir.name,

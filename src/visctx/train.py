@@ -29,7 +29,7 @@ from visctx import cpu
 from visctx.config import Arm
 from visctx.data import FeatureSource, TrainRecord, arm_weights, load_train_records, train_loader
 from visctx.model import PromptEncoder, VideoModel
-from visctx.files import content_digest, write_json_atomic, write_timing
+from visctx.files import atomic_path, content_digest, write_json_atomic, write_timing
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,34 @@ class ProgressLog(L.Callback):
         loss = pl_module.loss_history[-1] if getattr(pl_module, "loss_history", None) else float("nan")
         print(f"{self.label}: step {step}/{self.steps} ({100 * step / max(self.steps, 1):.0f} %), "
               f"loss {loss:.4f}, {rate:.2f} steps/s, {_eta(left)} left", flush=True)
+
+
+class FlushLogWithCheckpoint(L.Callback):
+    """Write the CSV log's pending rows whenever a checkpoint is saved. Why: Lightning's CSV
+    logger holds up to 100 steps in memory, so a run killed after its last checkpoint and resumed
+    from it lost those steps of its loss curve (a run killed after its final checkpoint resumed at
+    ``max_steps`` and wrote no ``metrics.csv`` at all). A step logged after the checkpoint and
+    logged again by the resumed run is the same value (exact resume); ``collect.curves`` keeps one."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+
+
+def _merge_log(metrics_csv: Path, earlier: str) -> None:
+    """``metrics_csv`` with the rows of ``earlier`` (the log of the run it resumed) before its own;
+    a step in both (logged after the last checkpoint, then again) once, as the resumed run logged it."""
+    import io
+
+    import pandas as pd
+
+    frames = [pd.read_csv(io.StringIO(earlier))]
+    if metrics_csv.is_file():
+        frames.append(pd.read_csv(metrics_csv))
+    merged = pd.concat(frames, ignore_index=True).drop_duplicates(subset="step", keep="last").sort_values(
+        "step", kind="stable")
+    with atomic_path(metrics_csv) as tmp:
+        merged.to_csv(tmp, index=False)
 
 
 def _eta(seconds: float) -> str:
@@ -424,7 +452,7 @@ def train(
     ckpt_cb = ModelCheckpoint(dirpath=log_dir_p, filename="{step}", save_last=True, save_top_k=2,
                               monitor="step", mode="max", every_n_train_steps=max(1, o.ckpt_every),
                               enable_version_counter=False)
-    callbacks = [ckpt_cb]
+    callbacks = [ckpt_cb, FlushLogWithCheckpoint()]
     if o.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(50, o.steps // 20))))
     else:
@@ -465,11 +493,17 @@ def train(
         for old in log_dir_p.glob("*.ckpt"):
             _remove(old)
         write_json_atomic(cfg_path, run_cfg)
+    metrics_csv = log_dir_p / "metrics.csv"
+    # Lightning's CSV logger deletes the log it finds when it starts: a resumed run keeps the rows
+    # of the run it continues (flushed with each checkpoint: FlushLogWithCheckpoint)
+    earlier = metrics_csv.read_text() if resumed and metrics_csv.is_file() else None
     with warnings.catch_warnings():
         for msg in QUIET:
             warnings.filterwarnings("ignore", message=msg)
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if resumed else None)
     seconds = time.perf_counter() - t0
+    if earlier is not None and trainer.is_global_zero:
+        _merge_log(metrics_csv, earlier)
 
     losses = module.loss_history
     tail = losses[-max(1, len(losses) // 10):] if losses else []
