@@ -165,3 +165,22 @@ def test_bad_geometry_is_refused(tmp_path):
         synth.make_corpus(tmp_path, 1, 1, seed=0, seconds=6)
     with pytest.raises(ValueError, match="max_side=20"):
         synth.make_corpus(tmp_path, 1, 1, seed=0, max_side=20)
+
+
+def test_yuv420p_is_exact_bt601_with_block_mean_chroma():
+    """The planes the encoder gets: BT.601 limited range in integers, chroma from each 2x2 block's
+    mean (hand-computed values), the layout PyAV's yuv420p frames take."""
+    frames = np.zeros((1, 2, 4, 3), np.uint8)
+    frames[0, :, :2] = (255, 255, 255)       # left block white
+    frames[0, 0, 2:] = (255, 0, 0)           # right block: half red, half black
+    planes = synth.rgb_to_yuv420p(frames)
+    assert planes.shape == (1, 3, 4)
+    y, u, v = planes[0, :2], planes[0, 2, :2], planes[0, 2, 2:]
+    assert y.tolist() == [[235, 235, 82, 82], [235, 235, 16, 16]]
+    # right block mean RGB (127.5, 0, 0): U = 128 - 38 * 127.5 / 256 = 109.07, V = 128 + 112 * 127.5 / 256 = 183.78
+    assert u.tolist() == [128, 109] and v.tolist() == [128, 184]
+    import av
+    frame = av.VideoFrame.from_ndarray(planes[0], format="yuv420p")
+    assert (frame.width, frame.height) == (4, 2)
+    with pytest.raises(ValueError, match="even frame size"):
+        synth.rgb_to_yuv420p(np.zeros((1, 3, 4, 3), np.uint8))

@@ -144,8 +144,9 @@ def check(torch: bool = True) -> dict[str, Any]:
     if env_mkl is not None and env_mkl.upper() != want["MKL_CBWR"]:
         raise CpuPinError(f"MKL_CBWR={env_mkl} contradicts {PIN_VAR}={lv} (MKL_CBWR={want['MKL_CBWR']}: the same "
                           f"BLAS bits on Intel and AMD); unset one of them, or {PIN_VAR}=off to compute natively")
-    if torch and fp["blas"] != "mkl/compatible" and mkl_branch() is not None:
-        raise CpuPinError(f"MKL computes with its {mkl_branch()!r} branch, but {PIN_VAR}={lv} needs 'compatible' "
+    branch = mkl_branch() if torch and fp["blas"] != "mkl/compatible" else None
+    if branch is not None:
+        raise CpuPinError(f"MKL computes with its {branch!r} branch, but {PIN_VAR}={lv} needs 'compatible' "
                           f"(MKL_CBWR=COMPATIBLE): torch ran a matrix product before visctx was imported "
                           f"(import visctx first)")
     disabled = set(want["NPY_DISABLE_CPU_FEATURES"].split())

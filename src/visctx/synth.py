@@ -316,11 +316,42 @@ def render_frames(spec: dict[str, Any], palette: dict[str, Sequence[int]] | None
     return frames
 
 
+def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range yuv420p planes of ``(n, h, w, 3)`` uint8 RGB frames, in exact integer
+    arithmetic: ``(n, h * 3 // 2, w)``, each frame Y (h x w) then U and V (h/2 x w/2 each, from the
+    mean RGB of each 2x2 block), the layout PyAV's ``VideoFrame.from_ndarray(..., "yuv420p")`` takes.
+
+    Ours, not FFmpeg's: handed RGB, PyAV converts with swscale, whose SIMD paths differ by CPU and
+    which once rendered the same frames to other bytes in one process than in another; x264 is
+    bit-exact across its own SIMD paths, so the encoder gets planes no CPU feature can change.
+    Coefficients: the 8-bit BT.601 approximations (Y 16-235, chroma 16-240), swscale's default for
+    untagged RGB, so decoders that assume BT.601 give back the palette within a level or two."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (n, h, w, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
+    n, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"yuv420p needs an even frame size, got {w}x{h}")
+    rgb = frames.astype(np.int32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    blocks = rgb.reshape(n, h // 2, 2, w // 2, 2, 3).sum(axis=(2, 4))  # 4x the 2x2 mean
+    rs, gs, bs = blocks[..., 0], blocks[..., 1], blocks[..., 2]
+    u = ((-38 * rs - 74 * gs + 112 * bs + 512) >> 10) + 128
+    v = ((112 * rs - 94 * gs - 18 * bs + 512) >> 10) + 128
+    planes = np.concatenate([y.reshape(n, -1), u.reshape(n, -1), v.reshape(n, -1)], axis=1)
+    return planes.astype(np.uint8).reshape(n, h * 3 // 2, w)
+
+
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int, crf: int = 12,
               preset: str = "veryfast") -> None:
-    """H.264 yuv420p mp4 with PyAV in-process (spawning ffmpeg per file is far slower); atomic."""
+    """H.264 yuv420p mp4 of ``(n, h, w, 3)`` uint8 RGB frames (even h, w), with PyAV in-process
+    (spawning ffmpeg per file is far slower); atomic. The frames reach x264 as our own yuv420p
+    planes (:func:`rgb_to_yuv420p`), so PyAV does no conversion (its reformatter is a no-op for a
+    frame already in the stream's format and size)."""
     import av
 
+    planes = rgb_to_yuv420p(frames)
     with atomic_path(path) as tmp:
         with av.open(str(tmp), "w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=int(fps))
@@ -328,8 +359,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int, crf: int = 
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(crf), "preset": preset}
             stream.thread_count = 1  # parallelism comes from shards; one thread is deterministic
-            for f in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            for f in planes:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="yuv420p")))
             container.mux(stream.encode())
 
 
