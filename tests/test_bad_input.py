@@ -332,6 +332,9 @@ def test_curves_name_a_missing_or_malformed_training_log(tmp_path):
     (model.parent / "train/metrics.csv").write_text("epoch,step,loss\n0,9,1.0\n")
     with pytest.raises(ValueError, match=r"metrics\.csv: expected columns step and train/loss"):
         curves([str(model)], str(tmp_path / "c.csv"))
+    (model.parent / "train/metrics.csv").write_text("epoch,step,train/loss\n0,9,1.5\n0,19,1.25\n0,19,1.25\n")
+    with pytest.raises(ValueError, match=r"metrics\.csv: step 19 logged twice"):
+        curves([str(model)], str(tmp_path / "c.csv"))
     (model.parent / "train/metrics.csv").write_text("epoch,step,train/loss\n0,9,1.5\n0,19,1.25\n")
     base = tmp_path / "base/seed0/model"
     (base.parent / "train").mkdir(parents=True)

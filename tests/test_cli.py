@@ -194,6 +194,7 @@ CALLS: dict[str, tuple[list[str], dict]] = {
     "readme": (["--readme", "README.md", "--root", ".", "--check"], {"readme": "README.md", "root": ".", "check": True}),
     "fresh-clone-check": (["--out-dir", "results/perf", "--repo", ".", "--commands", "bash scripts/run.sh"],
                           {"out_dir": "results/perf", "repo": ".", "commands": ["bash scripts/run.sh"]}),
+    "temp-experiment": (["--out-dir", "results/perf", "--repo", "."], {"out_dir": "results/perf", "repo": "."}),
     "perf": (["--out-dir", "results/perf", "--repo", ".", "--no-fresh", "--keep"],
              {"out_dir": "results/perf", "repo": ".", "fresh": False, "keep": True}),
 }

@@ -233,3 +233,31 @@ def test_each_stage_reads_its_resolved_params(tmp_path):
     for stage in STAGE_PARAMS:  # each DVC stage depends on its file, and declares no params of its own
         assert f"${{results}}/params/{stage}.json" in stages[stage]["deps"] and "params" not in stages[stage]
     assert {"params.yaml", "config/config.yaml"} <= set(stages["params"]["deps"])
+
+
+def test_the_real_data_is_under_the_folder_the_stages_depend_on(tmp_path, capsys):
+    """DVC sees a changed video only under data/ (the one folder the data, train and niah stages
+    depend on): the paper preset keeps everything there; a root elsewhere is named by the params
+    stage, which still writes the params."""
+    from visctx.stages import DATA_DIR, data_paths, outside_data_dir, write_params
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert [s for s in stages if DATA_DIR in stages[s]["deps"]] == ["data", "train", "niah"]
+    assert (ROOT / DATA_DIR / "README.md").is_file() and (ROOT / DATA_DIR / ".gitignore").is_file()
+    paper = load_params(PARAMS, {"preset": "paper"})
+    assert len(data_paths(paper)) == 3 + 2 * 5  # the instruction JSON and videos, 5 benchmarks x 2
+    assert outside_data_dir(paper, ROOT) == {}
+    assert data_paths(load_params(PARAMS)) == {}  # the embedded default reads no real data
+    paper["benchmarks"]["mlvu"]["video_root"] = "/scratch/MLVU/video"
+    paper["data"]["instruct"]["train_json"] = "data/../elsewhere/train.json"
+    assert outside_data_dir(paper, ROOT) == {"benchmarks.mlvu.video_root": "/scratch/MLVU/video",
+                                             "data.instruct.train_json": "data/../elsewhere/train.json"}
+    shutil.copy(PARAMS, tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    p = tmp_path / "params.yaml"
+    p.write_text(p.read_text() + "evaluate:\n  benchmarks: [synthetic, videomme]\nbenchmarks:\n  videomme:\n"
+                 "    annotations: data/benchmarks/videomme/test.parquet\n    video_root: /scratch/videomme\n")
+    write_params(str(p), str(tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert "benchmarks.videomme.video_root: /scratch/videomme is outside data/" in err and err.count("outside") == 1
+    assert (tmp_path / "out/data.json").is_file()

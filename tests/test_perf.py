@@ -40,3 +40,32 @@ def test_report_renders_every_measurement():
          "startup": {f"{k}_{m}": 1.0 for k in ("plain", "preload_cold", "preload_warm") for m in ("wall_s", "overhead_s")}}
     md = to_markdown(r)
     assert "| install | 30.0 |" in md and "| x | fits 1 | yes |" in md and "1.0 passes per frame" in md
+
+
+def test_a_temporary_experiment_is_judged_by_the_jobs_it_ran():
+    """The harness's `dvc exp run --temp` count: rules read from the Snakemake output DVC relays;
+    one training job in it makes the analysis-only change a failure."""
+    from visctx.perf import temp_experiment
+
+    def runner(outputs):
+        calls = []
+
+        def run(cmd, check=True, combined=False):
+            calls.append(cmd)
+            return 3.0, outputs.pop(0) if cmd[:3] == ["dvc", "exp", "run"] else ""
+        return run, calls
+
+    log = "Running stage 'analyze':\n> snakemake --nolock analysis_all\nrule fits:\n    jobid: 2\nlocalrule all:\n"
+    run, calls = runner([log])
+    got = temp_experiment(run, {"window": 160})
+    assert got == {"change": "window=320", "seconds": 3.0, "jobs": {"fits": 1, "all": 1}, "as_expected": True}
+    assert calls[0][-2:] == ["-S", "window=320"] and calls[-1][:3] == ["dvc", "exp", "remove"]
+    run, _ = runner([log + "rule train_arm:\n"])
+    assert temp_experiment(run, {"window": 160})["as_expected"] is False
+    run, _ = runner(["Stage 'analyze' didn't change, skipping\n"])
+    assert temp_experiment(run, {"window": 160})["as_expected"] is False  # nothing ran: the change was lost
+    md = to_markdown({"date": "d", "machine": "m", "noop_s": {}, "reruns": {}, "temp_experiment": got,
+                      "encoder": {"encoded_frames": 8, "distinct_frames": 8, "passes_per_frame": 1.0},
+                      "startup": {f"{k}_{m}": 1.0 for k in ("plain", "preload_cold", "preload_warm")
+                                  for m in ("wall_s", "overhead_s")}})
+    assert "| `dvc exp run --temp -S window=320` (3.0 s) | fits 1, all 1 (run) | yes |" in md

@@ -67,17 +67,18 @@ def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedPr
 def project(tmp_path_factory) -> Path:
     """A git + DVC copy of the project with the micro params."""
     dst = tmp_path_factory.mktemp("project")
-    for item in ("Snakefile", "dvc.yaml", "workflow", "profiles", "src", ".dvc", ".dvcignore", ".gitignore", "config"):
+    for item in ("Snakefile", "dvc.yaml", "workflow", "profiles", "src", ".dvc", ".dvcignore", ".gitignore", "config", "data"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst / item,
                                                              **({"ignore": shutil.ignore_patterns("tmp", "cache", "__pycache__")} if src.is_dir() else {}))
     params = deep_merge(raw_params(ROOT / "params.yaml"), MICRO)
-    params["benchmarks"] = bench_fixtures(dst / "bench_videos")
+    params["benchmarks"] = bench_fixtures(dst)
     knobs = {k: params.pop(k) for k in ("preset", "results", "window", "seeds")}  # as the repository splits them
     (dst / "config/config.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dst / "params.yaml").write_text(yaml.safe_dump(knobs, sort_keys=False))
     load_params(dst / "params.yaml")  # the micro config is itself valid
     run(["git", "init", "-q"], dst)
+    run(["dvc", "add", "-q", "data/benchmarks"], dst)  # as data/README.md asks: --temp workspaces then have it
     run(["git", "add", "-A"], dst)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "micro"], dst)
     return dst
@@ -88,19 +89,22 @@ ANNOTATIONS = {"eventbench": "eventbench/test.jsonl", "vnbench": "vnbench/VNBenc
                "longvideobench": "longvideobench/lvb_val.json", "videomme": "videomme/videomme.json"}
 
 
-def bench_fixtures(video_dir: Path) -> dict:
-    """Each benchmark's fixture in its published format, with a small real mp4 for every video it
-    names (8 s at 2 fps, a different colour per video): the benchmarks run through the same rules
-    as a full run."""
+def bench_fixtures(project: Path) -> dict:
+    """Each benchmark's fixture in its published format under ``data/benchmarks/<name>/`` (where
+    the paper preset keeps them), with a small real mp4 for every video it names (8 s at 2 fps, a
+    different colour per video): the benchmarks run through the same rules as a full run."""
     rng = np.random.default_rng(0)
     out = {}
     for name, rel in ANNOTATIONS.items():
-        root = video_dir / name
+        home = Path("data/benchmarks") / name
+        annotations = home / Path(rel).name
+        (project / home).mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (FIXTURES / rel).is_dir() else shutil.copy2)(FIXTURES / rel, project / annotations)
         for video in sorted({it.video for it in LOADERS[name](FIXTURES / rel)}):
             frames = np.broadcast_to(rng.integers(0, 256, 3, dtype=np.uint8), (16, 108, 108, 3))
-            (root / video).parent.mkdir(parents=True, exist_ok=True)
-            write_mp4(root / video, np.ascontiguousarray(frames), fps=2)
-        out[name] = {"annotations": str(FIXTURES / rel), "video_root": str(root), "shards": 1}
+            (project / home / "videos" / video).parent.mkdir(parents=True, exist_ok=True)
+            write_mp4(project / home / "videos" / video, np.ascontiguousarray(frames), fps=2)
+        out[name] = {"annotations": str(annotations), "video_root": str(home / "videos"), "shards": 1}
     return out
 
 
@@ -215,6 +219,23 @@ def test_dvc_repro_produces_every_artifact(repro):
         for seed in MICRO["seeds"]:
             assert f"{arm}: " in (repro / f"results/arms/seed{seed}/{arm}/train.log").read_text()
             assert (repro / f"results/arms/seed{seed}/{arm}/train/metrics.csv").is_file()
+
+
+def test_dvc_plots_show_draws_every_curve_and_figure(repro):
+    """`dvc plots show`: the training curves through .dvc/plots/curves.json (a line per run and
+    seed, coloured by run, the base beside the arms) and every PNG the study draws; no PDF or
+    stamp offered to DVC as a data series (they made it report errors)."""
+    out = json.loads(run(["dvc", "plots", "show", "--json", "-o", str(repro / ".dvc/tmp/plots")], repro).stdout)
+    assert not out.get("errors"), out.get("errors")
+    pngs = {str(p.relative_to(repro)) for d in ("results/figures", "results/niah") for p in (repro / d).glob("*.png")}
+    assert pngs and set(out["data"]) == pngs | {"results/tables/curves.csv"}
+    spec = out["data"]["results/tables/curves.csv"][0]["content"]
+    enc = spec["spec"]["encoding"]
+    assert enc["color"]["field"] == "run" and enc["x"]["field"] == "step" and enc["y"]["field"] == "loss"
+    assert {d["field"] for d in enc["detail"]} == {"seed"} and spec["facet"]["column"]["field"] == "training"
+    values = spec["data"]["values"]
+    assert {(v["run"], str(v["seed"])) for v in values} == {(a, str(s)) for a in [*micro_arms(), "base"]
+                                                             for s in MICRO["seeds"]}
 
 
 def test_every_benchmark_is_scored_by_its_official_rule(repro):
@@ -379,6 +400,30 @@ def test_a_truncated_video_is_noticed_and_quarantined(repro):
     assert jobs_in(proc.stdout + proc.stderr) == {"extract_frames", "quarantine_split"}
     assert video.name not in json.dumps(json.loads((repro / target).read_text()))
     assert jobs_in(run(["snakemake", "-n", "train_all"], repro).stdout) == set()
+
+
+def test_a_truncated_video_under_the_data_root_is_noticed_by_dvc(repro):
+    """data/ is a DVC dependency of the stages that read real data (data/README.md): a benchmark
+    video truncated in place makes `dvc status` name the data stage and `dvc repro` rerun it; the
+    extraction quarantines the video and, a third of the benchmark lost (> max_quarantined), the
+    run stops, naming it, before any arm is evaluated on it. The bytes put back, `dvc repro`
+    reruns the data stage and nothing after it (the same frames: the same features)."""
+    video = sorted((repro / "data/benchmarks/videomme/videos").glob("*.mp4"))[0]
+    data = video.read_bytes()
+    before = (repro / "results/tables/arms.csv").read_bytes()
+    video.write_bytes(data[: len(data) // 3])
+    status = json.loads(run(["dvc", "status", "--json"], repro).stdout)
+    assert {"changed deps": {"data": "modified"}} in status["data"], status
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    failed = subprocess.run(["dvc", "repro"], cwd=repro, env=env, capture_output=True, text=True, timeout=900)
+    assert failed.returncode != 0, failed.stdout[-2000:]
+    log = (repro / "results/logs/quarantine/videomme.log").read_text()
+    assert video.name in log and "could not be" in log, log
+    video.write_bytes(data)
+    out = run(["dvc", "repro"], repro, timeout=900).stdout
+    assert "Running stage 'data'" in out and "Running stage 'train'" not in out, out[-3000:]
+    assert (repro / "results/tables/arms.csv").read_bytes() == before
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repro).stdout
 
 
 def test_each_dvc_stage_that_runs_library_code_depends_on_the_library(project):

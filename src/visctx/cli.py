@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 # The one registry of commands: name -> (module, function, one-line help).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "check": ("visctx.config", "describe", "validate the params (config/config.yaml under params.yaml) and list every study's arms"),
-    "params": ("visctx.config", "write_stage_params", "write what each DVC stage reads of the resolved params"),
+    "params": ("visctx.stages", "write_params", "write what each DVC stage reads of the resolved params"),
     "synth": ("visctx.synth", "make_corpus", "write the synthetic corpus (instruction JSON + scene specs)"),
     "render": ("visctx.synth", "render_shard", "render one shard of synthetic videos to mp4"),
     "extract": ("visctx.video", "extract_shard", "decode one shard of videos with decord"),
@@ -68,12 +68,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "perf": ("visctx.perf", "perf", "the performance harness: fresh-clone stage times, reruns, overheads"),
     "fresh-clone-check": ("visctx.perf", "fresh_clone_check",
                           "the README's two commands in a fresh clone, timed and recorded in results/perf"),
+    "temp-experiment": ("visctx.perf", "write_temp_experiment",
+                        "the jobs a `dvc exp run --temp` of an analysis-only change runs on a finished study"),
     "lmms-eval-arm": ("visctx.lmms_jobs", "lmms_eval_arm", "run one lmms-eval task on one arm (the lmms extra)"),
     "lmms-table": ("visctx.lmms_jobs", "write_table", "gather the arms' lmms-eval results beside the project's scores"),
 }
 
 # Commands that gain nothing from the preload server: quick without torch, or running other processes.
-IN_PROCESS = {"check", "params", "perf", "fresh-clone-check"}
+IN_PROCESS = {"check", "params", "perf", "fresh-clone-check", "temp-experiment"}
 # Imported once by the preload server: everything a job's hot path imports (this module imports lazily).
 PRELOAD = (
     "numpy", "torch", "transformers", "lightning",
@@ -288,11 +290,11 @@ def _options_type(tp: Any) -> type | None:
 
 def _options_params(func: Callable) -> dict[str, type]:
     """{parameter: its dataclass} for ``func``'s options object: a parameter named ``options``
-    (or ``*_options``) annotated with a dataclass, each field an option of its own on the command
-    line (litgpt's way: the options type is the schema). Other dataclasses (an ``Arm``) are values."""
+    annotated with a dataclass, each field an option of its own on the command line (litgpt's way:
+    the options type is the schema). Other dataclasses (an ``Arm``) are values."""
     hints = typing.get_type_hints(func)
     return {name: cls for name in inspect.signature(func).parameters
-            if (name == "options" or name.endswith("_options")) and (cls := _options_type(hints.get(name))) is not None}
+            if name == "options" and (cls := _options_type(hints.get(name))) is not None}
 
 
 def build_parser(name: str, func: Callable) -> argparse.ArgumentParser:

@@ -217,8 +217,10 @@ def curves(models: list[str], out_csv: str) -> dict:
         df = pd.read_csv(log)
         if "train/loss" not in df or "step" not in df:
             raise ValueError(f"{log}: expected columns step and train/loss, got {list(df.columns)}")
-        # a step logged before a kill and again by the resumed run (the same value): once
-        df = df.dropna(subset=["train/loss"]).drop_duplicates(subset="step", keep="last")
+        df = df.dropna(subset=["train/loss"])
+        twice = df["step"][df["step"].duplicated()]
+        if len(twice):  # a resumed run merges the log it resumed (visctx.train._merge_log): once each
+            raise ValueError(f"{log}: step {int(twice.iloc[0])} logged twice (a resumed run's log not merged)")
         seed_dir = run_dir if run_dir.name.startswith("seed") else run_dir.parent
         frames.append(pd.DataFrame({
             "run": "base" if run_dir.name.startswith("seed") else run_dir.name,

@@ -56,7 +56,9 @@ class _Runner:
         for key in {k for level in cpu.LEVELS.values() for k in level}:
             self.env.pop(key, None)
 
-    def __call__(self, cmd: list[str], check: bool = True, **extra_env: str) -> tuple[float, str]:
+    def __call__(self, cmd: list[str], check: bool = True, combined: bool = False, **extra_env: str
+                 ) -> tuple[float, str]:
+        """(seconds, stdout), or stdout and stderr together with ``combined``."""
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=self.root, env={**self.env, **extra_env}, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
@@ -65,7 +67,7 @@ class _Runner:
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {self.log}:\n"
                                f"{proc.stderr[-2000:]}")
-        return seconds, proc.stdout
+        return seconds, proc.stdout + proc.stderr if combined else proc.stdout
 
 
 def _job_counts(dry_run_stdout: str) -> dict[str, int]:
@@ -118,6 +120,55 @@ def rerun_sets(run: _Runner, params: dict, tmp: Path) -> dict[str, Any]:
         out[name] = {"jobs": counts, "as_expected": bool(expect(counts))}
     out["new arms"] = new
     return out
+
+
+def temp_experiment(run: _Runner, params: dict) -> dict[str, Any]:
+    """The jobs a ``dvc exp run --temp`` of an analysis-only change (the window doubled) runs:
+    what each experiment of a sweep (``--queue``, then ``dvc queue start``) costs. DVC restores the
+    finished study from its cache into a new workspace, where every mtime is new and
+    ``.snakemake/`` is empty; only analysis jobs may run (:mod:`visctx.fresh`). Counted from the
+    Snakemake output DVC relays; the experiment is removed afterwards."""
+    import re
+
+    from visctx.config import resolve_preset
+
+    window = int(resolve_preset(copy.deepcopy(params))["window"]) * 2
+    name = "perf-temp-window"
+    seconds, stdout = run(["dvc", "exp", "run", "--temp", "-n", name, "-S", f"window={window}"], combined=True)
+    jobs: dict[str, int] = {}
+    for rule in re.findall(r"^\s*(?:local)?rule (\w+):", stdout, re.M):
+        jobs[rule] = jobs.get(rule, 0) + 1
+    run(["dvc", "exp", "remove", name], check=False)
+    return {"change": f"window={window}", "seconds": round(seconds, 1), "jobs": jobs,
+            "as_expected": bool(jobs) and set(jobs) <= ANALYSIS_RULES}
+
+
+def write_temp_experiment(out_dir: str = "results/perf", repo: str = ".") -> dict:
+    """Measure :func:`temp_experiment` on the finished study in ``repo`` (e.g. a kept fresh clone)
+    and record it in ``<out_dir>/temp-experiment.{json,md}``, beside the harness's figures.
+
+    Args:
+        out_dir: where the record goes (relative to ``repo``).
+        repo: a checkout whose study is finished and committed (DVC's temporary workspace starts
+            from HEAD).
+    """
+    from visctx.config import raw_params
+
+    root = Path(repo).resolve()
+    out = root / out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    run = _Runner(root, out / "perf.log")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    record = {"date": dt.date.today().isoformat(), "machine": _machine(), "commit": commit,
+              **temp_experiment(run, raw_params(root / "params.yaml"))}
+    (out / "temp-experiment.json").write_text(json.dumps(record, indent=1) + "\n")
+    jobs = ", ".join(f"{rule} {n}" for rule, n in record["jobs"].items()) or "none"
+    (out / "temp-experiment.md").write_text(
+        f"`dvc exp run --temp -S {record['change']}` on the default study (commit {commit}), {record['date']}, on "
+        f"{record['machine']}: {record['seconds']} s; jobs run: {jobs}; analysis only: "
+        f"{'yes' if record['as_expected'] else 'NO'}.\n")
+    return record
 
 
 def decode_throughput(videos: list[Path], fps: float, max_frames: int, size: int) -> dict[str, float]:
@@ -301,6 +352,7 @@ def perf(out_dir: str = "results/perf", repo: str = ".", fresh: bool = True, kee
 
         params = raw_params(root / "params.yaml")  # the full config (--configfile replaces both files)
         report["reruns"] = rerun_sets(run, params, tmp)
+        report["temp_experiment"] = temp_experiment(run, params)
         extract = params["data"]["extract"]
         videos = sorted((root / "results/data/videos/train").glob("*.mp4"))[:16]
         if videos:
@@ -332,6 +384,11 @@ def to_markdown(r: dict) -> str:
         if isinstance(v, dict):
             jobs = ", ".join(f"{rule} {n}" for rule, n in v["jobs"].items()) or "none"
             lines.append(f"| {k} | {jobs} | {'yes' if v['as_expected'] else 'NO'} |")
+    if "temp_experiment" in r:
+        t = r["temp_experiment"]
+        jobs = ", ".join(f"{rule} {n}" for rule, n in t["jobs"].items()) or "none"
+        lines.append(f"| `dvc exp run --temp -S {t['change']}` ({t['seconds']} s) | {jobs} (run) | "
+                     f"{'yes' if t['as_expected'] else 'NO'} |")
     lines.append("")
     if "decode" in r:
         d = r["decode"]

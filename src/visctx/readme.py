@@ -203,6 +203,15 @@ def render(root: str | Path = ".") -> str:
                        f"{m['seconds_per_step']:.3f} | {m['activation_bytes'] / 2**20:.1f} | {m['kept_kv_bytes'] / 1024:.0f} | "
                        f"{m['peak_kv_bytes'] / 1024:.0f} |")
         out.append("")
+    learned = r / "tables/learned_by_task.csv"
+    if learned.exists() and "task" in (lt := pd.read_csv(learned)):
+        out += ["**Which question types the training learned** (`results/tables/learned_by_task.md`): the arms "
+                "whose per-task loss is below the answer prior (answering from no evidence) beyond the replicates' "
+                "noise, and the best arm: "
+                + "; ".join(f"{x['task']} {int(x['below_prior'])} of {int(x['arms'])} (best {x['best_arm']} "
+                            f"{_ci(x, 'loss')} vs {_f(x['prior'])})" for _, x in lt.iterrows())
+                + ". A question type no arm learns cannot show what more frames or tokens would give it: its "
+                "flat curve is the training's shortfall, not the context's effect.", ""]
     findings = r / "tables/findings.csv"
     if findings.exists():
         f = pd.read_csv(findings).fillna("")

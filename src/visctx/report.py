@@ -26,7 +26,7 @@ from visctx.fit import LAWS, STUDY_X, FitError, joint_loss, load_arms, load_desi
 from visctx.stats import paired_effect, seed_interval, summarise
 
 TABLES = ["table1_tokens", "table2_frames", "table3_joint", "table4_window", "table5_fits", "model_selection",
-          "benchmarks", "findings", "table6_methods"]
+          "benchmarks", "findings", "table6_methods", "learned_by_task"]
 FIGURES = ["tokens_loss", "frames_loss", "joint_contour", "accuracy_by_task", "ceiling_gap", "methods_window"]
 TABLE_FORMATS = ("md", "csv", "tex")
 FIGURE_FORMATS = ("png", "pdf")
@@ -320,6 +320,34 @@ def benchmarks_table(inp: _Inputs) -> pd.DataFrame:
     return out.sort_values("arm", key=lambda c: c.map(order).fillna(len(order))).reset_index(drop=True)
 
 
+def learned_by_task(inp: _Inputs) -> pd.DataFrame:
+    """Which question types the training learned at all: per task, the loss of answering from no
+    evidence (the answer prior, ln of the answers the question can have: what a model that reads
+    nothing of the video can reach), how many arms are below it beyond the noise (the upper bound of
+    their across-seed interval under it), and the best arm's loss and accuracy with their intervals.
+    A task no arm gets below its prior is one the flat curves of its study cannot speak for: the
+    context's effect on it is unmeasured, not zero."""
+    from visctx.synth import TASKS, answer_space
+
+    reps = inp.replicates
+    tasks = [t for t in TASKS if f"loss_{t}" in reps and reps[f"loss_{t}"].notna().any()]
+    if not tasks:
+        return _note("no per-task losses in arms.csv")
+    summary = summarise(reps, ["arm"], [c for t in tasks for c in (f"loss_{t}", f"acc_{t}")]).set_index("arm")
+    rows = []
+    for t in tasks:
+        prior = math.log(len(answer_space(t)) - (t == "episodic"))  # the episodic question names one colour
+        loss, hi = summary[f"loss_{t}"], summary[f"loss_{t}_hi"]
+        best = loss.idxmin()
+        b = summary.loc[best]
+        row = {"task": t, "prior": prior, "arms": len(summary), "below_prior": int((hi < prior).sum()), "best_arm": best}
+        row = _with_ci(row, {"loss": b[f"loss_{t}"], "loss_lo": b[f"loss_{t}_lo"], "loss_hi": b[f"loss_{t}_hi"]}, "loss")
+        row = _with_ci(row, {"accuracy": b[f"acc_{t}"], "accuracy_lo": b[f"acc_{t}_lo"],
+                             "accuracy_hi": b[f"acc_{t}_hi"]}, "accuracy")
+        rows.append(row | {"seeds": int(b["seeds"])})
+    return pd.DataFrame(rows)
+
+
 def _fit_entries(fits: dict[str, Any]):
     for study in ("tokens", "frames"):
         for method, entry in (fits.get("fits", {}).get(study) or {}).items():
@@ -335,7 +363,8 @@ def build_tables(arms_csv: str | Path, design_csv: str | Path, fits_json: str | 
     inp = _Inputs(arms_csv, design_csv, fits_json, scores_csv, ceiling_fits)
     builders = {"table1_tokens": table1_tokens, "table2_frames": table2_frames, "table3_joint": table3_joint,
                 "table4_window": table4_window, "table5_fits": table5_fits, "model_selection": model_selection_table,
-                "benchmarks": benchmarks_table, "findings": findings_table, "table6_methods": table6_methods}
+                "benchmarks": benchmarks_table, "findings": findings_table, "table6_methods": table6_methods,
+                "learned_by_task": learned_by_task}
     assert list(builders) == TABLES
     return {name: fn(inp) for name, fn in builders.items()}
 

@@ -4,7 +4,7 @@
 # Must equal visctx.report.TABLES / FIGURES (tests/test_workflow.py checks it): listed here so
 # the workflow loads without importing the plotting stack.
 TABLES = ["table1_tokens", "table2_frames", "table3_joint", "table4_window", "table5_fits", "model_selection",
-          "benchmarks", "findings", "table6_methods"]
+          "benchmarks", "findings", "table6_methods", "learned_by_task"]
 FIGURES = ["tokens_loss", "frames_loss", "joint_contour", "accuracy_by_task", "ceiling_gap", "methods_window"]
 ANALYSIS = CFG["analysis"]
 CEILING = " --ceiling-fits {input.ceiling}" if SYNTHETIC else ""  # the laws of the ceiling, beside the study's
