@@ -322,12 +322,17 @@ def benchmarks_table(inp: _Inputs) -> pd.DataFrame:
 
 def learned_by_task(inp: _Inputs) -> pd.DataFrame:
     """Which question types the training learned at all: per task, the loss of answering from no
-    evidence (the answer prior, ln of the answers the question can have: what a model that reads
-    nothing of the video can reach), how many arms are below it beyond the noise (the upper bound of
-    their across-seed interval under it), and the best arm's loss and accuracy with their intervals.
-    A task no arm gets below its prior is one the flat curves of its study cannot speak for: the
-    context's effect on it is unmeasured, not zero."""
-    from visctx.synth import TASKS, answer_space
+    evidence (the answer prior: the ceiling's loss for a question of which nothing is seen,
+    :func:`visctx.ceiling.item_ceiling`), how many arms are below it beyond the noise (the upper
+    bound of their across-seed interval under it), and the best arm's loss and accuracy with their
+    intervals. A task no arm gets below its prior is one the flat curves of its study cannot speak
+    for: the context's effect on it is unmeasured, not zero."""
+    from visctx.ceiling import item_ceiling
+    from visctx.synth import MAX_COUNT, TASKS
+
+    unseen = dict.fromkeys(("needle", "count", "order0", "order1", "detail", "episodic0", "episodic1", "episodic2"),
+                           np.array([], dtype=int))
+    counts = [str(n) for n in range(1, MAX_COUNT + 1)]  # options the count rule can read; the others ignore them
 
     reps = inp.replicates
     tasks = [t for t in TASKS if f"loss_{t}" in reps and reps[f"loss_{t}"].notna().any()]
@@ -336,7 +341,7 @@ def learned_by_task(inp: _Inputs) -> pd.DataFrame:
     summary = summarise(reps, ["arm"], [c for t in tasks for c in (f"loss_{t}", f"acc_{t}")]).set_index("arm")
     rows = []
     for t in tasks:
-        prior = math.log(len(answer_space(t)) - (t == "episodic"))  # the episodic question names one colour
+        prior = item_ceiling(t, {}, unseen, counts, 0)[0]
         loss, hi = summary[f"loss_{t}"], summary[f"loss_{t}_hi"]
         best = loss.idxmin()
         b = summary.loc[best]
