@@ -31,7 +31,7 @@ def test_the_embedded_default_keeps_the_papers_design():
     p = load_params(PARAMS)
     s = p["studies"]
     assert len(s["tokens"]["tokens"]) == 9 and len(s["frames"]["frames"]) == 8
-    assert set(s["tokens"]["methods"]) == {"sample", "pool", "mask"} and set(s["frames"]["methods"]) == {"sample", "pool"}
+    assert set(s["tokens"]["methods"]) == {"sample", "pool", "mask"} and set(s["frames"]["methods"]) == {"sample", "pool", "mask"}
     assert len(s["joint"]["tokens"]) * len(s["joint"]["frames"]) >= 8
     assert len(s["window"]["combos"]) == 5
 
@@ -77,14 +77,19 @@ def test_shared_arms_are_trained_once():
     p = load_params(PARAMS)
     points = study_points(p["studies"])
     arms = unique_arms(points)
-    assert len(points) == 27 + 16 + 8 + 5 + 7
+    assert len(points) == 27 + 24 + 8 + 5 + 14
     assert len(arms) == len({a.id for a in arms}) < len(points)
+    # the frame study's masking shares T1-M4-mask with the token study, T32-M4-mask with the methods study
+    assert {pt.study for pt in points if pt.arm.id == "T32-M4-mask"} == {"frames", "methods"}
+    assert {pt.study for pt in points if pt.arm.id == "T1-M4-mask"} == {"tokens", "frames"}
     # T1-M4-pool is both a token-study arm and a frame-study arm; T32-M4-pool a frame, a window and a methods arm
     assert {pt.study for pt in points if pt.arm.id == "T1-M4-pool"} == {"tokens", "frames"}
     assert {pt.study for pt in points if pt.arm.id == "T32-M4-pool"} == {"frames", "window", "methods"}
     # summary tokens keep T*M of a raw stream r times longer: the window they spend is the others'
     (vst,) = [pt.arm for pt in points if pt.study == "methods" and pt.method == "summary" and pt.T == 32]
     assert vst.id == "T32-M16-pool-vst4w16" and vst.kept_tokens == 32 * 4 and vst.tokens == 32 * 16
+    (vst3,) = [pt.arm for pt in points if pt.study == "methods" and pt.method == "summary" and pt.T == 3]
+    assert vst3.id == "T3-M196-pool-vst4w196" and vst3.kept_tokens == 3 * 49
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import torch
 
 from visctx.config import Arm
 from visctx.context import visual_context
-from visctx.data import (ArmBatchSampler, load_context, load_eval_records, load_train_records, train_loader)
+from visctx.data import (ArmBatchSampler, arm_weights, load_context, load_eval_records, load_train_records, train_loader)
 from visctx.features import FeatureStore
 from visctx.model import IGNORE, PromptEncoder
 
@@ -108,6 +108,17 @@ def test_sampler_one_arm_per_batch_balanced_and_seeded():
     weighted = list(ArmBatchSampler(400, arms, 1, seed=0, weights=[0.8, 0.2, 0.0]))
     share = sum(b[0][1] == arms[0] for b in weighted) / len(weighted)
     assert 0.7 < share < 0.9 and all(b[0][1] != arms[2] for b in weighted)
+
+
+def test_the_frames_mixture_gives_every_frame_count_one_share():
+    """``frames``: three single-frame arms and one 32-frame arm, each T half the batches; the
+    cost-weighted mixtures give the single frames more (what starved the base of time)."""
+    arms = [Arm(1, 1, "pool"), Arm(1, 9, "pool"), Arm(1, 49, "sample"), Arm(32, 4, "pool")]
+    w = arm_weights(arms, "frames")
+    assert w == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 2])
+    assert sum(arm_weights(arms, "sqrt")[:3]) > 0.75
+    with pytest.raises(ValueError, match="arm_sampling='nope'.*frames"):
+        arm_weights(arms, "nope")
 
 
 def test_ranks_share_each_global_batch():
@@ -325,6 +336,29 @@ def test_masked_contexts_are_cut_per_video_and_cached_per_mode(tmp_path, arm):
         assert len(cache._items) == 2
 
 
+def test_training_draws_a_fresh_mask_each_pass_and_evaluation_keeps_one(tmp_path):
+    """A masking arm's items carry their epoch; each pass masks a video anew (uncached), the
+    collator's context is the draw's, and evaluation's mask stays the per-(video, arm) one."""
+    from visctx.context import mask_seeds
+    from visctx.data import ContextCache
+
+    arm, plain = Arm(2, 9, "mask"), Arm(2, 9, "pool")
+    sampler = ArmBatchSampler(6, [arm, plain], 3, seed=0)
+    for epoch in (0, 1):
+        for b in sampler.epoch_batches(epoch):
+            assert all(it[1:] == ((arm, epoch) if it[1] == arm else (plain,)) for it in b)
+    keys = ["a.mp4", "b.mp4"]
+    x = torch.from_numpy(write_features(tmp_path / "f", keys).astype(np.float32))
+    store = FeatureStore(tmp_path / "f")
+    cache = ContextCache(store)
+    first, second = cache.get(keys, arm, train=True, draw=0), cache.get(keys, arm, train=True, draw=1)
+    torch.testing.assert_close(first, visual_context(x, arm, mask_seeds(keys, arm, 0), train=True))
+    assert not torch.equal(first, second) and len(cache._items) == 0
+    torch.testing.assert_close(cache.get(keys, arm, train=True, draw=0), first)  # a pure function of the draw
+    assert not torch.equal(cache.get(keys, arm), first)  # evaluation: the draw-free seed
+    torch.testing.assert_close(cache.get(keys, arm), visual_context(x, arm, mask_seeds(keys, arm)))
+
+
 def test_frames_of_a_masking_arm_carry_their_videos_seeds():
     from visctx.context import mask_seeds
     from visctx.data import add_context
@@ -336,5 +370,7 @@ def test_frames_of_a_masking_arm_carry_their_videos_seeds():
     batch = add_context({}, torch.zeros(2, 2, 4, 4, 3, dtype=torch.uint8), Frames(), arm, ["a.mp4", "b.mp4"])
     assert batch["mask_seeds"] == mask_seeds(["a.mp4", "b.mp4"], arm) and batch["arm"] == arm.id
     assert "mask_seeds" not in add_context({}, torch.zeros(1), Frames(), Arm(2, 9, "pool"), ["a.mp4"])
+    drawn = add_context({}, torch.zeros(1), Frames(), arm, ["a.mp4"], draw=3)["mask_seeds"]
+    assert drawn == mask_seeds(["a.mp4"], arm, 3) != mask_seeds(["a.mp4"], arm)
     with pytest.raises(ValueError, match="needs the videos"):
         add_context({}, torch.zeros(1), Frames(), arm)

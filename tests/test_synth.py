@@ -74,10 +74,28 @@ def test_sizes_and_durations_are_heavy_tailed():
             sides.append(t["side"])
             durs += [d for _, d in t["shows"]] if t["task"] != "detail" else []
     sides, durs = np.array(sides), np.array(durs)
-    assert set(sides) == set(range(1, 13)) and set(durs) == set(range(1, 9))  # every scale occurs
+    assert set(sides) == set(range(1, 9)) and set(durs) == set(range(1, 9))  # every scale occurs
     counts = np.bincount(sides)[1:]
     assert (np.diff(counts[:6]) < 0).all() and counts[0] > 4 * counts[-1]  # many small, few large
     assert (durs == 1).mean() > 0.3 and (durs >= 6).mean() > 0.03
+
+
+def test_every_object_lies_in_its_tasks_zone():
+    """The layout names each square's role (the needle and the pair's squares look alike): every
+    object inside its task's zone, the zones disjoint, every zone used at every side."""
+    zones = synth.zones(27)
+    cover = np.zeros((27, 27), int)
+    for r0, r1, c0, c1 in zones.values():
+        cover[r0:r1, c0:c1] += 1
+    assert cover.max() == 1 and (cover == 0).sum() == 2 * 9  # disjoint; the gutter column of two bands
+    seen = set()
+    for i in range(200):
+        for t in synth.objects(synth.scene_spec(f"v{i}", np.random.default_rng(i))):
+            r0, r1, c0, c1 = zones[t["task"]]
+            r, c, side = *t["cell"], t["side"]
+            assert r0 <= r and r + side <= r1 and c0 <= c and c + side <= c1, (i, t)
+            seen.add((t["task"], side))
+    assert {s for task, s in seen if task == "order"} == set(range(1, 9))
 
 
 def test_scene_geometry_and_timing():

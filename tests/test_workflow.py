@@ -34,7 +34,7 @@ BIN = Path(sys.executable).parent
 MICRO = {
     "seeds": [0, 1],  # two training replicates: every table and fit then carries an across-seed interval
     "data": {
-        "synthetic": {"n_train": 48, "n_eval": 16, "seconds": 12, "fps": 2, "size": 108, "max_side": 12},  # needles big enough for M = 4 to read (NIAH)
+        "synthetic": {"n_train": 48, "n_eval": 16, "seconds": 12, "fps": 2, "size": 108, "max_side": 8},  # needles big enough for M = 4 to read (NIAH)
         "shards": {"train": 2, "eval": 1},
         "extract": {"fps": 1.0, "max_frames": 8, "size": 54},
     },

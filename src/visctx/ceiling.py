@@ -15,7 +15,8 @@ The rule (stated, and pinned by ``tests/test_ceiling.py`` on hand-built scenes):
   covered fraction of its cell (zeros of the padding count), or 1/0 for a sampled patch -- is at
   least ``threshold`` (the ``visible_share`` of the corpus: its background texture and codec
   noise hide less) and larger than any other object's share of that token.
-* An object is *seen* in the bins where some token carries it.
+* An object is *seen* in the bins where some token carries it; which question it answers is
+  known from where it is (each task has its zone, :func:`visctx.synth.zones`).
 * needle, detail: recoverable iff seen; else the answer is uniform over the colours.
 * count: the seen bins form runs; r runs are a lower bound on n (a showing cannot split in two,
   two can merge); the posterior is uniform over r..4 (counts, uniform a priori).

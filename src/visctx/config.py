@@ -22,6 +22,9 @@ from visctx.context import GRID, MASK_OPS, pool_kernel, poolable_token_counts
 
 TOKEN_OPS = ("sample", "pool", *MASK_OPS)
 FRAME_OPS = ("sample", "pool")
+# The frame study's methods: a frame operator over the study's token method, or LongViViT's random
+# masking of M tokens in each sampled frame (per frame or as a tube), which is how it reaches 128+ frames
+FRAME_STUDY_METHODS = (*FRAME_OPS, "mask", "tube")
 STUDIES = ("tokens", "frames", "joint", "window", "methods")
 # The ways to spend one window of L visual tokens (the ``methods`` study): a token operator, or
 # Video-XL's summary tokens (:func:`method_arm`).
@@ -172,7 +175,10 @@ class StudyPoint:
 
 
 def frame_arm(T: int, M: int, frame_op: str, source: int, token_op: str = "pool") -> Arm:
-    """Frame pooling pools ``source`` uniformly sampled frames into T, at every T < source."""
+    """Frame pooling pools ``source`` uniformly sampled frames into T, at every T < source; a
+    masking method (:data:`FRAME_STUDY_METHODS`) samples T frames and keeps M random tokens of each."""
+    if frame_op in ("mask", "tube"):
+        return Arm(T, M, frame_op)
     return Arm(T, M, token_op, source if frame_op == "pool" else 0)
 
 

@@ -10,9 +10,11 @@ These are the ways of the study to shrink the visual context (paper-notes §2, �
   in one 3-D pool together with the token pooling;
 * random masking   -- LongViViT's (paper-notes §5): keep M of the G*G tokens chosen at random,
   independently per frame (``mask``) or as a tube, the same positions in every frame (``tube``),
-  in raster order; seeded per (video, arm) (:func:`mask_seed`), so a video always gets the same
-  mask under one arm. ``masktrain`` / ``tubetrain`` mask in training only: evaluation sees the
-  unmasked grid mean-pooled to the same M, as LongViViT evaluates its encoder unmasked.
+  in raster order; seeded per (video, arm) (:func:`mask_seed`), so evaluation gets the same mask
+  in every job, while training draws a fresh mask per pass over the data (the draw is part of the
+  seed), as LongViViT does: a model that met one fixed mask per video could learn that mask.
+  ``masktrain`` / ``tubetrain`` mask in training only: evaluation sees the unmasked grid
+  mean-pooled to the same M, as LongViViT evaluates its encoder unmasked.
 
 They are pure tensor functions: no files, no models, so the same code runs on cached features
 (the embedded default) and inside a model's forward (paper scale).
@@ -113,15 +115,17 @@ def pool_grid(x: torch.Tensor, k: int, T: int | None = None) -> torch.Tensor:
     return v
 
 
-def mask_seed(video: str, arm_id: str) -> int:
-    """The seed of ``video``'s mask under arm ``arm_id``: CRC-32 of both (Python's ``hash`` of a
-    string changes with every process), so the mask is the same in every job and on every machine."""
-    return zlib.crc32(f"{arm_id}\0{video}".encode())
+def mask_seed(video: str, arm_id: str, draw: int | None = None) -> int:
+    """The seed of ``video``'s mask under arm ``arm_id`` (``draw``: training's pass over the data;
+    None: evaluation's): CRC-32 of them (Python's ``hash`` of a string changes with every
+    process), so a mask is the same in every job and on every machine."""
+    key = f"{arm_id}\0{video}" if draw is None else f"{arm_id}\0{video}\0{int(draw)}"
+    return zlib.crc32(key.encode())
 
 
-def mask_seeds(videos: Sequence[str], arm: "Arm") -> list[int] | None:
+def mask_seeds(videos: Sequence[str], arm: "Arm", draw: int | None = None) -> list[int] | None:
     """:func:`mask_seed` of each video, or None for an arm that does not mask."""
-    return [mask_seed(v, arm.id) for v in videos] if arm.token_op in MASK_OPS else None
+    return [mask_seed(v, arm.id, draw) for v in videos] if arm.token_op in MASK_OPS else None
 
 
 def mask_indices(seed: int, T: int, n: int, M: int, tube: bool):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
@@ -172,7 +172,8 @@ def usable_records(records: Sequence[R], store: FeatureSource, source: str = "re
 # Visual context per batch
 
 
-def load_context(store: FeatureSource, keys: Sequence[str], arm: Arm, train: bool = False) -> torch.Tensor:
+def load_context(store: FeatureSource, keys: Sequence[str], arm: Arm, train: bool = False,
+                 draw: int | None = None) -> torch.Tensor:
     """``[B, T, M, D]`` float32 visual context of ``keys`` for ``arm``; from a frame store the
     arm's uint8 frames ``[B, arm.frames, S, S, 3]``, which the model's tower encodes.
 
@@ -180,14 +181,14 @@ def load_context(store: FeatureSource, keys: Sequence[str], arm: Arm, train: boo
     uniform indices), then ``visual_context`` pools/samples them; on that subset its own frame
     selection is the identity, so the result equals ``visual_context`` on all frames. ``train``:
     a training batch (random masking of a ``*train`` arm applies only then), each video masked by
-    its own seed (:func:`visctx.context.mask_seed`).
+    its own seed (:func:`visctx.context.mask_seed`), of training's pass ``draw`` when given.
     """
     idx = uniform_indices(store.frames, arm.frames)
     arr = np.stack([np.asarray(store.get(k)[idx]) for k in keys])
     if is_frames(store):
         return torch.from_numpy(arr)
     feats = torch.from_numpy(arr.astype(np.float32, copy=False))
-    ctx = visual_context(feats, arm, mask_seeds(keys, arm), train)
+    ctx = visual_context(feats, arm, mask_seeds(keys, arm, draw), train)
     expect = (len(keys), arm.T, arm.M, store.dim)
     if tuple(ctx.shape) != expect:
         raise ValueError(f"arm {arm.id} on a {store.grid}x{store.grid} feature grid gives context "
@@ -201,16 +202,16 @@ def is_frames(store: FeatureSource) -> bool:
 
 
 def add_context(batch: dict[str, Any], context: torch.Tensor, store: FeatureSource, arm: Arm,
-                keys: Sequence[str] | None = None) -> dict[str, Any]:
+                keys: Sequence[str] | None = None, draw: int | None = None) -> dict[str, Any]:
     """Cached features go in as ``visual``; frames as ``frames`` with the arm whose operators the
     model applies after its tower (:meth:`visctx.model.VideoModel.embed`), and for a masking arm
-    the videos' mask seeds (``keys``: the context's videos)."""
+    the videos' mask seeds (``keys``: the context's videos; ``draw``: training's pass)."""
     if is_frames(store):
         batch["frames"], batch["arm"] = context, arm.id  # an id: Lightning's batch transfer refuses frozen dataclasses
         if arm.token_op in MASK_OPS:
             if keys is None:
                 raise ValueError(f"arm {arm.id} masks each video by its own seed: add_context needs the videos")
-            batch["mask_seeds"] = mask_seeds(keys, arm)
+            batch["mask_seeds"] = mask_seeds(keys, arm, draw)
     else:
         batch["visual"] = context
     return batch
@@ -228,9 +229,12 @@ class ContextCache:
         self.store, self.max_bytes, self.bytes = store, max_bytes, 0
         self._items: OrderedDict[tuple[str, Any], torch.Tensor] = OrderedDict()
 
-    def get(self, keys: Sequence[str], arm: Arm, train: bool = False) -> torch.Tensor:
+    def get(self, keys: Sequence[str], arm: Arm, train: bool = False, draw: int | None = None) -> torch.Tensor:
         """``train``: a training batch (:func:`load_context`); it keys the cache only for a
-        ``*train`` masking arm, whose training and evaluation contexts differ."""
+        ``*train`` masking arm, whose training and evaluation contexts differ. A masking arm's
+        training context of pass ``draw`` is used once: it is computed, never cached."""
+        if train and draw is not None and arm.token_op in MASK_OPS:
+            return load_context(self.store, keys, arm, train, draw)
         tag = (arm, True) if train and not MASK_OPS.get(arm.token_op, (0, True))[1] else arm
         missing = list(dict.fromkeys(k for k in keys if (k, tag) not in self._items))
         fresh = ({k: c.clone() for k, c in zip(missing, load_context(self.store, missing, arm, train))}
@@ -292,9 +296,9 @@ class TrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, key: tuple[int, Arm]) -> tuple[Prompt, str, Arm]:
-        i, arm = key
-        return self.prompts[i], self.records[i].video, arm
+    def __getitem__(self, key: tuple[int, Arm] | tuple[int, Arm, int]) -> tuple[Prompt, str, Arm, int | None]:
+        i, arm, *draw = key
+        return self.prompts[i], self.records[i].video, arm, (draw[0] if draw else None)
 
 
 class ChoiceDataset(Dataset):
@@ -317,15 +321,15 @@ class TrainCollator:
         self.store, self.encoder = store, encoder
         self.cache = ContextCache(store, cache_bytes)
 
-    def __call__(self, items: list[tuple[Prompt, str, Arm]]) -> dict[str, Any]:
-        arm = items[0][2]
+    def __call__(self, items: list[tuple[Prompt, str, Arm, int | None]]) -> dict[str, Any]:
+        arm, draw = items[0][2], items[0][3] if len(items[0]) > 3 else None
         if any(it[2] != arm for it in items):
             raise ValueError("a batch must share one arm (same T, M): use ArmBatchSampler")
         videos = [it[1] for it in items]
         batch: dict[str, Any] = self.encoder.train_batch([it[0] for it in items], arm.T, arm.M, keys=videos,
                                                          summary=arm.summary_layout)
         keys = batch.get("prefix_keys", videos)
-        return add_context(batch, self.cache.get(keys, arm, train=True), self.store, arm, keys)
+        return add_context(batch, self.cache.get(keys, arm, train=True, draw=draw), self.store, arm, keys, draw)
 
 
 class ChoiceCollator:
@@ -344,7 +348,7 @@ class ChoiceCollator:
         return batch
 
 
-ARM_SAMPLING = ("uniform", "time", "sqrt")
+ARM_SAMPLING = ("uniform", "time", "sqrt", "frames")
 
 
 def step_cost(arm: Arm, text_tokens: int = 12, label_tokens: int = 3) -> float:
@@ -361,10 +365,21 @@ def step_cost(arm: Arm, text_tokens: int = 12, label_tokens: int = 3) -> float:
 
 def arm_weights(arms: Sequence[Arm], mode: str = "uniform") -> list[float] | None:
     """Mixture weights for the base: ``uniform`` (every arm equally often; None), ``time``
-    (every arm gets about the same compute: p ~ 1/step cost, so cheap arms get more steps) or
-    ``sqrt`` (in between: p ~ 1/sqrt(step cost))."""
+    (every arm gets about the same compute: p ~ 1/step cost, so cheap arms get more steps),
+    ``sqrt`` (in between: p ~ 1/sqrt(step cost)) or ``frames`` (every frame count T equally
+    often, its arms uniformly). ``frames`` exists because a study's arms are not spread evenly
+    over T: the token study's single-frame arms take 48 % of the default base's batches under
+    ``sqrt`` (9 % under ``frames``), so a base rarely sees a question about time answerable.
+    Measured on the default corpus (one base, seed 0, 3 fine-tuned arms): the time questions
+    gain little (T32-M4-pool needle 1.695 -> 1.649, order 1.771 -> 1.750, episodic 1.588 -> 1.575,
+    count 1.391 -> 1.393), T16-M9-pool's detail loses (0.210 -> 0.343), and the base takes 2.4x
+    as long; so the default stays ``sqrt`` (a 15000-step ``sqrt`` base was no better either)."""
     if mode == "uniform":
         return None
+    if mode == "frames":
+        per_t = Counter(a.T for a in arms)
+        w = [1.0 / (len(per_t) * per_t[a.T]) for a in arms]
+        return [x / sum(w) for x in w]
     if mode in ("time", "sqrt"):
         inv = [step_cost(a) ** (-1.0 if mode == "time" else -0.5) for a in arms]
         return [w / sum(inv) for w in inv]
@@ -380,7 +395,8 @@ class ArmBatchSampler(Sampler):
     run sees from there on. Each pass over the sampler continues with the next epoch: Lightning
     calls ``set_epoch`` only on a loader's ``sampler`` / ``batch_sampler.sampler``, never on a batch
     sampler, and without reshuffling every epoch repeats the same (record, arm) pairs, which the
-    tiny model memorises (measured: train loss 1.49 vs held-out 1.75).
+    tiny model memorises (measured: train loss 1.49 vs held-out 1.75). Items are ``(record,
+    arm)``, and ``(record, arm, epoch)`` for a masking arm, whose epoch draws its masks.
 
     On ``world`` ranks (DeepSpeed / DDP) ``batch_size`` is the global batch: every rank draws the
     same batch k and keeps its ``rank::world`` share, so one step sees one arm and the same records
@@ -447,7 +463,7 @@ class ArmBatchSampler(Sampler):
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
-    def epoch_batches(self, epoch: int) -> list[list[tuple[int, Arm]]]:
+    def epoch_batches(self, epoch: int) -> list[list[tuple]]:
         """Every batch of ``epoch``, in order: deterministic in (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch])
         if self.video_records is not None:
@@ -476,9 +492,11 @@ class ArmBatchSampler(Sampler):
                 batches = [batches[int(j)] for j in rng.permutation(len(batches))]
         else:
             batches = [order[b * bs:(b + 1) * bs] for b in range(len(self))]
-        return [[(int(i), arm) for i in batch] for batch, arm in zip(batches, arms)]
+        # the epoch is a masking arm's draw: a fresh mask per pass (visctx.context.mask_seed)
+        return [[(int(i), arm, epoch) if arm.token_op in MASK_OPS else (int(i), arm) for i in batch]
+                for batch, arm in zip(batches, arms)]
 
-    def __iter__(self) -> Iterator[list[tuple[int, Arm]]]:
+    def __iter__(self) -> Iterator[list[tuple]]:
         # A pass started mid-epoch (a resumed run) yields the rest of that epoch; len() stays the
         # full epoch, as Lightning adds the batches it restored to its own count. A generator: the
         # pass starts (and moves ``start`` on) at the first batch drawn, not at iter().
@@ -537,7 +555,7 @@ def padding(train_json: str, llm: str, arms: list[Arm], batch_size: int = 16, le
             sampler = ArmBatchSampler(len(ds), [arm], batch_size, seed, lengths=text.tolist(), length_groups=G)
             real = slots = 0
             for batch in sampler.epoch_batches(0):
-                rows = text[[i for i, _ in batch]] + block
+                rows = text[[it[0] for it in batch]] + block
                 real, slots = real + int(rows.sum()), slots + len(rows) * int(rows.max())
             row[f"length_groups={G}"] = round(1 - real / slots, 6)
     return out

@@ -135,6 +135,12 @@ def optimum_near_best_window(fits: dict[str, Any]) -> tuple[str, str]:
     text = (f"best window arm {best['arm']}; predicted best {p['best_predicted']}; optimum ({o['brute_force']['T']}, "
             f"{o['brute_force']['M']})" + (f", interval T {b['T']['lo']:.0f}-{b['T']['hi']:.0f}, M {b['M']['lo']:.0f}-"
                                            f"{b['M']['hi']:.0f}" if b else ""))
+    # an optimum of a law with a parameter at its bound, or beyond the trained T and M, is the
+    # fitter's edge, not a measurement: it can neither confirm the finding nor refute it
+    caveats = ([f"{', '.join(o['at_bound'])} at a bound"] if o.get("at_bound") else []) + \
+        (["outside the trained T, M"] if o.get("extrapolated") else [])
+    if caveats:
+        return UNCLEAR, f"{text}; the optimum is {' and '.join(caveats)}"
     if p["best_match"] and inside:
         return HOLDS, text
     if not p["best_match"] and not inside:

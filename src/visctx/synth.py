@@ -1,7 +1,7 @@
 """The embedded default's data: synthetic videos whose information is graded and scale-free.
 
-A video is a textured grey background with six objects, each a coloured square of ``size`` x
-``size`` cells of the 27 x 27 patch grid, visible for its own seconds. Sizes and durations are
+A video is a textured grey background with six objects, each a coloured square of ``side`` x
+``side`` cells of the 27 x 27 patch grid, visible for its own seconds, inside its task's *zone*. Sizes and durations are
 drawn from heavy-tailed (power-law) distributions, so there are many small, brief things and a
 few large, long ones: a little more T or M always reveals a little more, as in natural video,
 instead of the step functions of a corpus with one size and one duration per question. Each
@@ -17,6 +17,15 @@ detail      a static object for the whole video (fine detail)       a token that
 episodic    one place that turns c1 -> c2 -> c3; "what was before   c1 and c2, in order
             c2" (what happened before an event)
 ==========  ======================================================  ===========================
+
+Zones (:func:`zones`): the grid is cut into three bands of rows; the top band holds the needle
+(left) and the blinker (right), the middle band both squares of the pair, the bottom band the
+episodic sign (left) and the still object (right). A question names a role ("the flash", "the
+pair"), and without the layout nothing in the pixels tells which transient square plays it: the
+needle and the pair's two squares are alike, so even a reader that saw all three could do no
+better than a guess among them, while the ceiling credits a seen needle with its colour. The zones
+make the role visible, so the ceiling is what a reader of the context can reach; they cap a side
+at a band's height less one cell (8 of 27).
 
 Temporal redundancy: an event lasts several frames, so temporal pooling keeps diluted evidence of
 it where sampling can miss it; spatial detail at many scales: pooling blurs the small objects and
@@ -86,19 +95,35 @@ def _cell_size(size: int, grid: int) -> int:
     return cell
 
 
-def _place(rng: np.random.Generator, taken: np.ndarray, side: int) -> tuple[int, int, int]:
-    """A free ``side`` x ``side`` square (1-cell gap to every other object) on the grid; the side
-    shrinks until one fits. Marks it taken; returns (row, col, side)."""
+def zones(grid: int = 27) -> dict[str, tuple[int, int, int, int]]:
+    """Each task's zone ``(row0, row1, col0, col1)`` (ends exclusive): three bands of ``grid // 3``
+    rows, the top and bottom ones split in two halves with a one-column gutter."""
+    band, half = grid // 3, (grid - 1) // 2
+    return {"needle": (0, band, 0, half), "count": (0, band, grid - half, grid),
+            "order": (band, 2 * band, 0, grid),
+            "episodic": (2 * band, grid, 0, half), "detail": (2 * band, grid, grid - half, grid)}
+
+
+def max_side_for(grid: int) -> int:
+    """The largest side a zone takes: a band's height less one cell (a gap to the next band)."""
+    return grid // 3 - 1
+
+
+def _place(rng: np.random.Generator, taken: np.ndarray, side: int,
+           zone: tuple[int, int, int, int] | None = None) -> tuple[int, int, int]:
+    """A free ``side`` x ``side`` square (1-cell gap to every other object) inside ``zone`` (the
+    whole grid if None); the side shrinks until one fits. Marks it taken; returns (row, col, side)."""
     grid = taken.shape[0]
+    r0, r1, c0, c1 = zone or (0, grid, 0, grid)
     while side >= 1:
-        free = [(r, c) for r in range(0, grid - side + 1) for c in range(0, grid - side + 1)
+        free = [(r, c) for r in range(r0, r1 - side + 1) for c in range(c0, c1 - side + 1)
                 if not taken[max(0, r - 1):r + side + 1, max(0, c - 1):c + side + 1].any()]
         if free:
             r, c = free[int(rng.integers(0, len(free)))]
             taken[r:r + side, c:c + side] = True
             return r, c, side
         side -= 1
-    raise ValueError("no free cell left on the grid for another object")
+    raise ValueError(f"no free cell left in zone {zone} for another object")
 
 
 def _events(rng: np.random.Generator, seconds: int, n: int, d_max: int, exponent: float,
@@ -114,16 +139,17 @@ def _events(rng: np.random.Generator, seconds: int, n: int, d_max: int, exponent
 
 
 def scene_spec(key: str, rng: np.random.Generator, seconds: int = 32, fps: int = 2, size: int = 108,
-               grid: int = 27, max_side: int = 12, size_exponent: float = 0.8, max_duration: int = 8,
+               grid: int = 27, max_side: int = 8, size_exponent: float = 0.8, max_duration: int = 8,
                duration_exponent: float = 1.0, noise: int = 24) -> dict[str, Any]:
     """One video's full description: what :func:`render_frames` draws and :mod:`visctx.ceiling`
     reads. Every object is ``{"colour", "cell": [r, c], "side", "shows": [[start, seconds], ...]}``."""
     _cell_size(size, grid)
     colours = list(PALETTE)
     taken = np.zeros((grid, grid), bool)
+    zone = zones(grid)
 
-    def obj(colour: str, shows: list[tuple[int, int]]) -> dict[str, Any]:
-        r, c, side = _place(rng, taken, power_law(rng, 1, max_side, size_exponent))
+    def obj(task: str, colour: str, shows: list[tuple[int, int]]) -> dict[str, Any]:
+        r, c, side = _place(rng, taken, power_law(rng, 1, max_side, size_exponent), zone[task])
         return {"colour": colour, "cell": [r, c], "side": side, "shows": [list(s) for s in shows]}
 
     base = int(rng.integers(70, 121))
@@ -131,16 +157,16 @@ def scene_spec(key: str, rng: np.random.Generator, seconds: int = 32, fps: int =
         "video": key, "seconds": seconds, "fps": fps, "size": size, "grid": grid, "noise": noise,
         "background": {"grey": base, "texture_seed": int(rng.integers(0, 2**31))},
     }
-    spec["needle"] = obj(str(rng.choice(colours)), _events(rng, seconds, 1, max_duration, duration_exponent))
+    spec["needle"] = obj("needle", str(rng.choice(colours)), _events(rng, seconds, 1, max_duration, duration_exponent))
     n = int(rng.integers(1, MAX_COUNT + 1))
-    spec["count"] = obj("white", _events(rng, seconds, n, 3, duration_exponent)) | {"n": n}
+    spec["count"] = obj("count", "white", _events(rng, seconds, n, 3, duration_exponent)) | {"n": n}
     first, second = (str(c) for c in rng.choice(colours, size=2, replace=False))
     (s0, d0), (s1, d1) = _events(rng, seconds, 2, max_duration, duration_exponent)
-    spec["order"] = [obj(first, [(s0, d0)]), obj(second, [(s1, d1)])]
-    spec["detail"] = obj(str(rng.choice(colours)), [(0, seconds)])
+    spec["order"] = [obj("order", first, [(s0, d0)]), obj("order", second, [(s1, d1)])]
+    spec["detail"] = obj("detail", str(rng.choice(colours)), [(0, seconds)])
     ep = [str(c) for c in rng.choice(colours, size=3, replace=False)]
     shows = _events(rng, seconds, 3, max_duration, duration_exponent, gap=0)
-    place = obj(ep[0], [shows[0]])  # one place; its colour changes from episode to episode
+    place = obj("episodic", ep[0], [shows[0]])  # one place; its colour changes from episode to episode
     spec["episodic"] = {"cell": place["cell"], "side": place["side"],
                         "episodes": [{"colour": c, "shows": [list(s)]} for c, s in zip(ep, shows)]}
     return spec
@@ -222,7 +248,7 @@ def _rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
 
 
 def make_corpus(out_dir: str | os.PathLike, n_train: int, n_eval: int, seed: int, seconds: int = 32,
-                fps: int = 2, size: int = 108, grid: int = 27, max_side: int = 12, size_exponent: float = 0.8,
+                fps: int = 2, size: int = 108, grid: int = 27, max_side: int = 8, size_exponent: float = 0.8,
                 max_duration: int = 8, duration_exponent: float = 1.0, noise: int = 24,
                 tasks: Sequence[str] = TASKS) -> dict[str, Any]:
     """Write ``train.json``, ``eval.json`` and ``videos.json`` under ``out_dir``; return a summary.
@@ -250,8 +276,9 @@ def make_corpus(out_dir: str | os.PathLike, n_train: int, n_eval: int, seed: int
             raise ValueError(f"unknown task {t!r}; allowed: {', '.join(TASKS)}")
     if n_train < 1 or n_eval < 1:
         raise ValueError(f"need n_train >= 1 and n_eval >= 1, got {n_train}, {n_eval}")
-    if not 1 <= max_side <= grid // 2:
-        raise ValueError(f"max_side={max_side}: objects must fit two to a side of the {grid}-cell grid")
+    if not 1 <= max_side <= max_side_for(grid):
+        raise ValueError(f"max_side={max_side}: an object must fit its task's zone, a band of {grid // 3} of "
+                         f"the {grid}-cell grid's rows with a gap (at most {max_side_for(grid)})")
     if seconds < 2 * MAX_COUNT + 3 or max_duration < 1:
         raise ValueError(f"seconds={seconds}, max_duration={max_duration}: the events do not fit")
     out_dir = Path(out_dir)
