@@ -4,7 +4,9 @@
 # measured. Writes results/perf/perf.{json,md,log}. `--no-fresh` measures this checkout instead;
 # `--fresh-clone-check` runs ../shared/tools/fresh-clone-check on the README's two commands and records it
 # in results/perf/fresh-clone-check.{json,md} (what the README quotes); `--method-costs` measures a
-# training step per method of the methods study (results/perf/method-costs.json; needs the tiny LLM);
+# training step per method at each window of the methods study (results/perf/method-costs.json; needs the tiny LLM);
+# `--finetune-budget` fine-tunes two arms at several lengths from every replicate's base, per question
+# beside the ceiling (results/perf/finetune-budget.{json,md}, ~20 min on a finished study);
 # `--temp-experiment` counts the jobs a `dvc exp run --temp` of an analysis-only change runs on this
 # checkout's finished study (results/perf/temp-experiment.{json,md}).
 set -euo pipefail
@@ -13,8 +15,12 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 if [ "${1:-}" = "--method-costs" ]; then  # memory and time per way of spending the window (the methods study's L)
   shift
-  exec visctx method-costs --llm results/models/pretrained/llm --T 32 --M 4 --steps 10 \
+  exec visctx study-method-costs --llm results/models/pretrained/llm --steps 10 \
     --out-json results/perf/method-costs.json "$@"
+fi
+if [ "${1:-}" = "--finetune-budget" ]; then  # on a finished study: what longer fine-tunes buy each question
+  shift
+  exec visctx finetune-budget "$@"
 fi
 if [ "${1:-}" = "--temp-experiment" ]; then  # on a finished, committed study: what one sweep experiment runs
   shift

@@ -190,6 +190,36 @@ def test_the_count_bound_is_the_best_guess_from_the_runs():
     assert C.bound_item("count", shown(blinker, "T8-M4-pool"), ["1", "2", "3", "4"], pooled=False) is None
 
 
+def test_the_loss_bound_is_the_entropy_of_the_answers_the_frames_leave_open():
+    """The model never sees the options: an unseen colour is one of 6; only B shown leaves 5;
+    episodic names c2, and c3 shown leaves 4."""
+    flash = scene(needle={"colour": "cyan", "cell": [0, 0], "side": 1, "shows": [[10, 1]]})
+    assert C.loss_bound_item("needle", shown(flash, "T1-M196-pool"), flash, pooled=False) == pytest.approx(math.log(6))
+    assert C.loss_bound_item("needle", shown(flash, "T1-M4-pool-from32"), flash, pooled=True) == 0.0
+    b_only = scene(order=[{"colour": "red", "cell": [0, 6], "side": 1, "shows": []},
+                          {"colour": "blue", "cell": [0, 9], "side": 1, "shows": [[0, 32]]}])
+    assert C.loss_bound_item("order", shown(b_only, "T4-M4-pool"), b_only, False) == pytest.approx(math.log(5))
+    ep = scene(episodic={"cell": [0, 15], "side": 1, "episodes": [
+        {"colour": "green", "shows": [[0, 4]]}, {"colour": "blue", "shows": [[4, 4]]}, {"colour": "red", "shows": [[8, 4]]}]})
+    assert C.loss_bound_item("episodic", shown(ep, "T1-M4-pool"), ep, False) == pytest.approx(math.log(5))  # none
+    assert C.loss_bound_item("episodic", shown(ep, "T32-M4-pool"), ep, False) == 0.0
+    c3 = {k: np.array([]) for k in ("episodic0", "episodic1")} | {"episodic2": np.array([3])}
+    assert C.loss_bound_item("episodic", c3, ep, False) == pytest.approx(math.log(4))
+    blinker = scene(count={"colour": "white", "cell": [0, 0], "side": 2, "n": 2, "shows": [[3, 1], [10, 2]]})
+    assert C.loss_bound_item("count", shown(blinker, "T1-M4-pool-from32"), blinker, pooled=True) == 0.0
+    assert C.loss_bound_item("count", shown(blinker, "T8-M4-pool"), blinker, pooled=False) is None
+
+
+def test_the_count_loss_bound_is_the_entropy_of_n_given_the_runs():
+    runs = [0, 0, 1, 1, 1, 2]
+    truth = ["1", "2", "1", "1", "3", "2"]  # r = 0: 1/2 each; r = 1: "1" 2/3, "3" 1/3; r = 2: certain
+    got = C.count_loss_bound(runs, truth)
+    assert got == pytest.approx([math.log(2)] * 2 + [math.log(1.5)] * 2 + [math.log(3), 0.0])
+    # no function of r does better on these items: the best constant per r is their frequency
+    for q1 in (0.5, 0.6, 0.8):
+        assert -(2 * math.log(q1) + math.log(1 - q1)) / 3 >= got[2:5].mean() - 1e-12
+
+
 def test_the_bound_is_never_below_the_share_rule_and_the_check_flags_an_arm_above_it(tmp_path):
     synth.make_corpus(tmp_path, n_train=1, n_eval=40, seed=0)
     studies = {"tokens": {"frames": 1, "tokens": [1, 49], "methods": ["sample", "pool"]},
@@ -202,7 +232,12 @@ def test_the_bound_is_never_below_the_share_rule_and_the_check_flags_an_arm_abov
     assert (c["bound_se"] >= 0).all() and (c["bound"] <= 1).all() and c.loc["T1-M1-sample", "bound_se"] > 0
     assert c.loc["T8-M4-pool-from32", "bound"] == 1.0  # every frame pooled in: all shown, nothing left to guess
     assert c.loc["T1-M1-pool", "bound_detail"] == 1.0 > c.loc["T1-M1-pool", "acc_detail"]  # the static detail
-    arms = c.reset_index()[["arm", "benchmark", "accuracy", *[f"acc_{t}" for t in synth.TASKS]]]
+    for task in synth.TASKS:  # what a token carries a frame shows: the loss bound is under the share rule's loss
+        assert (c[f"bound_loss_{task}"] <= c[f"loss_{task}"] + 1e-9).all(), task
+    assert c.loc["T8-M4-pool-from32", "bound_loss"] == 0.0 < c.loc["T1-M1-sample", "bound_loss"]
+    assert c.loc["T1-M1-sample", "bound_loss_needle"] <= math.log(6) + 1e-12
+    arms = c.reset_index()[["arm", "benchmark", "accuracy", "loss", *[f"acc_{t}" for t in synth.TASKS],
+                            *[f"loss_{t}" for t in synth.TASKS]]]
     trained = pd.concat([arms.assign(seed=s) for s in (0, 1)])
     trained.loc[trained["arm"] == "T1-M1-sample", "acc_needle"] = 0.99  # an impossible arm: one frame rarely shows the flash
     trained.to_csv(tmp_path / "arms.csv", index=False)
@@ -211,6 +246,15 @@ def test_the_bound_is_never_below_the_share_rule_and_the_check_flags_an_arm_abov
     bad = df[~df["within"]]
     assert out["outside_bound"] == 1 and bad[["arm", "task"]].values.tolist() == [["T1-M1-sample", "needle"]]
     assert "T1-M1-sample | needle" in (tmp_path / "check/ceiling_check.md").read_text()
+    # the loss: the ceiling's own losses sit at or above the bound; an arm whose loss is far below it is flagged
+    assert out["below_loss_bound"] == 0 and df["loss_within"].all() and (df["loss_gap"] >= -1e-9).all()
+    noisy = trained.copy()
+    noisy.loc[noisy["arm"] == "T1-M1-sample", "loss_needle"] = [0.20, 0.30]  # a needle read off one frame
+    noisy.to_csv(tmp_path / "arms2.csv", index=False)
+    out2 = C.check(str(tmp_path / "arms2.csv"), str(tmp_path / "c.csv"), str(tmp_path / "check2"))
+    low = pd.read_csv(tmp_path / "check2/ceiling_check.csv").query("~loss_within")
+    assert out2["below_loss_bound"] == 1 and low[["arm", "task"]].values.tolist() == [["T1-M1-sample", "needle"]]
+    assert "Below the loss bound: 1 of" in (tmp_path / "check2/ceiling_check.md").read_text()
     c.drop(index="T1-M1-pool").reset_index().to_csv(tmp_path / "c2.csv", index=False)
     with pytest.raises(ValueError, match="T1-M1-pool"):
         C.check(str(tmp_path / "arms.csv"), str(tmp_path / "c2.csv"), str(tmp_path / "check"))

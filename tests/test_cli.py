@@ -166,6 +166,8 @@ CALLS: dict[str, tuple[list[str], dict]] = {
                       "summary", "--no-isolate", "--threads", "2", "--out-json", "m.json"],
                      {"llm": "llm", "T": 8, "M": 49, "ratio": 4, "window": 392, "methods": ["mask", "summary"],
                       "isolate": False, "threads": 2, "out_json": "m.json"}),
+    "study-method-costs": (["--params", "p.yaml", "--llm", "llm", "--steps", "3", "--out-json", "m.json"],
+                           {"params": "p.yaml", "llm": "llm", "steps": 3, "out_json": "m.json"}),
     "padding": (["--train-json", "t.json", "--llm", "llm", "--arms", "T4-M9-pool", "--length-groups", "0", "50",
                  "--prompt-format", json.dumps(PF)],
                 {"train_json": "t.json", "llm": "llm", "arms": [A], "length_groups": [0, 50], "prompt_format": PF}),
@@ -195,6 +197,8 @@ CALLS: dict[str, tuple[list[str], dict]] = {
     "fresh-clone-check": (["--out-dir", "results/perf", "--repo", ".", "--commands", "bash scripts/run.sh"],
                           {"out_dir": "results/perf", "repo": ".", "commands": ["bash scripts/run.sh"]}),
     "temp-experiment": (["--out-dir", "results/perf", "--repo", "."], {"out_dir": "results/perf", "repo": "."}),
+    "finetune-budget": (["--arms", "T4-M4-pool", "--steps", "10", "30", "--lr", "0.003", "--seeds", "0", "1", "--jobs", "1"],
+                        {"arms": ["T4-M4-pool"], "steps": [10, 30], "lr": 0.003, "seeds": [0, 1], "jobs": 1}),
     "perf": (["--out-dir", "results/perf", "--repo", ".", "--no-fresh", "--keep"],
              {"out_dir": "results/perf", "repo": ".", "fresh": False, "keep": True}),
 }

@@ -27,7 +27,8 @@ from visctx import cpu
 SRC = Path(__file__).resolve().parents[1] / "src"
 ARMS = ("T2-M9-pool", "T4-M4-pool")
 # what the tests set from outside; a value inherited from the test process must not leak in
-CPU_VARS = ("ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", cpu.PIN_VAR)
+CPU_VARS = ("ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE",
+            cpu.PIN_VAR)
 INTEL = cpu.cpu_vendor() == "GenuineIntel"
 
 
@@ -179,3 +180,102 @@ def test_pin_environment_keeps_explicit_values_and_rejects_unknown_levels():
     assert cpu.pin_environment({cpu.PIN_VAR: "off"}) == "off"
     with pytest.raises(cpu.CpuPinError, match="VISCTX_CPU_PIN='avx512'; allowed: avx2, default, off"):
         cpu.pin_environment({cpu.PIN_VAR: "avx512"})
+
+
+
+OPENBLAS_PROBE = (  # NumPy's OpenBLAS (a matrix product) and SciPy's (a least-squares solve), as the fits use them
+    "import visctx, hashlib, numpy as np, scipy.linalg as sl; from visctx import cpu; fp = cpu.check(torch=False); "
+    "r = np.random.default_rng(0); a = r.standard_normal((64, 96)); b = r.standard_normal((96, 48)); "
+    "x = sl.lstsq(a, r.standard_normal(64))[0]; "
+    "print(fp.get('openblas'), hashlib.sha256((a @ b).tobytes() + x.tobytes()).hexdigest())")
+
+
+def openblas_run(**env_overrides: str) -> tuple[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS} | env_overrides
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", OPENBLAS_PROBE], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    core, digest = proc.stdout.split()
+    return core, digest
+
+
+def test_openblas_computes_with_the_pins_kernels():
+    """NumPy's and SciPy's OpenBLAS pick kernels by CPU model (SkylakeX on an AVX-512 Xeon, Haswell
+    on an AVX2 EPYC), and a least-squares solve then gives other bits, as the fits did. Under the
+    pin: the bytes of a CPU whose own OpenBLAS core is the pin's; natively other bytes."""
+    native = native_capability()
+    pin = pin_under_test(native)
+    if pin is None:
+        pytest.skip(f"this CPU's torch kernels are {native}: no instruction set below it to simulate")
+    core = cpu.LEVELS[pin]["OPENBLAS_CORETYPE"]
+    here = openblas_run(**{cpu.PIN_VAR: pin})
+    there = openblas_run(OPENBLAS_CORETYPE=core, **{cpu.PIN_VAR: pin})  # that CPU's own choice, from outside
+    control = openblas_run(**{cpu.PIN_VAR: "off"})
+    assert here == there and here[0].lower() == core.lower()
+    assert control[1] != here[1], f"OpenBLAS's native {control[0]} kernels gave the pinned bytes: the test cannot fail"
+
+
+def test_openblas_loaded_before_the_pin_is_refused():
+    code = "import numpy; import visctx; from visctx import cpu; cpu.check(torch=False)"
+    env = {k: v for k, v in os.environ.items() if k not in CPU_VARS} | {cpu.PIN_VAR: "default"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "numpy's OpenBLAS computes with its" in proc.stderr, proc.stderr[-2000:]
+    env["OPENBLAS_CORETYPE"] = "SkylakeX"
+    proc = subprocess.run([sys.executable, "-c", "import visctx; from visctx import cpu; cpu.check(torch=False)"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "OPENBLAS_CORETYPE=SkylakeX contradicts VISCTX_CPU_PIN=default" in proc.stderr
+
+
+def test_x264_encodes_with_the_pins_kernels(tmp_path, monkeypatch):
+    """x264 picks its SIMD kernels by CPU too, and they are not bit-exact: the default corpus's
+    train/syn-00005 encodes to other bytes with AVX-512 kernels than with AVX2 ones, and with AVX2
+    than with the baseline (the same decoded frames). Under the pin ``write_mp4`` gives the bytes of
+    a CPU whose best kernels are the pin's (x264 told that CPU's flags); natively it differs, so the
+    test can fail."""
+    import av
+    import numpy as np
+
+    from visctx import synth
+    from visctx.video import read_video
+
+    native = native_capability()
+    pin = pin_under_test(native)
+    if pin is None:
+        pytest.skip(f"this CPU's torch kernels are {native}: no instruction set below it to simulate")
+    synth.make_corpus(tmp_path, n_train=6, n_eval=1, seed=0)  # each video its own stream: the default corpus's
+    spec = next(v for v in synth.load_videos_json(tmp_path / "videos.json")["videos"]
+                if v["video"] == "train/syn-00005.mp4")
+    frames = synth.render_frames(spec)
+
+    def encode(name: str, level: str) -> bytes:
+        monkeypatch.setenv(cpu.PIN_VAR, level)
+        synth.write_mp4(tmp_path / name, frames, spec["fps"])
+        return (tmp_path / name).read_bytes()
+
+    pinned, native_bytes = encode("pinned.mp4", pin), encode("native.mp4", "off")
+    assert "x264-params" not in synth.x264_options()  # off: x264 detects the CPU's flags itself
+    # the other CPU: a plain PyAV encode, x264 told the flags of a CPU whose best level is the pin's
+    with av.open(str(tmp_path / "other.mp4"), "w", format="mp4") as c:
+        st = c.add_stream("libx264", rate=int(spec["fps"]))
+        st.width, st.height, st.pix_fmt, st.thread_count = frames.shape[2], frames.shape[1], "yuv420p", 1
+        st.options = {"crf": "12", "preset": "veryfast", "x264-params": f"asm={synth.X264_ASM[pin]}"}
+        for f in synth.rgb_to_yuv420p(frames):
+            c.mux(st.encode(av.VideoFrame.from_ndarray(f, format="yuv420p")))
+        c.mux(st.encode())
+    assert (tmp_path / "other.mp4").read_bytes() == pinned
+    assert native_bytes != pinned, "x264's native kernels gave the pinned bytes: the test cannot fail"
+    a, b = read_video(tmp_path / "pinned.mp4", fps=None, max_frames=None), read_video(tmp_path / "native.mp4", fps=None,
+                                                                                     max_frames=None)
+    assert np.array_equal(a[0], b[0])  # other bits, the same pixels
+
+
+def test_x264_refuses_a_pin_above_the_cpu(monkeypatch):
+    from visctx import synth
+
+    monkeypatch.setenv(cpu.PIN_VAR, "avx2")
+    monkeypatch.setattr(cpu, "describe_host", lambda: {"isa": ["avx", "sse4_1", "sse4_2"]})
+    with pytest.raises(cpu.CpuPinError, match=f"{cpu.PIN_VAR}=avx2.*no AVX2"):
+        synth.x264_options()
+    monkeypatch.setenv(cpu.PIN_VAR, "default")
+    assert synth.x264_options()["x264-params"] == "asm=SSE2"

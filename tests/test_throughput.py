@@ -117,6 +117,28 @@ def test_methods_at_one_window_are_accounted_on_a_microscopic_model(llm_dir, tmp
     assert m["grid"]["activation_bytes"] > m["mask"]["activation_bytes"]  # what masking 8 of 2 x 729 saves
 
 
+def test_the_harness_costs_every_window_of_the_methods_study(llm_dir, tmp_path):
+    """One report per combination of studies.methods (its ratio and window), in the config's order."""
+    from pathlib import Path
+
+    import yaml
+
+    from visctx.config import raw_params
+    from visctx.throughput import study_method_costs
+
+    params = tmp_path / "params.yaml"  # read alone (no config/ beside it): the repository's settings, two windows
+    raw = raw_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    raw["studies"]["methods"] |= {"combos": [[2, 4], [1, 9]], "summary_ratio": 4, "summary_window": 0}
+    raw["model"]["tiny"]["vision"]["hidden_size"] = 8
+    params.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "m.json"
+    r = study_method_costs(str(params), str(llm_dir), steps=1, isolate=False, out_json=str(out))
+    assert json.loads(out.read_text()) == r
+    assert [(w["T"], w["M"], w["window"]) for w in r["windows"]] == [(2, 4, 8), (1, 9, 9)]
+    assert r["windows"][1]["methods"]["summary"]["arm"] == "T1-M36-pool-vst4w36"
+    assert all(w["methods"]["pool"]["kept_visual_tokens"] == w["window"] for w in r["windows"])
+
+
 def test_an_isolated_method_gives_the_same_accounting(llm_dir):
     from visctx.throughput import method_costs
 

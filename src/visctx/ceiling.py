@@ -46,6 +46,14 @@ where some frame of the bin shows it, whatever M and the token operator. Given t
   function of r does on these very items (for each r, the most frequent n among its items),
   which can only overstate what r allows.
 
+The same evidence bounds the **loss** (:func:`loss_bound_item`): the model scores the answer word
+over its vocabulary without seeing the options, so the least expected cross-entropy given what the
+frames show is the entropy of a uniform answer among those still possible -- 0 when shown; ln 6
+for an unseen colour, ln 5 when only B (order) is shown, ln 4 when only c3 (episodic: c2 is named)
+is; a count over sampled frames (or pooled frames that never show the blinker) gets the least
+cross-entropy any function of r reaches on these items, the empirical entropy of n given r
+(:func:`count_loss_bound`). Colours are drawn independently per task, so other objects tell nothing.
+
 ``visctx ceiling-check`` sets every trained arm against both (``results/tables/ceiling_check.*``).
 """
 
@@ -163,6 +171,39 @@ def bound_item(task: str, shown: dict[str, np.ndarray], options: Sequence[str], 
     raise ValueError(f"unknown task {task!r}")
 
 
+def loss_bound_item(task: str, shown: dict[str, np.ndarray], spec: dict[str, Any], pooled: bool) -> float | None:
+    """The least expected cross-entropy of one answer word given the bins where each object is
+    shown (keys as in :func:`item_ceiling`): ln of how many answers stay possible, none ruled out
+    by the options (the model does not see them); ``None`` for a count that :func:`count_loss_bound`
+    bounds over the arm's items together."""
+    from visctx.synth import answer_space
+
+    n = len(answer_space(task, spec))
+    if task in ("needle", "detail"):
+        return 0.0 if len(shown[task]) else math.log(n)
+    if task == "order":  # only B shown: B is not the first of the pair
+        return 0.0 if len(shown["order0"]) else math.log(n - 1) if len(shown["order1"]) else math.log(n)
+    if task == "episodic":  # the space already leaves out c2 (the question names it); c3 shown rules c3 out
+        return 0.0 if len(shown["episodic0"]) else math.log(n - 1) if len(shown["episodic2"]) else math.log(n)
+    if task == "count":
+        return 0.0 if pooled and len(shown["count"]) else None
+    raise ValueError(f"unknown task {task!r}")
+
+
+def count_loss_bound(runs: Sequence[int], answers: Sequence[str]) -> np.ndarray:
+    """Per count item, -ln of its true count's frequency among the items with the same runs r: the
+    mean is the empirical entropy of n given r, the least cross-entropy any function of r reaches on
+    these items (the loss counterpart of :func:`count_bound`)."""
+    runs, answers = np.asarray(runs), np.asarray(answers)
+    out = np.zeros(len(runs))
+    for r in np.unique(runs):
+        sel = runs == r
+        values, counts = np.unique(answers[sel], return_counts=True)
+        freq = dict(zip(values, counts / sel.sum()))
+        out[sel] = [-math.log(freq[a]) for a in answers[sel]]
+    return out
+
+
 def count_bound(runs: Sequence[int], answers: Sequence[int]) -> np.ndarray:
     """Per count item, 1 where the best guess from its runs r is right: for each r the most frequent
     true count among the items with that r (ties: the smallest). Its mean is the best accuracy any
@@ -233,8 +274,9 @@ def _evidence(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold:
 
 def arm_ceiling(arm: Arm, specs: dict[str, dict[str, Any]], items: list[dict[str, Any]], extract_fps: float,
                 max_frames: int, threshold: float) -> pd.DataFrame:
-    """One row per evaluation item: its task, ceiling loss and accuracy under ``arm``, and the
-    accuracy bound (``bound``: :func:`bound_item`)."""
+    """One row per evaluation item: its task, ceiling loss and accuracy under ``arm``, the
+    accuracy bound (``bound``: :func:`bound_item`) and the loss bound (``bound_loss``:
+    :func:`loss_bound_item`)."""
     rows, cache = [], {}
     pooled = bool(arm.pooled_from)
     for it in items:
@@ -245,12 +287,14 @@ def arm_ceiling(arm: Arm, specs: dict[str, dict[str, Any]], items: list[dict[str
         loss, acc = item_ceiling(it["task_type"], spec, seen, it["options"], it["answer"])
         rows.append({"video": it["video"], "task": it["task_type"], "loss": loss, "accuracy": acc,
                      "bound": bound_item(it["task_type"], shown, it["options"], pooled),
+                     "bound_loss": loss_bound_item(it["task_type"], shown, spec, pooled),
                      "runs": _runs(shown["count"]), "truth": str(it["options"][it["answer"]])})
-    df = pd.DataFrame(rows)
-    todo = df["bound"].isna()
-    if todo.any():
-        df.loc[todo, "bound"] = count_bound(df.loc[todo, "runs"].to_numpy(), df.loc[todo, "truth"].to_numpy())
-    return df.drop(columns=["runs", "truth"]).astype({"bound": float})
+    df = pd.DataFrame(rows).astype({"bound": float, "bound_loss": float})
+    for col, by_runs in (("bound", count_bound), ("bound_loss", count_loss_bound)):
+        todo = df[col].isna()
+        if todo.any():
+            df.loc[todo, col] = by_runs(df.loc[todo, "runs"].to_numpy(), df.loc[todo, "truth"].to_numpy())
+    return df.drop(columns=["runs", "truth"])
 
 
 def _chance_se(b: pd.Series) -> float:
@@ -263,7 +307,8 @@ def ceiling(videos_json: str, eval_json: str, studies: dict, out_csv: str, extra
             max_frames: int = 32, threshold: float = 0.25) -> dict:
     """The ceiling of every arm of the studies on the held-out split, as an arms.csv-shaped table
     (``loss``, ``accuracy``, ``loss_<task>``, ``acc_<task>``; seed 0: it is exact, not trained) that
-    the fits and tables read like any arm table, with the accuracy bound (``bound``, ``bound_<task>``).
+    the fits and tables read like any arm table, with the accuracy bound (``bound``, ``bound_<task>``)
+    and the loss bound (``bound_loss``, ``bound_loss_<task>``).
 
     Args:
         videos_json: the scene specs (``synth.make_corpus``).
@@ -289,10 +334,12 @@ def ceiling(videos_json: str, eval_json: str, studies: dict, out_csv: str, extra
         df = arm_ceiling(arm, specs, items, extract_fps, max_frames, threshold)
         row = {k: v for k, v in arm.to_dict().items() if k != "id"} | {
             "arm": arm.id, "seed": 0, "benchmark": "synthetic", "n": len(df), "loss": df["loss"].mean(),
-            "accuracy": df["accuracy"].mean(), "bound": df["bound"].mean(), "bound_se": _chance_se(df["bound"])}
+            "accuracy": df["accuracy"].mean(), "bound": df["bound"].mean(), "bound_se": _chance_se(df["bound"]),
+            "bound_loss": df["bound_loss"].mean()}
         for task, g in df.groupby("task"):
             row[f"acc_{task}"], row[f"loss_{task}"] = g["accuracy"].mean(), g["loss"].mean()
             row[f"bound_{task}"], row[f"bound_se_{task}"] = g["bound"].mean(), _chance_se(g["bound"])
+            row[f"bound_loss_{task}"] = g["bound_loss"].mean()
         rows.append(row)
     out = pd.DataFrame(rows)
     lead = ["arm", "T", "M", "token_op", "frame_op", "pooled_from", "tokens", "seed", "benchmark", "n", "loss",
@@ -314,6 +361,15 @@ def check(arms_csv: str, ceiling_csv: str, out_dir: str) -> dict:
     guesses, :func:`_chance_se`: the bound is computed on the very items scored, so only guessing
     varies); ``readable`` true when at most as far above the share rule's accuracy.
 
+    The loss against the loss bound: ``loss_within`` is true unless the mean loss is more than
+    ``Z_BOUND`` across-seed SE (SD / sqrt(seeds)) below it. The bound is an expectation over the
+    answers; a model whose answer prior comes from the training split can sit below it on these
+    items only by chance agreement with them, which the replicates' noise does not hold (so a few
+    flags near the bound are chance, not a broken bound). Answer words are one token each in the
+    embedded default (its word-level tokenizer), so the per-token loss is the per-word bound's unit;
+    with a tokenizer that splits an answer word, its per-token loss understates the word's and the
+    loss columns are not comparable (the accuracy columns still are).
+
     Args:
         arms_csv: the tidy table (``visctx collect``): one row per (arm, seed, benchmark).
         ceiling_csv: every arm's ceiling and bound (``visctx ceiling``).
@@ -327,32 +383,39 @@ def check(arms_csv: str, ceiling_csv: str, out_dir: str) -> dict:
     lost = sorted(set(arms["arm"]) - set(c.index))
     if lost:
         raise ValueError(f"{ceiling_csv}: no ceiling for arm(s) {lost}")
+    if "bound_loss" not in c.columns:
+        raise ValueError(f"{ceiling_csv}: no 'bound_loss' column (written by an older visctx ceiling)")
     tasks = sorted(k[len("bound_se_"):] for k in c.columns if k.startswith("bound_se_"))
     rows = []
     for arm, g in arms.groupby("arm", sort=True):
         for task in ["all", *tasks]:
-            acc = g["accuracy" if task == "all" else f"acc_{task}"]
             sfx = "" if task == "all" else f"_{task}"
+            acc, loss = g["accuracy" if task == "all" else f"acc_{task}"], g[f"loss{sfx}"]
             bound, se = float(c.at[arm, f"bound{sfx}"]), float(c.at[arm, f"bound_se{sfx}"])
             readable = float(c.at[arm, "accuracy" if task == "all" else f"acc_{task}"])
             mean = float(acc.mean())
             tol = Z_BOUND * max(se, 1e-12)
+            loss_bound, loss_mean = float(c.at[arm, f"bound_loss{sfx}"]), float(loss.mean())
+            loss_se = float(loss.std(ddof=1) / math.sqrt(loss.notna().sum())) if loss.notna().sum() > 1 else 0.0
             rows.append({"arm": arm, "task": task, "seeds": int(acc.notna().sum()), "trained": mean,
                          "trained_min": float(acc.min()), "trained_max": float(acc.max()), "ceiling": readable,
                          "bound": bound, "se": se, "excess": mean - bound,
-                         "within": bool(mean - bound <= tol), "readable": bool(mean - readable <= tol)})
+                         "within": bool(mean - bound <= tol), "readable": bool(mean - readable <= tol),
+                         "loss_trained": loss_mean, "loss_se": loss_se, "loss_bound": loss_bound,
+                         "loss_gap": loss_mean - loss_bound,
+                         "loss_within": bool(loss_mean - loss_bound >= -Z_BOUND * max(loss_se, 1e-12))})
     df = pd.DataFrame(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "ceiling_check.csv", index=False, float_format="%.4g")
     (out / "ceiling_check.md").write_text(check_markdown(df))
     return {"rows": len(df), "outside_bound": int((~df["within"]).sum()),
-            "above_ceiling": int((~df["readable"]).sum())}
+            "above_ceiling": int((~df["readable"]).sum()), "below_loss_bound": int((~df["loss_within"]).sum())}
 
 
 def check_markdown(df: pd.DataFrame) -> str:
-    """Per task, how many arms stay within the bound and the share rule's ceiling; then every
-    (arm, task) outside the bound."""
+    """Per task, how many arms stay within the bound and the share rule's ceiling, then every
+    (arm, task) outside the bound; the same for the loss against the loss bound."""
     lines = [f"Trained accuracy (mean over seeds) against the accuracy bound (what the arm's frames show) "
              f"and the share rule's ceiling; outside: more than {Z_BOUND:g} SE above.", "",
              "| task | arms | within the bound | largest excess over the bound | within the ceiling | "
@@ -365,4 +428,16 @@ def check_markdown(df: pd.DataFrame) -> str:
     if len(bad):
         lines += ["", "| arm | task | trained | bound | SE |", "|---|---|---|---|---|"]
         lines += [f"| {r.arm} | {r.task} | {r.trained:.3f} | {r.bound:.3f} | {r.se:.3f} |" for r in bad.itertuples()]
+    lines += ["", f"Trained loss (mean over seeds) against the loss bound (the least expected cross-entropy of the "
+              f"answer given what the arm's frames show); below: more than {Z_BOUND:g} across-seed SE under it.", "",
+              "| task | arms | not below the bound | smallest gap | median gap | largest gap |", "|---|---|---|---|---|---|"]
+    for task, g in df.groupby("task", sort=False):
+        lines.append(f"| {task} | {len(g)} | {int(g['loss_within'].sum())} | {g['loss_gap'].min():+.3f} | "
+                     f"{g['loss_gap'].median():+.3f} | {g['loss_gap'].max():+.3f} |")
+    low = df[~df["loss_within"]]
+    lines += ["", f"Below the loss bound: {len(low)} of {len(df)}."]
+    if len(low):
+        lines += ["", "| arm | task | trained loss | loss bound | SE |", "|---|---|---|---|---|"]
+        lines += [f"| {r.arm} | {r.task} | {r.loss_trained:.3f} | {r.loss_bound:.3f} | {r.loss_se:.3f} |"
+                  for r in low.itertuples()]
     return "\n".join(lines) + "\n"

@@ -49,7 +49,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "niah": ("visctx.niah", "niah", "needle-in-a-haystack accuracy over (haystack frames, depth)"),
     "niah-summary": ("visctx.niah", "niah_summary", "the needle-in-a-haystack map over seeds: mean, interval, each seed"),
     "ceiling": ("visctx.ceiling", "ceiling", "every arm's information ceiling on the synthetic held-out split"),
-    "ceiling-check": ("visctx.ceiling", "check", "every trained arm's accuracy against the bound and the ceiling"),
+    "ceiling-check": ("visctx.ceiling", "check", "every trained arm's accuracy and loss against the bounds and the ceiling"),
     "collect": ("visctx.collect", "collect", "gather per-arm evaluations into the tidy table"),
     "curves": ("visctx.collect", "curves", "every training run's loss curve in one table (a DVC plot)"),
     "benchmark-scores": ("visctx.collect", "benchmark_scores",
@@ -59,6 +59,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "throughput": ("visctx.throughput", "throughput", "tokens/s, MFU and peak memory of training at (T, M)"),
     "method-costs": ("visctx.throughput", "method_costs",
                      "peak memory and step time of sampling, pooling, masking and summary tokens at one window"),
+    "study-method-costs": ("visctx.throughput", "study_method_costs",
+                           "method-costs at every window of the methods study (results/perf/method-costs.json)"),
     "padding": ("visctx.data", "padding", "how much of an epoch's batches is padding, with and without length_groups"),
     "tables": ("visctx.report", "write_tables", "write the paper's tables (md, csv, tex)"),
     "figures": ("visctx.report", "write_figures", "draw the figures"),
@@ -66,6 +68,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare-runs": ("visctx.stats", "compare_runs", "which arms of an earlier run fall outside this run's across-seed intervals"),
     "readme": ("visctx.readme", "readme", "regenerate the README's results section from results/ (--check: only compare)"),
     "perf": ("visctx.perf", "perf", "the performance harness: fresh-clone stage times, reruns, overheads"),
+    "finetune-budget": ("visctx.perf", "finetune_budget",
+                        "what longer fine-tunes buy each question type, beside the ceiling (on a finished study)"),
     "fresh-clone-check": ("visctx.perf", "fresh_clone_check",
                           "the README's two commands in a fresh clone, timed and recorded in results/perf"),
     "temp-experiment": ("visctx.perf", "write_temp_experiment",
@@ -75,7 +79,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 # Commands that gain nothing from the preload server: quick without torch, or running other processes.
-IN_PROCESS = {"check", "params", "perf", "fresh-clone-check", "temp-experiment"}
+IN_PROCESS = {"check", "params", "perf", "fresh-clone-check", "temp-experiment", "finetune-budget"}
 # Imported once by the preload server: everything a job's hot path imports (this module imports lazily).
 PRELOAD = (
     "numpy", "torch", "transformers", "lightning",

@@ -29,6 +29,16 @@ measures it); :func:`check` reads the branch MKL actually runs (``mkl_serv_cbwr_
 torch's CPU library) and refuses another, and the fingerprint says ``mkl/compatible``, not the vendor.
 Under ``off`` MKL runs natively and the fingerprint names the CPU vendor, so results of two vendors
 are refused side by side instead of mixed (README, *Same bytes on every machine*).
+
+NumPy's and SciPy's linear algebra is OpenBLAS (each wheel bundles one, built ``DYNAMIC_ARCH``),
+which picks its kernels by CPU model at load time: SkylakeX kernels on an AVX-512 Intel Xeon,
+Haswell ones on an AVX2 AMD EPYC. The fits (L-BFGS-B, least squares) then took other paths: on the
+Intel machine the ceiling's law came out with other last digits than the committed AMD fit, and
+with ``OPENBLAS_CORETYPE=Haswell`` byte for byte the committed one (2026-12-04). So the pinned
+levels also name OpenBLAS's core (``Haswell`` for avx2, ``Nehalem`` -- SSE4.2 -- for default), read
+when the library loads (NumPy's at its import, SciPy's at its first linear-algebra import); the
+fingerprint records the core NumPy's OpenBLAS really runs and :func:`check` refuses another.
+(x264's kernels are pinned where videos are encoded, :func:`visctx.synth.x264_options`.)
 """
 
 from __future__ import annotations
@@ -42,9 +52,10 @@ DEFAULT_LEVEL = "avx2"
 # NumPy 2.x's x86 dispatch targets above AVX2 (X86_V3) are X86_V4 and the AVX512_* groups.
 _NPY_AVX512 = "X86_V4 AVX512_ICL AVX512_SPR"
 LEVELS: dict[str, dict[str, str]] = {
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "NPY_DISABLE_CPU_FEATURES": _NPY_AVX512, "MKL_CBWR": "COMPATIBLE"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "NPY_DISABLE_CPU_FEATURES": _NPY_AVX512, "MKL_CBWR": "COMPATIBLE",
+             "OPENBLAS_CORETYPE": "Haswell"},
     "default": {"ATEN_CPU_CAPABILITY": "default", "NPY_DISABLE_CPU_FEATURES": f"X86_V3 {_NPY_AVX512}",
-                "MKL_CBWR": "COMPATIBLE"},
+                "MKL_CBWR": "COMPATIBLE", "OPENBLAS_CORETYPE": "Nehalem"},
 }
 # MKL's branch codes (mkl_cbwr.h), as mkl_serv_cbwr_get(MKL_CBWR_BRANCH) returns them
 MKL_BRANCHES = {1: "off", 2: "auto", 3: "compatible", 4: "sse2", 6: "ssse3", 7: "sse4_1", 8: "sse4_2", 9: "avx",
@@ -92,6 +103,23 @@ def cpu_vendor() -> str:
     return platform.processor() or "unknown"
 
 
+def openblas_core() -> str | None:
+    """The core whose kernels NumPy's OpenBLAS runs in this process (``Haswell`` under the pin), or
+    None where NumPy is not built with the scipy-openblas wheel library (another BLAS)."""
+    import ctypes
+    import glob
+
+    import numpy as np
+
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas64_*.so"))
+    try:
+        get = ctypes.CDLL(libs[0]).scipy_openblas_get_corename64_
+    except (IndexError, OSError, AttributeError):
+        return None
+    get.restype = ctypes.c_char_p
+    return get().decode()
+
+
 def mkl_branch() -> str | None:
     """The code branch MKL computes with in this process (``compatible`` under the pin), or None
     where torch's library does not export MKL's query (a build without MKL)."""
@@ -115,6 +143,8 @@ def fingerprint(torch: bool = True) -> dict[str, Any]:
     path (MKL's compatible branch, or the vendor whose kernels MKL picked). Recorded in every model, training summary, evaluation and fit;
     compared by :func:`require_same`. ``torch=False`` for NumPy-only work (the fits)."""
     fp: dict[str, Any] = {"pin": level(), "numpy": _numpy_dispatch()}
+    if (core := openblas_core()) is not None:
+        fp["openblas"] = core
     if torch:
         import torch as _torch
 
@@ -149,6 +179,14 @@ def check(torch: bool = True) -> dict[str, Any]:
         raise CpuPinError(f"MKL computes with its {branch!r} branch, but {PIN_VAR}={lv} needs 'compatible' "
                           f"(MKL_CBWR=COMPATIBLE): torch ran a matrix product before visctx was imported "
                           f"(import visctx first)")
+    core, env_core = fp.get("openblas"), os.environ.get("OPENBLAS_CORETYPE")
+    if env_core is not None and env_core.lower() != want["OPENBLAS_CORETYPE"].lower():
+        raise CpuPinError(f"OPENBLAS_CORETYPE={env_core} contradicts {PIN_VAR}={lv} (OpenBLAS's "
+                          f"{want['OPENBLAS_CORETYPE']} kernels); unset one of them, or {PIN_VAR}=off to compute natively")
+    if core is not None and core.lower() != want["OPENBLAS_CORETYPE"].lower():
+        raise CpuPinError(f"numpy's OpenBLAS computes with its {core} kernels, but {PIN_VAR}={lv} needs "
+                          f"{want['OPENBLAS_CORETYPE']}: numpy was imported before visctx (import visctx first, or "
+                          f"start with OPENBLAS_CORETYPE={want['OPENBLAS_CORETYPE']})")
     disabled = set(want["NPY_DISABLE_CPU_FEATURES"].split())
     leaked = sorted(disabled & set(fp["numpy"]))
     if leaked:

@@ -370,10 +370,10 @@ def arm_weights(arms: Sequence[Arm], mode: str = "uniform") -> list[float] | Non
     often, its arms uniformly). ``frames`` exists because a study's arms are not spread evenly
     over T: the token study's single-frame arms take 48 % of the default base's batches under
     ``sqrt`` (9 % under ``frames``), so a base rarely sees a question about time answerable.
-    Measured on the default corpus (one base, seed 0, 3 fine-tuned arms): the time questions
-    gain little (T32-M4-pool needle 1.695 -> 1.649, order 1.771 -> 1.750, episodic 1.588 -> 1.575,
-    count 1.391 -> 1.393), T16-M9-pool's detail loses (0.210 -> 0.343), and the base takes 2.4x
-    as long; so the default stays ``sqrt`` (a 15000-step ``sqrt`` base was no better either)."""
+    Probed on the default corpus (one base, seed 0, three fine-tuned arms: single draws, not
+    recorded, so no numbers here): the time questions gained little, T16-M9-pool's detail lost and
+    the base took over twice as long; so the default stays ``sqrt`` (a base three times longer was
+    no better either). What longer arm fine-tunes buy is measured: ``visctx finetune-budget``."""
     if mode == "uniform":
         return None
     if mode == "frames":

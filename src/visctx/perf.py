@@ -368,6 +368,145 @@ def perf(out_dir: str = "results/perf", repo: str = ".", fresh: bool = True, kee
     return report
 
 
+TASKS = ("needle", "count", "order", "detail", "episodic")  # the synthetic corpus's question types
+
+
+def finetune_budget(arms: list[str] | None = None, steps: list[int] | None = None, lr: float | None = None,
+                    seeds: list[int] | None = None, jobs: int = 2, repo: str = ".",
+                    out_dir: str = "results/perf") -> dict:
+    """What a longer fine-tune buys each question: on a finished study (its bases, features and
+    ceiling), fine-tune each of ``arms`` from every replicate's base for each of ``steps`` (the
+    study's ``train.arm`` options otherwise), evaluate on the held-out split, and set each task's
+    loss (mean and across-seed SD) beside the arm's information ceiling and the study's own
+    fine-tune. It says whether a question the study does not learn is out of the model's reach or
+    only out of its budget, and what the budget would cost (seconds per fine-tune). Runs outside
+    the DAG (it is a measurement of the training, not a table of the study): writes
+    ``finetune-budget.{json,md}`` under ``out_dir``.
+
+    Args:
+        arms: the arms to fine-tune (default: the frame study's T = 16 arm at M = 25 of the joint
+            grid, T16-M25-pool, and the window arm T32-M4-pool).
+        steps: the fine-tune lengths (default 100, 300, 600, 1200).
+        lr: their peak learning rate (default: the base's, ``train.base.lr``).
+        seeds: the replicates (default: the study's ``seeds``).
+        jobs: fine-tunes run side by side (one thread each).
+        repo: the checkout with the finished study.
+        out_dir: where the report goes (relative to ``repo``).
+    """
+    import csv
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    from visctx.benchmarks import scoring_mode
+    from visctx.config import load_params
+
+    root = Path(repo).resolve()
+    cfg = load_params(root / "params.yaml")
+    results = root / cfg["results"]
+    arm_cfg, ev = dict(cfg["train"]["arm"]), cfg["evaluate"]
+    arms = list(arms or ["T16-M25-pool", "T32-M4-pool"])
+    steps = sorted(set(steps or [100, 300, 600, 1200]))
+    lr = float(cfg["train"]["base"]["lr"] if lr is None else lr)
+    seeds = list(cfg["seeds"] if seeds is None else seeds)
+    if min(steps) < 1 or jobs < 1:
+        raise ValueError(f"steps must be >= 1 and jobs >= 1; got steps={steps}, jobs={jobs}")
+    ceiling_csv = results / "tables/ceiling.csv"
+    arms_csv = results / "tables/arms.csv"
+    for path in [ceiling_csv, arms_csv] + [results / f"base/seed{s}/model" for s in seeds]:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: finetune-budget needs a finished study (bash scripts/run.sh)")
+    ceiling = {r["arm"]: r for r in csv.DictReader(ceiling_csv.open())}
+    study = [r for r in csv.DictReader(arms_csv.open()) if r["benchmark"] == "synthetic"]
+    missing = [a for a in arms if a not in ceiling]
+    if missing:
+        raise ValueError(f"arms {missing} are not arms of the study (not in {ceiling_csv})")
+    out_p = (root / out_dir).resolve()
+    out_p.mkdir(parents=True, exist_ok=True)
+    log = out_p / "finetune-budget.log"
+    log.write_text("")
+    run = _Runner(root, log)
+    tmp = Path(tempfile.mkdtemp(prefix="visctx-budget-"))
+    common = ["--train-json", str(results / "data/corpus/train.json"),
+              "--features-dir", str(results / "data/features/train"), "--threads", str(cfg["train"]["threads"]),
+              "--no-progress-bar"]
+    for k, v in arm_cfg.items():
+        if k in ("steps", "lr"):
+            continue
+        common += [f"--{'' if v else 'no-'}{k.replace('_', '-')}"] if isinstance(v, bool) else \
+            [f"--{k.replace('_', '-')}", str(v)]
+
+    def one(job: tuple[str, int, int]) -> dict[str, Any]:
+        arm, n, seed = job
+        arms_dir = tmp / f"seed{seed}-steps{n}"
+        run(["visctx", "train-arms", "--arms", arm, "--arms-dir", str(arms_dir), *common,
+             "--init", str(results / f"base/seed{seed}/model"), "--steps", str(n), "--lr", str(lr),
+             "--seed", str(seed)])
+        run(["visctx", "evaluate-arms", "--arms", arm, "--arms-dir", str(arms_dir),
+             "--eval-json", str(results / "data/corpus/eval.json"),
+             "--features-dir", str(results / "data/features/eval"), "--benchmark", "synthetic",
+             "--batch-size", str(ev["batch_size"]), "--answer-mode", ev["answer_mode"],
+             "--max-new-tokens", str(ev["max_new_tokens"]),
+             "--scoring", scoring_mode(ev.get("scoring"), "synthetic"), "--threads", "1"])
+        result = json.loads((arms_dir / arm / "eval/synthetic.json").read_text())
+        summary = json.loads((arms_dir / arm / "model/train_summary.json").read_text())
+        return {"arm": arm, "steps": n, "seed": seed, "seconds": round(read_seconds(arms_dir / arm / "model/train_summary.json"), 1),
+                "final_train_loss": round(summary["final_loss"], 4), "loss": round(result["loss"], 4),
+                **{t: round(result["per_task"][t]["loss"], 4) for t in TASKS}}
+
+    todo = [(a, n, s) for a in arms for n in steps for s in seeds]
+    try:
+        with ThreadPoolExecutor(jobs) as pool:
+            runs = list(pool.map(one, todo))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def stat(values: list[float]) -> dict[str, float]:
+        return {"mean": round(statistics.fmean(values), 4),
+                "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+
+    rows = []
+    for arm in arms:
+        ref = [r for r in study if r["arm"] == arm and int(r["seed"]) in seeds]
+        groups = [("study", int(arm_cfg["steps"]), float(arm_cfg["lr"]),
+                   [{"loss": float(r["loss"]), **{t: float(r[f"loss_{t}"]) for t in TASKS}} for r in ref], None)]
+        for n in steps:
+            rs = [r for r in runs if r["arm"] == arm and r["steps"] == n]
+            groups.append(("longer", n, lr, rs, statistics.fmean(r["seconds"] for r in rs)))
+        for kind, n, rate, rs, seconds in groups:
+            rows.append({"arm": arm, "run": kind, "steps": n, "lr": rate, "seeds": len(rs), "seconds": seconds and round(seconds, 1),
+                         "loss": stat([r["loss"] for r in rs]),
+                         **{t: stat([r[t] for r in rs]) | {"ceiling": round(float(ceiling[arm][f"loss_{t}"]), 4)}
+                            for t in TASKS}})
+    from visctx import cpu
+
+    report = {"date": dt.date.today().isoformat(), "machine": _machine(), "cpu": cpu.describe_host(),
+              "arms": arms, "steps": steps, "lr": lr, "seeds": seeds, "rows": rows, "runs": runs}
+    (out_p / "finetune-budget.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out_p / "finetune-budget.md").write_text(budget_markdown(report))
+    return report
+
+
+def budget_markdown(r: dict) -> str:
+    """The fine-tune budget report as a table: per arm and budget, each task's loss (mean +- SD
+    over seeds) with the arm's ceiling on the header line."""
+    lines = [f"# What a longer fine-tune buys ({r['date']}, {r['machine']})", "",
+             f"Fine-tunes from each replicate's base (seeds {', '.join(map(str, r['seeds']))}); held-out loss per "
+             "question type, mean +- SD over seeds; `study`: the study's own fine-tune (results/tables/arms.csv). "
+             "Regenerate: `bash scripts/perf.sh --finetune-budget`.", ""]
+    for arm in r["arms"]:
+        rows = [x for x in r["rows"] if x["arm"] == arm]
+        head = ["run", "steps", "lr", "s / fine-tune", "loss", *TASKS]
+        lines += [f"## {arm}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                  "| ceiling | | | | | " + " | ".join(f"{rows[0][t]['ceiling']:.3f}" for t in TASKS) + " |"]
+        for x in rows:
+            cells = [x["run"], str(x["steps"]), f"{x['lr']:g}", "" if x["seconds"] is None else f"{x['seconds']:.0f}",
+                     f"{x['loss']['mean']:.3f} +- {x['loss']['sd']:.3f}",
+                     *(f"{x[t]['mean']:.3f} +- {x[t]['sd']:.3f}" for t in TASKS)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def to_markdown(r: dict) -> str:
     lines = [f"Measured {r['date']} on {r['machine']}" + (f", commit {r['commit']}" if "commit" in r else "") + ".", ""]
     if "cpu" in r:

@@ -161,7 +161,12 @@ def render(root: str | Path = ".") -> str:
                 f"beat the share rule's ceiling by more than 2 SE (most: {over['arm']} {over['task']}, "
                 f"{over['trained']:.2f} trained vs {over['ceiling']:.2f}), and {int((~ck['within']).sum())} the "
                 f"accuracy bound -- what the arm's frames show, which no vision tower or token operator can "
-                f"exceed (largest excess {ck['excess'].max():+.3f}).", ""]
+                f"exceed (largest excess {ck['excess'].max():+.3f})."
+                + (f" Against the loss bound (the least expected cross-entropy given what the frames show), "
+                   f"{int((~ck['loss_within']).sum())} pairs sit more than 2 across-seed SE below it; the median "
+                   f"trained loss above it, per question type: "
+                   + ", ".join(f"{t} {g['loss_gap'].median():+.2f}" for t, g in ck.groupby("task", sort=False))
+                   + " nats." if "loss_within" in ck else ""), ""]
     t6 = r / "tables/table6_methods.csv"
     m6 = pd.read_csv(t6) if t6.exists() else None
     if m6 is not None and "method" in m6:
@@ -191,17 +196,22 @@ def render(root: str | Path = ".") -> str:
         out.append("")
     costs = r / "perf/method-costs.json"
     if costs.exists():
-        c = json.loads(costs.read_text())
+        mc = json.loads(costs.read_text())
+        windows, host = mc["windows"], mc.get("cpu", {})
+        c = windows[0]
+        at = "; ".join(f"L = {w['window']} (T = {w['T']}, M = {w['M']})" for w in windows)
         out += [f"**What each method costs** (`bash scripts/perf.sh --method-costs` → `results/perf/method-costs.json`; "
-                f"one training step of the tiny LLM at L = {c['window']} (T = {c['T']}, M = {c['M']}), batch "
-                f"{c['batch_size']}, {c['device']}, mean of {c['steps']} steps; activation memory = the bytes autograd "
+                f"one training step of the tiny LLM at each window of the methods study, {at}; batch "
+                f"{c['batch_size']}, {c['device']}{', ' + host['model'] if host.get('model') else ''}, mean of "
+                f"{c['steps']} steps; activation memory = the bytes autograd "
                 f"saves for the backward; KV = the keys and values the text after the video attends to):", "",
-                "| method | arm | raw visual tokens | kept | s / step | activations (MiB) | kept KV (KiB) | peak KV (KiB) |",
-                "|---|---|---|---|---|---|---|---|"]
-        for name, m in c["methods"].items():
-            out.append(f"| {name} | `{m['arm']}` | {m['raw_visual_tokens']} | {m['kept_visual_tokens']} | "
-                       f"{m['seconds_per_step']:.3f} | {m['activation_bytes'] / 2**20:.1f} | {m['kept_kv_bytes'] / 1024:.0f} | "
-                       f"{m['peak_kv_bytes'] / 1024:.0f} |")
+                "| L | method | arm | raw visual tokens | kept | s / step | activations (MiB) | kept KV (KiB) | peak KV (KiB) |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for w in windows:
+            for name, m in w["methods"].items():
+                out.append(f"| {w['window']} | {name} | `{m['arm']}` | {m['raw_visual_tokens']} | {m['kept_visual_tokens']} | "
+                           f"{m['seconds_per_step']:.3f} | {m['activation_bytes'] / 2**20:.1f} | "
+                           f"{m['kept_kv_bytes'] / 1024:.0f} | {m['peak_kv_bytes'] / 1024:.0f} |")
         out.append("")
     learned = r / "tables/learned_by_task.csv"
     if learned.exists() and "task" in (lt := pd.read_csv(learned)):

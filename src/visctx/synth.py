@@ -110,11 +110,10 @@ def max_side_for(grid: int) -> int:
 
 
 def _place(rng: np.random.Generator, taken: np.ndarray, side: int,
-           zone: tuple[int, int, int, int] | None = None) -> tuple[int, int, int]:
-    """A free ``side`` x ``side`` square (1-cell gap to every other object) inside ``zone`` (the
-    whole grid if None); the side shrinks until one fits. Marks it taken; returns (row, col, side)."""
-    grid = taken.shape[0]
-    r0, r1, c0, c1 = zone or (0, grid, 0, grid)
+           zone: tuple[int, int, int, int]) -> tuple[int, int, int]:
+    """A free ``side`` x ``side`` square (1-cell gap to every other object) inside ``zone`` (rows
+    r0..r1, columns c0..c1); the side shrinks until one fits. Marks it taken; returns (row, col, side)."""
+    r0, r1, c0, c1 = zone
     while side >= 1:
         free = [(r, c) for r in range(r0, r1 - side + 1) for c in range(c0, c1 - side + 1)
                 if not taken[max(0, r - 1):r + side + 1, max(0, c - 1):c + side + 1].any()]
@@ -370,21 +369,46 @@ def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
     return planes.astype(np.uint8).reshape(n, h * 3 // 2, w)
 
 
+# x264's CPU flags (its ``asm`` option) per pin level of :mod:`visctx.cpu`; ``off``: x264 detects
+# them. x264 picks its SIMD kernels by CPU as torch and NumPy do, and they are not bit-exact with
+# one another: on an AVX-512 Intel Xeon one of the default corpus's 800 videos (train/syn-00005)
+# came out a byte shorter than on the AVX2 machine that made the committed data -- the very same
+# frames decoded, other bits in the file, so another data hash in dvc.lock (2026-12-04).
+X264_ASM = {"avx2": "AVX2", "default": "SSE2"}
+
+
+def x264_options(crf: int = 12, preset: str = "veryfast") -> dict[str, str]:
+    """The encoder options, with x264's kernels pinned to the CPU pin's level; a CPU below the
+    pin is refused (x264 would die on an instruction it lacks)."""
+    from visctx import cpu
+
+    opts = {"crf": str(crf), "preset": preset}
+    lv = cpu.level()
+    if lv == "off":
+        return opts
+    if lv == "avx2" and "avx2" not in cpu.describe_host()["isa"]:
+        raise cpu.CpuPinError(f"{cpu.PIN_VAR}={lv}, but this CPU has no AVX2 for x264's kernels; "
+                              f"{cpu.PIN_VAR}=default computes with the baseline ones (other bytes)")
+    return opts | {"x264-params": f"asm={X264_ASM[lv]}"}
+
+
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int, crf: int = 12,
               preset: str = "veryfast") -> None:
     """H.264 yuv420p mp4 of ``(n, h, w, 3)`` uint8 RGB frames (even h, w), with PyAV in-process
     (spawning ffmpeg per file is far slower); atomic. The frames reach x264 as our own yuv420p
     planes (:func:`rgb_to_yuv420p`), so PyAV does no conversion (its reformatter is a no-op for a
-    frame already in the stream's format and size)."""
+    frame already in the stream's format and size), and x264's kernels are pinned
+    (:func:`x264_options`)."""
     import av
 
     planes = rgb_to_yuv420p(frames)
+    options = x264_options(crf, preset)
     with atomic_path(path) as tmp:
         with av.open(str(tmp), "w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=int(fps))
             stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": preset}
+            stream.options = options
             stream.thread_count = 1  # parallelism comes from shards; one thread is deterministic
             for f in planes:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="yuv420p")))

@@ -389,3 +389,37 @@ def method_costs(
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def study_method_costs(params: str = "params.yaml", llm: str = "results/models/pretrained/llm", steps: int = 10,
+                       batch_size: int = 1, vision_dim: int = 0, threads: int = 1, isolate: bool = True,
+                       out_json: str | None = "results/perf/method-costs.json") -> dict:
+    """:func:`method_costs` at every window the methods study spends (``studies.methods.combos``,
+    with its summary ratio and window), so that each method's cost stands beside its Table 6 row.
+
+    Args:
+        params: the study's params file (its config and preset).
+        llm: the LLM (the study's tiny one by default).
+        steps: timed training steps per method and window.
+        batch_size: sequences per step.
+        vision_dim: width of the visual features (0: the tiny tower's, ``model.tiny.vision.hidden_size``).
+        threads: torch's CPU threads.
+        isolate: each method in a process of its own (its own peak memory).
+        out_json: where to write ``{"cpu": the host, "windows": [one method_costs report per combination]}``.
+    """
+    from visctx.config import load_params
+
+    cfg = load_params(params)
+    study = cfg["studies"]["methods"]
+    dim = vision_dim or int(cfg["model"]["tiny"]["vision"]["hidden_size"])
+    windows = [method_costs(llm, T=int(T), M=int(M), ratio=int(study["summary_ratio"]),
+                            window=int(study.get("summary_window") or 0), vision_dim=dim, steps=steps,
+                            batch_size=batch_size, threads=threads, isolate=isolate)
+               for T, M in study["combos"]]
+    from visctx import cpu
+
+    result = {"cpu": cpu.describe_host(), "windows": windows}  # the machine: step times depend on it
+    if out_json:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=2) + "\n")
+    return result

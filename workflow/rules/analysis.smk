@@ -114,7 +114,7 @@ rule metrics:
 
 if SYNTHETIC:
 
-    # Every trained arm against the accuracy bound (what its frames show) and the share rule's ceiling
+    # Every trained arm against the accuracy and loss bounds (what its frames show) and the share rule's ceiling
     rule ceiling_check:
         input:
             arms=rules.collect.output.arms,
