@@ -368,9 +368,6 @@ def perf(out_dir: str = "results/perf", repo: str = ".", fresh: bool = True, kee
     return report
 
 
-TASKS = ("needle", "count", "order", "detail", "episodic")  # the synthetic corpus's question types
-
-
 def finetune_budget(arms: list[str] | None = None, steps: list[int] | None = None, lr: float | None = None,
                     seeds: list[int] | None = None, jobs: int = 2, repo: str = ".",
                     out_dir: str = "results/perf") -> dict:
@@ -399,6 +396,7 @@ def finetune_budget(arms: list[str] | None = None, steps: list[int] | None = Non
 
     from visctx.benchmarks import scoring_mode
     from visctx.config import load_params
+    from visctx.synth import TASKS
 
     root = Path(repo).resolve()
     cfg = load_params(root / "params.yaml")
@@ -489,6 +487,8 @@ def finetune_budget(arms: list[str] | None = None, steps: list[int] | None = Non
 def budget_markdown(r: dict) -> str:
     """The fine-tune budget report as a table: per arm and budget, each task's loss (mean +- SD
     over seeds) with the arm's ceiling on the header line."""
+    from visctx.synth import TASKS
+
     lines = [f"# What a longer fine-tune buys ({r['date']}, {r['machine']})", "",
              f"Fine-tunes from each replicate's base (seeds {', '.join(map(str, r['seeds']))}); held-out loss per "
              "question type, mean +- SD over seeds; `study`: the study's own fine-tune (results/tables/arms.csv). "
