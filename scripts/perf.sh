@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The performance harness (on demand, ~13 min): a fresh clone runs the default study stage by stage,
+# The performance harness (on demand, ~25 min): a fresh clone runs the default study stage by stage,
 # then no-op reruns, rerun sets, decode throughput, encoder passes and start-up overhead are
 # measured. Writes results/perf/perf.{json,md,log}. `--no-fresh` measures this checkout instead;
 # `--fresh-clone-check` runs ../shared/tools/fresh-clone-check on the README's two commands and records it
@@ -7,6 +7,8 @@
 # training step per method at each window of the methods study (results/perf/method-costs.json; needs the tiny LLM);
 # `--finetune-budget` fine-tunes two arms at several lengths from every replicate's base, per question
 # beside the ceiling (results/perf/finetune-budget.{json,md}, ~20 min on a finished study);
+# `--study-cost` sums a finished study's timing records per base, method and evaluation
+# (results/perf/study-cost.{json,md}; run it where the study ran, e.g. a kept fresh clone);
 # `--temp-experiment` counts the jobs a `dvc exp run --temp` of an analysis-only change runs on this
 # checkout's finished study (results/perf/temp-experiment.{json,md}).
 set -euo pipefail
@@ -21,6 +23,10 @@ fi
 if [ "${1:-}" = "--finetune-budget" ]; then  # on a finished study: what longer fine-tunes buy each question
   shift
   exec visctx finetune-budget "$@"
+fi
+if [ "${1:-}" = "--study-cost" ]; then  # on a study run on this machine: where its compute went
+  shift
+  exec visctx study-cost "$@"
 fi
 if [ "${1:-}" = "--temp-experiment" ]; then  # on a finished, committed study: what one sweep experiment runs
   shift

@@ -197,6 +197,7 @@ CALLS: dict[str, tuple[list[str], dict]] = {
     "fresh-clone-check": (["--out-dir", "results/perf", "--repo", ".", "--commands", "bash scripts/run.sh"],
                           {"out_dir": "results/perf", "repo": ".", "commands": ["bash scripts/run.sh"]}),
     "temp-experiment": (["--out-dir", "results/perf", "--repo", "."], {"out_dir": "results/perf", "repo": "."}),
+    "study-cost": (["--repo", "clone", "--no-write"], {"repo": "clone", "out_dir": "results/perf", "write": False}),
     "finetune-budget": (["--arms", "T4-M4-pool", "--steps", "10", "30", "--lr", "0.003", "--seeds", "0", "1", "--jobs", "1"],
                         {"arms": ["T4-M4-pool"], "steps": [10, 30], "lr": 0.003, "seeds": [0, 1], "jobs": 1}),
     "perf": (["--out-dir", "results/perf", "--repo", ".", "--no-fresh", "--keep"],

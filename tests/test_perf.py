@@ -69,3 +69,44 @@ def test_a_temporary_experiment_is_judged_by_the_jobs_it_ran():
                       "startup": {f"{k}_{m}": 1.0 for k in ("plain", "preload_cold", "preload_warm")
                                   for m in ("wall_s", "overhead_s")}})
     assert "| `dvc exp run --temp -S window=320` (3.0 s) | fits 1, all 1 (run) | yes |" in md
+
+
+def test_the_study_cost_sums_each_runs_timing_by_method(tmp_path):
+    """Seconds from the timing sidecars, per base and per way of spending the window: a summary
+    arm counts as summary whatever its pooling, a masking arm as mask; wrong results are not read."""
+    import pytest
+
+    from visctx.files import write_timing
+    from visctx.perf import study_cost, study_cost_markdown
+
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "config", tmp_path / "config")
+    (tmp_path / "params.yaml").write_text((root / "params.yaml").read_text().split("seeds:")[0] + "seeds: [0, 1]\n")
+    res = tmp_path / "results"
+    for seed in (0, 1):
+        base = res / f"base/seed{seed}/model/train_summary.json"
+        base.parent.mkdir(parents=True)
+        base.write_text("{}")
+        write_timing(base, 10.0 + seed)
+        for arm, train_s, eval_s in (("T1-M4-pool", 1.0, 0.5), ("T32-M16-pool-vst4w16", 5.0, 2.0),
+                                     ("T4-M4-mask", 2.0, 1.0)):
+            summary = res / f"arms/seed{seed}/{arm}/model/train_summary.json"
+            summary.parent.mkdir(parents=True)
+            summary.write_text("{}")
+            write_timing(summary, train_s)
+            (summary.parent.parent / "eval").mkdir()
+            write_timing(summary.parent.parent / "eval/synthetic.json", eval_s)
+            (summary.parent.parent / "eval/.fresh.json").write_text("{}")  # a stamp: no timing beside it
+    r = study_cost(str(tmp_path), write=False)
+    assert r["base_s"] == 21.0 and r["total_s"] == 21.0 + 2 * (1.5 + 7.0 + 3.0)
+    assert r["methods"] == {"mask": {"arms": 2, "fine_tune_s": 4.0, "evaluate_s": 2.0},
+                            "pool": {"arms": 2, "fine_tune_s": 2.0, "evaluate_s": 1.0},
+                            "summary": {"arms": 2, "fine_tune_s": 10.0, "evaluate_s": 4.0}}
+    assert "| `summary` arms | 2 | 10.0 | 4.0 | 32 % |" in study_cost_markdown(r)
+    (res / "base").rename(tmp_path / "gone")
+    (res / "arms").rename(tmp_path / "gone2")
+    with pytest.raises(FileNotFoundError, match="no trained base or arm"):
+        study_cost(str(tmp_path), write=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from visctx.readme import BEGIN, END, readme, render
+from visctx.readme import BEGIN, END, PERF_BEGIN, PERF_END, readme, render, render_perf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,3 +30,30 @@ def test_a_changed_artifact_makes_the_check_fail(tmp_path):
     readme(str(tmp_path / "README.md"), str(tmp_path))  # regenerating fixes it
     text = (tmp_path / "README.md").read_text()
     assert text.count(BEGIN) == 1 and text.count(END) == 1 and render(tmp_path) in text
+
+
+def test_the_performance_section_is_the_harness_record(tmp_path):
+    """The harness's tables in the README are perf.json rendered, not typed: a changed record fails."""
+    shutil.copytree(ROOT / "results", tmp_path / "results", ignore=shutil.ignore_patterns("data", "models", "base",
+                                                                                            "arms", "*.html"))
+    shutil.copy2(ROOT / "README.md", tmp_path / "README.md")
+    text = (tmp_path / "README.md").read_text()
+    assert text.count(PERF_BEGIN) == 1 and text.count(PERF_END) == 1 and render_perf(tmp_path) in text
+    p = json.loads((tmp_path / "results/perf/perf.json").read_text())
+    p["noop_s"]["dvc status"] += 1.0
+    (tmp_path / "results/perf/perf.json").write_text(json.dumps(p))
+    with pytest.raises(ValueError, match="not what results/ renders to"):
+        readme(str(tmp_path / "README.md"), str(tmp_path), check=True)
+
+
+def test_the_ceilings_effects_are_read_over_each_studys_own_arms(tmp_path):
+    from visctx.readme import _ceiling_effects
+
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables/design.csv").write_text(
+        "study,method,T,M,arm\ntokens,pool,1,4,T1-M4-pool\ntokens,pool,1,1,T1-M1-pool\n"
+        "frames,sample,8,4,T8-M4-pool\nframes,sample,1,4,T1-M4-pool\nwindow,pool,32,4,T32-M4-pool\n")
+    (tmp_path / "tables/ceiling.csv").write_text(
+        "arm,loss\nT1-M1-pool,2.0\nT1-M4-pool,1.5\nT8-M4-pool,0.5\nT32-M4-pool,0.1\n")
+    assert _ceiling_effects(tmp_path) == {"tokens/pool": -0.25, "frames/sample": -2 / 3}
+    assert _ceiling_effects(tmp_path / "missing") == {}

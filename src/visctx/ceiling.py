@@ -10,11 +10,25 @@ tiny model fails to learn.
 
 The rule (stated, and pinned by ``tests/test_ceiling.py`` on hand-built scenes):
 
-* A token carries an object when the object's *share* of the token -- the fraction of the
-  (frame, patch) pairs the token averages that show it: temporal fraction of its bin times the
-  covered fraction of its cell (zeros of the padding count), or 1/0 for a sampled patch -- is at
-  least ``threshold`` (the ``visible_share`` of the corpus: its background texture and codec
-  noise hide less) and larger than any other object's share of that token.
+* An object's *share* of a token is the fraction of the (frame, patch) pairs the token averages
+  that show it: temporal fraction of its bin times the covered fraction of its cell (zeros of the
+  padding count), or 1/0 for a sampled patch.
+* A coloured object is *carried* by a token (the chroma rule, :func:`seen_bins`) when the token's
+  chroma -- share x the colour's (U, V), summed over the coloured objects in it (:func:`chroma`) --
+  exceeds ``chroma_noise`` and points nearest the object's colour among the palette's, and the
+  object's own part exceeds ``chroma_noise`` too. Why chroma: the background is grey, so a token's
+  chroma is its objects' alone and any share of a colour shifts it, diluted but not hidden (the
+  share rule this replaces, share >= 1/4, said a 1-token pool never reads the still object; trained
+  arms read it 3 times in 4). Two colours in one token mix: the reader sees the mixture's hue.
+  Decoding blurs chroma across columns, so the cells beside an object hold 1/8 of its chroma
+  (:data:`CHROMA_LEAK`). ``chroma_noise`` (``ceiling.chroma_noise``, 0.1 of a level of the
+  encoder's 8-bit chroma) is above the chroma of the decoded corpus's pooled tokens that hold no
+  object's chroma (x264 keeps a flat grey chroma plane exact) and under the 0.16 that one cell of
+  a colour gives the coarsest token (k = 27); ``tests/test_ceiling.py`` measures both on a
+  rendered video.
+* The white blinker has no chroma: it is carried where its share is at least ``threshold``
+  (``ceiling.visible_share``: its luma must rise above the background's static texture) and larger
+  than any other object's share of that token (the share rule).
 * An object is *seen* in the bins where some token carries it; which question it answers is
   known from where it is (each task has its zone, :func:`visctx.synth.zones`).
 * needle, detail: recoverable iff seen; else the answer is uniform over the colours.
@@ -30,13 +44,14 @@ The cross-entropy is that of the answer word among the answers the question can 
 scores it over its whole vocabulary, which holds at least those), so an arm that sees nothing
 sits at the prior: ln 6 for a colour, ln 4 for a count.
 
-That rule is a *model* of what a token can be read for, not a bound: measured, trained arms beat it
-(a 1-token mean pool reads the detail's colour 72 % of the time: the grey background has no chroma,
-so any share of a colour shifts the token; and the vision tower's attention mixes every patch of a
-frame into every token). Beside it stands an accuracy **bound** that no model of these features can
-exceed, whatever its tower or tokens (:func:`bound_item`): the tower sees each frame whole, so what
-an arm's context can hold at most is what its *frames* show -- an object is *shown* in the bins
-where some frame of the bin shows it, whatever M and the token operator. Given that, generously:
+That rule is a *model* of what a token can be read for, not a bound: it credits a reader with
+every colour whose chroma the features hold, and it names an object's role by where it is, which a
+token spanning zones (a coarse pool) does not tell (generous there), while it does not credit
+reading a mixture apart across frames (strict there). Beside it stands an accuracy **bound** that
+no model of these features can exceed, whatever its tower or tokens (:func:`bound_item`): a tower
+sees each frame whole, so what an arm's context can hold at most is what its *frames* show -- an
+object is *shown* in the bins where some frame of the bin shows it, whatever M and the token
+operator. Given that, generously:
 
 * needle, detail: shown -> 1, else 1/options (a uniform answer among random options).
 * order: A shown -> 1; only B shown -> 1/(options - 1) (B, always an option, ruled out); neither:
@@ -120,8 +135,15 @@ def context(arm: Arm, seconds: Sequence[int], grid: int = GRID, video: str | Non
     return bins, W
 
 
-def shares(things: list[dict[str, Any]], bins: list[list[int]], W: np.ndarray) -> np.ndarray:
-    """``[objects, T, M]``: each object's share of each token."""
+# Decoding blurs chroma across columns (not rows) by (1/8, 3/4, 1/8) per cell: the cells left and
+# right of a coloured object hold 1/8 of its chroma (measured on the corpus's mp4s read by decord
+# at 54 px, pinned by tests/test_ceiling.py), so a token there holds a trace of it.
+CHROMA_LEAK = 0.125
+
+
+def shares(things: list[dict[str, Any]], bins: list[list[int]], W: np.ndarray, leak: float = 0.0) -> np.ndarray:
+    """``[objects, T, M]``: each object's share of each token; ``leak``: of its chroma instead,
+    its cells blurred across columns by (leak, 1 - 2 leak, leak) (:data:`CHROMA_LEAK`)."""
     from visctx.synth import visible
 
     grid = W.shape[-1]
@@ -130,21 +152,78 @@ def shares(things: list[dict[str, Any]], bins: list[list[int]], W: np.ndarray) -
         mask = np.zeros((grid, grid))
         r, c, side = *t["cell"], t["side"]
         mask[r:r + side, c:c + side] = 1.0
+        if leak:
+            pad = np.pad(mask, ((0, 0), (1, 1)))
+            mask = (1 - 2 * leak) * mask + leak * (pad[:, :-2] + pad[:, 2:])  # what leaves the grid is lost
         cover = (W * mask).sum((-2, -1))  # [M], or [T, M] for tokens that differ per frame
         frac = np.array([np.mean([visible(t, s) for s in b]) for b in bins])  # [T]
         out[o] = frac[:, None] * (cover if cover.ndim == 2 else cover[None, :])
     return out
 
 
-def seen_bins(sh: np.ndarray, threshold: float) -> list[np.ndarray]:
-    """For each object, the bins in which some token carries it (share >= threshold and above
-    every other object's share of that token)."""
+def chroma(rgb: Sequence[float]) -> np.ndarray:
+    """The (U, V) chroma of an RGB colour, centred on grey (0, 0), in the levels of the corpus's
+    encoder (the BT.601 limited-range coefficients of :func:`visctx.synth.rgb_to_yuv420p`, without
+    its integer rounding): what a colour adds to a token's chroma, scaled by its share. Grey and
+    white have none. ``tests/test_ceiling.py`` pins it to the encoder's planes."""
+    r, g, b = (float(x) for x in rgb)
+    return np.array([(-38 * r - 74 * g + 112 * b) / 256, (112 * r - 94 * g - 18 * b) / 256])
+
+
+def _colour_chroma(colour: str) -> np.ndarray:
+    from visctx.synth import PALETTE, WHITE
+
+    return chroma(WHITE if colour == "white" else PALETTE[colour])
+
+
+def seen_bins(sh: np.ndarray, threshold: float, colours: Sequence[str] | None = None,
+              chroma_noise: float | None = None, chroma_sh: np.ndarray | None = None) -> list[np.ndarray]:
+    """For each object, the bins in which some token carries it.
+
+    With ``colours`` and ``chroma_noise`` (the chroma rule): a coloured object is carried by a
+    token whose chroma -- the sum over the coloured objects there of share x the colour's
+    :func:`chroma` -- rises above ``chroma_noise`` and points nearest the object's own colour among
+    the palette's, while the object's own part rises above it too. The background is grey, so a
+    token's chroma is the objects' alone; two colours mix (red and green in equal shares read as
+    yellow, red and cyan cancel). ``chroma_sh``: the shares of the objects' chroma (with its
+    leak beside them, :func:`shares`; default ``sh``). Achromatic objects (the white blinker)
+    keep the share rule below.
+
+    Without them (the share rule): share >= threshold and above every other object's share of
+    that token."""
     others = np.zeros_like(sh)
     for o in range(len(sh)):
         rest = np.delete(sh, o, axis=0)
         others[o] = rest.max(0) if len(rest) else 0.0
     carried = (sh >= threshold) & (sh > others)
+    if colours is not None and chroma_noise is not None:
+        from visctx.synth import PALETTE
+
+        csh = sh if chroma_sh is None else chroma_sh
+        chi = np.stack([_colour_chroma(c) for c in colours])  # [objects, 2]
+        mix = np.einsum("otm,oc->tmc", csh, chi)  # [T, M, 2]: each token's chroma
+        hues = np.stack([_colour_chroma(c) for c in PALETTE])
+        hues /= np.linalg.norm(hues, axis=1, keepdims=True)
+        cos = mix @ hues.T  # [T, M, palette]: projection on each palette hue
+        nearest, top2 = cos.argmax(-1), np.sort(cos, -1)[..., -2:]
+        unique = top2[..., 1] - top2[..., 0] > 1e-9  # a tie names no colour
+        readable = (np.linalg.norm(mix, axis=-1) >= chroma_noise) & unique
+        index = {c: i for i, c in enumerate(PALETTE)}
+        for o, c in enumerate(colours):
+            if c in index:
+                carried[o] = readable & (nearest == index[c]) & (csh[o] * np.linalg.norm(chi[o]) >= chroma_noise)
     return [np.flatnonzero(c.any(1)) for c in carried]
+
+
+def carried_bins(things: list[dict[str, Any]], bins: list[list[int]], W: np.ndarray, threshold: float,
+                 chroma_noise: float | None = None) -> list[np.ndarray]:
+    """:func:`seen_bins` of ``things`` in a context (``bins``, ``W``: :func:`context`): the chroma
+    rule with the chroma's leak beside each object where ``chroma_noise`` is given, else the share rule."""
+    sh = shares(things, bins, W)
+    if chroma_noise is None:
+        return seen_bins(sh, threshold)
+    return seen_bins(sh, threshold, [t["colour"] for t in things], chroma_noise,
+                     shares(things, bins, W, CHROMA_LEAK))
 
 
 def shown_bins(things: list[dict[str, Any]], bins: list[list[int]]) -> list[np.ndarray]:
@@ -256,24 +335,26 @@ def item_ceiling(task: str, spec: dict[str, Any], seen: dict[str, np.ndarray], o
     raise ValueError(f"unknown task {task!r}")
 
 
-def _seen_by_key(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold: float) -> dict[str, np.ndarray]:
-    return _evidence(spec, arm, seconds, threshold)[0]
+def _seen_by_key(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold: float,
+                 chroma_noise: float | None = None) -> dict[str, np.ndarray]:
+    return _evidence(spec, arm, seconds, threshold, chroma_noise)[0]
 
 
-def _evidence(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold: float
-              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(bins where each object is seen by the share rule, bins where a frame shows it), by key."""
+def _evidence(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold: float,
+              chroma_noise: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(bins where each object is seen by the rule of :func:`seen_bins`, bins where a frame shows
+    it), by key."""
     from visctx.synth import objects
 
     things = objects(spec)
     bins, W = context(arm, seconds, spec["grid"], spec.get("video"))
     keys = [t["task"] + (str(t["which"]) if "which" in t else "") for t in things]
-    return (dict(zip(keys, seen_bins(shares(things, bins, W), threshold))),
-            dict(zip(keys, shown_bins(things, bins))))
+    seen = carried_bins(things, bins, W, threshold, chroma_noise)
+    return dict(zip(keys, seen)), dict(zip(keys, shown_bins(things, bins)))
 
 
 def arm_ceiling(arm: Arm, specs: dict[str, dict[str, Any]], items: list[dict[str, Any]], extract_fps: float,
-                max_frames: int, threshold: float) -> pd.DataFrame:
+                max_frames: int, threshold: float, chroma_noise: float | None = None) -> pd.DataFrame:
     """One row per evaluation item: its task, ceiling loss and accuracy under ``arm``, the
     accuracy bound (``bound``: :func:`bound_item`) and the loss bound (``bound_loss``:
     :func:`loss_bound_item`)."""
@@ -282,7 +363,8 @@ def arm_ceiling(arm: Arm, specs: dict[str, dict[str, Any]], items: list[dict[str
     for it in items:
         spec = specs[it["video"]]
         if it["video"] not in cache:
-            cache[it["video"]] = _evidence(spec, arm, frame_seconds(spec, extract_fps, max_frames), threshold)
+            cache[it["video"]] = _evidence(spec, arm, frame_seconds(spec, extract_fps, max_frames), threshold,
+                                           chroma_noise)
         seen, shown = cache[it["video"]]
         loss, acc = item_ceiling(it["task_type"], spec, seen, it["options"], it["answer"])
         rows.append({"video": it["video"], "task": it["task_type"], "loss": loss, "accuracy": acc,
@@ -298,13 +380,14 @@ def arm_ceiling(arm: Arm, specs: dict[str, dict[str, Any]], items: list[dict[str
 
 
 def _chance_se(b: pd.Series) -> float:
-    """The SD of the accuracy a policy reaching the bound in expectation gets on these items: its
-    guesses (items bounded below 1) are Bernoulli; what it knows (1) and misses (0) do not vary."""
+    """The SD of the accuracy a policy reaching ``b`` (per-item accuracies: the bound's or the
+    ceiling's) in expectation gets on these items: its guesses (items below 1) are Bernoulli; what
+    it knows (1) and misses (0) do not vary."""
     return float(np.sqrt((b * (1 - b)).sum()) / len(b))
 
 
 def ceiling(videos_json: str, eval_json: str, studies: dict, out_csv: str, extract_fps: float = 1.0,
-            max_frames: int = 32, threshold: float = 0.25) -> dict:
+            max_frames: int = 32, threshold: float = 0.25, chroma_noise: float | None = 0.1) -> dict:
     """The ceiling of every arm of the studies on the held-out split, as an arms.csv-shaped table
     (``loss``, ``accuracy``, ``loss_<task>``, ``acc_<task>``; seed 0: it is exact, not trained) that
     the fits and tables read like any arm table, with the accuracy bound (``bound``, ``bound_<task>``)
@@ -317,7 +400,10 @@ def ceiling(videos_json: str, eval_json: str, studies: dict, out_csv: str, extra
         out_csv: the table to write.
         extract_fps: frames per second decoded (``data.extract.fps``).
         max_frames: frames kept per video (``data.extract.max_frames``).
-        threshold: the share of a token an object needs to be carried (``data.synthetic.visible_share``).
+        threshold: the share of a token an achromatic object (the white blinker) needs to be carried,
+            or any object under the share rule (``ceiling.visible_share``).
+        chroma_noise: the chroma a token must carry to name a colour (``ceiling.chroma_noise``, in the
+            encoder's levels: the chroma rule of :func:`seen_bins`); None: the share rule for every object.
     """
     import json
 
@@ -331,13 +417,14 @@ def ceiling(videos_json: str, eval_json: str, studies: dict, out_csv: str, extra
         raise ValueError(f"{eval_json}: videos without a scene spec in {videos_json}, e.g. {missing[0]!r}")
     rows = []
     for arm in unique_arms(study_points(studies)):
-        df = arm_ceiling(arm, specs, items, extract_fps, max_frames, threshold)
+        df = arm_ceiling(arm, specs, items, extract_fps, max_frames, threshold, chroma_noise)
         row = {k: v for k, v in arm.to_dict().items() if k != "id"} | {
             "arm": arm.id, "seed": 0, "benchmark": "synthetic", "n": len(df), "loss": df["loss"].mean(),
-            "accuracy": df["accuracy"].mean(), "bound": df["bound"].mean(), "bound_se": _chance_se(df["bound"]),
-            "bound_loss": df["bound_loss"].mean()}
+            "accuracy": df["accuracy"].mean(), "accuracy_se": _chance_se(df["accuracy"]), "bound": df["bound"].mean(),
+            "bound_se": _chance_se(df["bound"]), "bound_loss": df["bound_loss"].mean()}
         for task, g in df.groupby("task"):
             row[f"acc_{task}"], row[f"loss_{task}"] = g["accuracy"].mean(), g["loss"].mean()
+            row[f"accuracy_se_{task}"] = _chance_se(g["accuracy"])
             row[f"bound_{task}"], row[f"bound_se_{task}"] = g["bound"].mean(), _chance_se(g["bound"])
             row[f"bound_loss_{task}"] = g["bound_loss"].mean()
         rows.append(row)
@@ -354,12 +441,14 @@ Z_BOUND = 2.0  # a trained arm exceeds the bound when its mean accuracy is above
 
 
 def check(arms_csv: str, ceiling_csv: str, out_dir: str) -> dict:
-    """Every trained arm's accuracy (mean over seeds, and their range) against the share rule's
-    ceiling and the bound, overall and per task: ``ceiling_check.{csv,md}`` in ``out_dir``.
+    """Every trained arm's accuracy (mean over seeds, and their range) against the ceiling and the
+    bound, overall and per task: ``ceiling_check.{csv,md}`` in ``out_dir``.
 
     ``within`` is true when the mean is at most ``Z_BOUND`` SE above the bound (the SE of a policy's
     guesses, :func:`_chance_se`: the bound is computed on the very items scored, so only guessing
-    varies); ``readable`` true when at most as far above the share rule's accuracy.
+    varies); ``readable`` true when at most ``Z_BOUND`` SE above the ceiling's accuracy, the SE of a
+    policy at the ceiling (its own guesses: ``accuracy_se``; a ceiling of 1/4 on every item is
+    a guess on each, and an arm 0.003 above it is not above it).
 
     The loss against the loss bound: ``loss_within`` is true unless the mean loss is more than
     ``Z_BOUND`` across-seed SE (SD / sqrt(seeds)) below it. The bound is an expectation over the
@@ -383,8 +472,9 @@ def check(arms_csv: str, ceiling_csv: str, out_dir: str) -> dict:
     lost = sorted(set(arms["arm"]) - set(c.index))
     if lost:
         raise ValueError(f"{ceiling_csv}: no ceiling for arm(s) {lost}")
-    if "bound_loss" not in c.columns:
-        raise ValueError(f"{ceiling_csv}: no 'bound_loss' column (written by an older visctx ceiling)")
+    for col in ("bound_loss", "accuracy_se"):
+        if col not in c.columns:
+            raise ValueError(f"{ceiling_csv}: no {col!r} column (written by an older visctx ceiling)")
     tasks = sorted(k[len("bound_se_"):] for k in c.columns if k.startswith("bound_se_"))
     rows = []
     for arm, g in arms.groupby("arm", sort=True):
@@ -393,14 +483,16 @@ def check(arms_csv: str, ceiling_csv: str, out_dir: str) -> dict:
             acc, loss = g["accuracy" if task == "all" else f"acc_{task}"], g[f"loss{sfx}"]
             bound, se = float(c.at[arm, f"bound{sfx}"]), float(c.at[arm, f"bound_se{sfx}"])
             readable = float(c.at[arm, "accuracy" if task == "all" else f"acc_{task}"])
+            readable_se = float(c.at[arm, f"accuracy_se{sfx}"])
             mean = float(acc.mean())
             tol = Z_BOUND * max(se, 1e-12)
             loss_bound, loss_mean = float(c.at[arm, f"bound_loss{sfx}"]), float(loss.mean())
-            loss_se = float(loss.std(ddof=1) / math.sqrt(loss.notna().sum())) if loss.notna().sum() > 1 else 0.0
+            loss_se = float(loss.sem()) if loss.notna().sum() > 1 else 0.0
             rows.append({"arm": arm, "task": task, "seeds": int(acc.notna().sum()), "trained": mean,
                          "trained_min": float(acc.min()), "trained_max": float(acc.max()), "ceiling": readable,
                          "bound": bound, "se": se, "excess": mean - bound,
-                         "within": bool(mean - bound <= tol), "readable": bool(mean - readable <= tol),
+                         "within": bool(mean - bound <= tol),
+                         "readable": bool(mean - readable <= Z_BOUND * max(readable_se, 1e-12)),
                          "loss_trained": loss_mean, "loss_se": loss_se, "loss_bound": loss_bound,
                          "loss_gap": loss_mean - loss_bound,
                          "loss_within": bool(loss_mean - loss_bound >= -Z_BOUND * max(loss_se, 1e-12))})
@@ -413,31 +505,34 @@ def check(arms_csv: str, ceiling_csv: str, out_dir: str) -> dict:
             "above_ceiling": int((~df["readable"]).sum()), "below_loss_bound": int((~df["loss_within"]).sum())}
 
 
+def _flagged(rows: pd.DataFrame, what: str, total: int, header: str, line) -> list[str]:
+    """``what: n of total``, then a table of the flagged rows (``header``: its column names)."""
+    out = ["", f"{what}: {len(rows)} of {total}."]
+    if len(rows):
+        cols = header.split(" | ")
+        out += ["", f"| {header} |", "|" + "---|" * len(cols)] + [line(r) for r in rows.itertuples()]
+    return out
+
+
 def check_markdown(df: pd.DataFrame) -> str:
-    """Per task, how many arms stay within the bound and the share rule's ceiling, then every
-    (arm, task) outside the bound; the same for the loss against the loss bound."""
+    """Per task, how many arms stay within the bound and the ceiling, then every (arm, task)
+    outside the bound; the same for the loss against the loss bound."""
     lines = [f"Trained accuracy (mean over seeds) against the accuracy bound (what the arm's frames show) "
-             f"and the share rule's ceiling; outside: more than {Z_BOUND:g} SE above.", "",
-             "| task | arms | within the bound | largest excess over the bound | within the ceiling | "
+             f"and the ceiling (what its tokens carry, by the chroma rule); outside: more than {Z_BOUND:g} SE above.",
+             "", "| task | arms | within the bound | largest excess over the bound | within the ceiling | "
              "largest excess over the ceiling |", "|---|---|---|---|---|---|"]
     for task, g in df.groupby("task", sort=False):
         lines.append(f"| {task} | {len(g)} | {int(g['within'].sum())} | {g['excess'].max():+.3f} | "
                      f"{int(g['readable'].sum())} | {(g['trained'] - g['ceiling']).max():+.3f} |")
-    bad = df[~df["within"]]
-    lines += ["", f"Outside the bound: {len(bad)} of {len(df)}."]
-    if len(bad):
-        lines += ["", "| arm | task | trained | bound | SE |", "|---|---|---|---|---|"]
-        lines += [f"| {r.arm} | {r.task} | {r.trained:.3f} | {r.bound:.3f} | {r.se:.3f} |" for r in bad.itertuples()]
+    lines += _flagged(df[~df["within"]], "Outside the bound", len(df), "arm | task | trained | bound | SE",
+                      lambda r: f"| {r.arm} | {r.task} | {r.trained:.3f} | {r.bound:.3f} | {r.se:.3f} |")
     lines += ["", f"Trained loss (mean over seeds) against the loss bound (the least expected cross-entropy of the "
               f"answer given what the arm's frames show); below: more than {Z_BOUND:g} across-seed SE under it.", "",
               "| task | arms | not below the bound | smallest gap | median gap | largest gap |", "|---|---|---|---|---|---|"]
     for task, g in df.groupby("task", sort=False):
         lines.append(f"| {task} | {len(g)} | {int(g['loss_within'].sum())} | {g['loss_gap'].min():+.3f} | "
                      f"{g['loss_gap'].median():+.3f} | {g['loss_gap'].max():+.3f} |")
-    low = df[~df["loss_within"]]
-    lines += ["", f"Below the loss bound: {len(low)} of {len(df)}."]
-    if len(low):
-        lines += ["", "| arm | task | trained loss | loss bound | SE |", "|---|---|---|---|---|"]
-        lines += [f"| {r.arm} | {r.task} | {r.loss_trained:.3f} | {r.loss_bound:.3f} | {r.loss_se:.3f} |"
-                  for r in low.itertuples()]
+    lines += _flagged(df[~df["loss_within"]], "Below the loss bound", len(df),
+                      "arm | task | trained loss | loss bound | SE",
+                      lambda r: f"| {r.arm} | {r.task} | {r.loss_trained:.3f} | {r.loss_bound:.3f} | {r.loss_se:.3f} |")
     return "\n".join(lines) + "\n"

@@ -72,6 +72,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                         "what longer fine-tunes buy each question type, beside the ceiling (on a finished study)"),
     "fresh-clone-check": ("visctx.perf", "fresh_clone_check",
                           "the README's two commands in a fresh clone, timed and recorded in results/perf"),
+    "study-cost": ("visctx.perf", "study_cost",
+                   "where a finished study's compute goes: base, fine-tunes and evaluations per method (results/perf)"),
     "temp-experiment": ("visctx.perf", "write_temp_experiment",
                         "the jobs a `dvc exp run --temp` of an analysis-only change runs on a finished study"),
     "lmms-eval-arm": ("visctx.lmms_jobs", "lmms_eval_arm", "run one lmms-eval task on one arm (the lmms extra)"),
@@ -79,7 +81,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 # Commands that gain nothing from the preload server: quick without torch, or running other processes.
-IN_PROCESS = {"check", "params", "perf", "fresh-clone-check", "temp-experiment", "finetune-budget"}
+IN_PROCESS = {"check", "params", "perf", "fresh-clone-check", "temp-experiment", "finetune-budget", "study-cost"}
 # Imported once by the preload server: everything a job's hot path imports (this module imports lazily).
 PRELOAD = (
     "numpy", "torch", "transformers", "lightning",
@@ -341,6 +343,17 @@ def build_parser(name: str, func: Callable) -> argparse.ArgumentParser:
                                      default=default, **kwargs)
         action.help = text.replace("%", "%%")  # after: BooleanOptionalAction appends its own default
     return parser
+
+
+def option_args(options: dict[str, Any]) -> list[str]:
+    """``{'hidden_size': 32, 'flag': False}`` -> ``['--hidden-size', '32', '--no-flag']``: the
+    command-line form of options that :func:`build_parser` parses back (the rules' thin calls,
+    the harness's jobs)."""
+    out: list[str] = []
+    for k, v in options.items():
+        flag = k.replace("_", "-")
+        out += [f"--{flag}" if v else f"--no-{flag}"] if isinstance(v, bool) else [f"--{flag}", str(v)]
+    return out
 
 
 def parse_command(name: str, func: Callable, argv: list[str]) -> dict[str, Any]:

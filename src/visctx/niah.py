@@ -50,11 +50,12 @@ def needle_frame(spec: dict, extract_fps: float, max_frames: int) -> int | None:
     return hits[0] if hits else None
 
 
-def needle_readable(spec: dict, arm: Arm, threshold: float, position: int = 0) -> bool:
+def needle_readable(spec: dict, arm: Arm, threshold: float, position: int = 0,
+                    chroma_noise: float | None = None) -> bool:
     """Whether one of the arm's tokens carries the needle on its frame (:mod:`visctx.ceiling`'s rule):
     the map asks about needles the arm could read in view, so a miss is the haystack's doing.
     ``position``: the needle frame's place among the arm's T frames (where masks differ per frame)."""
-    from visctx.ceiling import context, seen_bins, shares
+    from visctx.ceiling import carried_bins, context
     from visctx.synth import objects
 
     things = objects(spec)
@@ -63,7 +64,7 @@ def needle_readable(spec: dict, arm: Arm, threshold: float, position: int = 0) -
         W = context(arm, [second] * arm.frames, spec["grid"], spec["video"])[1][position]
     else:
         W = context(dataclasses.replace(arm, T=1, pooled_from=0), [second], spec["grid"])[1]
-    return len(seen_bins(shares(things, [[second]], W), threshold)[0]) > 0
+    return len(carried_bins(things, [[second]], W, threshold, chroma_noise)[0]) > 0
 
 
 def niah(
@@ -79,6 +80,7 @@ def niah(
     batch_size: int = 32,
     threads: int = 1,
     visible_share: float = 0.25,
+    chroma_noise: float | None = 0.1,
     every_needle: bool = False,
 ) -> dict:
     """Accuracy of each frame-sampling arm (``<arms_dir>/<arm>/model``) on the needle questions of
@@ -96,8 +98,8 @@ def niah(
         depths: needle depths in percent (0: first, 100: last; default 0 25 50 75 100).
         batch_size: items scored at once.
         threads: torch's CPU threads.
-        visible_share: the ceiling's rule (``ceiling.visible_share``): only needles an arm's token
-            can carry on their own frame are asked.
+        visible_share, chroma_noise: the ceiling's rule (``ceiling.*``, :func:`visctx.ceiling.seen_bins`):
+            only needles an arm's token can carry on their own frame are asked.
         every_needle: ask every arm every needle instead, whatever its tokens carry: the maps of
             several token methods at one window are then over the same items (what a method drops
             of the needle frame counts against it).
@@ -140,10 +142,10 @@ def niah(
         for depth in depths:
             pos = math.floor(depth / 100 * (arm.T - 1) + 0.5) if per_frame else 0  # as haystack_indices places it
             items = asked if every_needle else [
-                (r, j) for r, j in asked if needle_readable(specs[r.video], arm, visible_share, pos)]
+                (r, j) for r, j in asked if needle_readable(specs[r.video], arm, visible_share, pos, chroma_noise)]
             if not items:  # an arm too coarse to read any needle has no map there, not a map of chance
                 print(f"niah: {eval_json}: no needle that arm {arm.id}'s tokens can carry at depth {depth} "
-                      f"(visible_share {visible_share})", file=sys.stderr)
+                      f"(visible_share {visible_share}, chroma_noise {chroma_noise})", file=sys.stderr)
                 continue
             prompts = [model.encoder.choice_prompt(r.question, r.options, r.answer, where=r.id) for r, _ in items]
             right = []

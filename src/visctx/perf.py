@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from visctx.cli import option_args
 from visctx.files import read_seconds
 
 ANALYSIS_RULES = {"fits", "ceiling_fits", "figures", "tables", "metrics", "all", "analysis_all"}  # ceiling_fits: the ceiling's optimum for the window
@@ -171,6 +172,71 @@ def write_temp_experiment(out_dir: str = "results/perf", repo: str = ".") -> dic
     return record
 
 
+def study_cost(repo: str = ".", out_dir: str = "results/perf", write: bool = True) -> dict:
+    """Where a finished study's compute goes: the seconds inside each training loop and each
+    evaluation, read from the timing sidecars (:func:`visctx.files.read_seconds`) of every base and
+    every (arm, seed), summed per way of spending the window (the arm's token operator; ``summary``
+    for summary tokens) -- what the masking and summary-token arms add to the study, and what the
+    base and the evaluations take. CPU seconds of one thread each (jobs run side by side), not wall
+    time; recorded in ``<out_dir>/study-cost.{json,md}`` (the README renders it).
+
+    Args:
+        repo: a checkout whose study has run on this machine (a kept fresh clone): the timings are
+            this machine's (they are not committed).
+        out_dir: where the record goes (relative to ``repo``).
+        write: write the record (else only return it).
+    """
+    from visctx import cpu
+    from visctx.config import Arm, load_params
+
+    root = Path(repo).resolve()
+    cfg = load_params(root / "params.yaml")
+    results = root / cfg["results"]
+    seeds = list(cfg["seeds"])
+    base = [read_seconds(results / f"base/seed{s}/model/train_summary.json") for s in seeds
+            if (results / f"base/seed{s}/model/train_summary.json").exists()]
+    methods: dict[str, dict[str, float]] = {}
+    for s in seeds:
+        for d in sorted((results / f"arms/seed{s}").glob("*/model/train_summary.json")):
+            arm = Arm.from_id(d.parent.parent.name)
+            m = methods.setdefault("summary" if arm.summary > 1 else arm.token_op,
+                                   {"arms": 0, "fine_tune_s": 0.0, "evaluate_s": 0.0})
+            m["arms"] += 1
+            m["fine_tune_s"] += read_seconds(d)
+            m["evaluate_s"] += sum(read_seconds(e.with_name(e.name.replace(".timing", ""))) for e in
+                                   sorted((d.parent.parent / "eval").glob("[!.]*.timing.json")))
+    if not base and not methods:
+        raise FileNotFoundError(f"{results}: no trained base or arm with a timing record (run the study here first)")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                            text=True).stdout.strip()
+    record = {"date": dt.date.today().isoformat(), "commit": commit, "machine": _machine(), "cpu": cpu.describe_host(),
+              "seeds": seeds, "base_s": round(sum(base), 1),
+              "methods": {k: {"arms": v["arms"], "fine_tune_s": round(v["fine_tune_s"], 1),
+                              "evaluate_s": round(v["evaluate_s"], 1)} for k, v in sorted(methods.items())}}
+    record["total_s"] = round(record["base_s"] + sum(v["fine_tune_s"] + v["evaluate_s"]
+                                                     for v in record["methods"].values()), 1)
+    if write:
+        out = root / out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "study-cost.json").write_text(json.dumps(record, indent=1) + "\n")
+        (out / "study-cost.md").write_text(study_cost_markdown(record))
+    return record
+
+
+def study_cost_markdown(r: dict) -> str:
+    total = r["total_s"] or 1.0
+    lines = [f"Where the default study's compute goes (`bash scripts/perf.sh --study-cost` on a study run from a "
+             f"fresh clone of {r['commit']}, {r['date']}, {r['machine']}; seconds inside the training loops and "
+             f"evaluations, one thread each, summed over {len(r['seeds'])} seeds; jobs run side by side):", "",
+             "| what | runs | training s | evaluation s | share |", "|---|---|---|---|---|",
+             f"| base | {len(r['seeds'])} | {r['base_s']} | | {100 * r['base_s'] / total:.0f} % |"]
+    for k, v in r["methods"].items():
+        lines.append(f"| `{k}` arms | {v['arms']} | {v['fine_tune_s']} | {v['evaluate_s']} | "
+                     f"{100 * (v['fine_tune_s'] + v['evaluate_s']) / total:.0f} % |")
+    lines.append(f"| **total** | | | | {total} s |")
+    return "\n".join(lines) + "\n"
+
+
 def decode_throughput(videos: list[Path], fps: float, max_frames: int, size: int) -> dict[str, float]:
     """Frames the study keeps per second of decoding: 1 fps + sorted ``get_batch`` vs every frame."""
     import decord
@@ -222,7 +288,7 @@ def kernel_cost(run: _Runner, tmp: Path, steps: int = 600) -> dict[str, Any]:
             "results/data/features/train", "--init", "results/models/pretrained/llm", "--arms", *arms,
             "--steps", str(steps), "--batch-size", str(base["batch_size"]), "--lr", str(base["lr"]),
             "--warmup-steps", "10", "--arm-sampling", base.get("arm_sampling", "uniform"),
-            f"--{'' if base.get('group_by_video') else 'no-'}group-by-video", "--seed", "0",
+            *option_args({"group_by_video": bool(base.get("group_by_video"))}), "--seed", "0",
             "--threads", str(cfg["train"]["threads"]), "--no-progress-bar"]
     out: dict[str, Any] = {"steps": steps}
     from visctx import cpu
@@ -427,11 +493,7 @@ def finetune_budget(arms: list[str] | None = None, steps: list[int] | None = Non
     common = ["--train-json", str(results / "data/corpus/train.json"),
               "--features-dir", str(results / "data/features/train"), "--threads", str(cfg["train"]["threads"]),
               "--no-progress-bar"]
-    for k, v in arm_cfg.items():
-        if k in ("steps", "lr"):
-            continue
-        common += [f"--{'' if v else 'no-'}{k.replace('_', '-')}"] if isinstance(v, bool) else \
-            [f"--{k.replace('_', '-')}", str(v)]
+    common += option_args({k: v for k, v in arm_cfg.items() if k not in ("steps", "lr")})
 
     def one(job: tuple[str, int, int]) -> dict[str, Any]:
         arm, n, seed = job

@@ -2,6 +2,7 @@ import os
 import sys
 from pathlib import Path
 
+from visctx.cli import option_args
 from visctx.config import TOKEN_OPS, ParamsError, base_arms, dumps, resolve_preset, study_points, unique_arms, validate
 from visctx.fresh import install as fresh_install
 from visctx.imports import digest as import_digest
@@ -119,12 +120,7 @@ def pretrained_llm():
 
 def cli_options(options):
     """{'hidden_size': 32, 'flag': False} -> '--hidden-size 32 --no-flag' for a thin `visctx` call."""
-
-    def option(k, v):
-        flag = k.replace("_", "-")
-        return (f"--{flag}" if v else f"--no-{flag}") if isinstance(v, bool) else f"--{flag} {v}"
-
-    return " ".join(option(k, v) for k, v in options.items())
+    return " ".join(option_args(options))
 
 
 def code_version(*modules):

@@ -44,11 +44,13 @@ if SYNTHETIC:
             fps=CFG["data"]["extract"]["fps"],
             max_frames=CFG["data"]["extract"]["max_frames"],
             share=CFG["ceiling"]["visible_share"],
+            chroma=CFG["ceiling"]["chroma_noise"],
         log:
             f"{LOGS}/ceiling.log",
         shell:
             "visctx ceiling --videos-json {input.videos} --eval-json {input.eval} --studies {params.studies:q}"
             " --extract-fps {params.fps} --max-frames {params.max_frames} --threshold {params.share}"
+            " --chroma-noise {params.chroma}"
             " --out-csv {output.csv} > {log} 2>&1"
 
 
@@ -135,6 +137,7 @@ if NIAH:
             fps=CFG["data"]["extract"]["fps"],
             batch_size=CFG["evaluate"]["batch_size"],
             share=CFG["ceiling"]["visible_share"],
+            chroma=CFG["ceiling"]["chroma_noise"],
             every="",  # the frame study: each arm is asked the needles its tokens can carry
         threads: 1
         log:
@@ -142,7 +145,8 @@ if NIAH:
         shell:
             "visctx niah --arms {params.arms} --arms-dir {RESULTS}/arms/seed{wildcards.seed} --eval-json {input.eval}"
             " --videos-json {input.videos} --features-dir {params.visual} --extract-fps {params.fps}"
-            " --batch-size {params.batch_size} --threads {threads} --visible-share {params.share} {params.every}"
+            " --batch-size {params.batch_size} --threads {threads} --visible-share {params.share}"
+            " --chroma-noise {params.chroma} {params.every}"
             " --out-csv {output.csv} > {log} 2>&1"
 
     # every replicate's map, their mean and its across-seed interval: one table and one heatmap
@@ -183,6 +187,7 @@ if NIAH_METHODS:
             fps=CFG["data"]["extract"]["fps"],
             batch_size=CFG["evaluate"]["batch_size"],
             share=CFG["ceiling"]["visible_share"],
+            chroma=CFG["ceiling"]["chroma_noise"],
             every="--every-needle",  # every method the same needles: what its tokens drop counts
         log:
             f"{LOGS}/niah/methods/seed{{seed}}.log",
