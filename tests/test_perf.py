@@ -101,7 +101,7 @@ def test_the_study_cost_sums_each_runs_timing_by_method(tmp_path):
             write_timing(summary.parent.parent / "eval/synthetic.json", eval_s)
             (summary.parent.parent / "eval/.fresh.json").write_text("{}")  # a stamp: no timing beside it
     r = study_cost(str(tmp_path), write=False)
-    assert r["base_s"] == 21.0 and r["total_s"] == 21.0 + 2 * (1.5 + 7.0 + 3.0)
+    assert r["bases"] == 2 and r["base_s"] == 21.0 and r["total_s"] == 21.0 + 2 * (1.5 + 7.0 + 3.0)
     assert r["methods"] == {"mask": {"arms": 2, "fine_tune_s": 4.0, "evaluate_s": 2.0},
                             "pool": {"arms": 2, "fine_tune_s": 2.0, "evaluate_s": 1.0},
                             "summary": {"arms": 2, "fine_tune_s": 10.0, "evaluate_s": 4.0}}

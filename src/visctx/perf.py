@@ -210,7 +210,7 @@ def study_cost(repo: str = ".", out_dir: str = "results/perf", write: bool = Tru
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                             text=True).stdout.strip()
     record = {"date": dt.date.today().isoformat(), "commit": commit, "machine": _machine(), "cpu": cpu.describe_host(),
-              "seeds": seeds, "base_s": round(sum(base), 1),
+              "seeds": seeds, "bases": len(base), "base_s": round(sum(base), 1),
               "methods": {k: {"arms": v["arms"], "fine_tune_s": round(v["fine_tune_s"], 1),
                               "evaluate_s": round(v["evaluate_s"], 1)} for k, v in sorted(methods.items())}}
     record["total_s"] = round(record["base_s"] + sum(v["fine_tune_s"] + v["evaluate_s"]
@@ -229,7 +229,7 @@ def study_cost_markdown(r: dict) -> str:
              f"fresh clone of {r['commit']}, {r['date']}, {r['machine']}; seconds inside the training loops and "
              f"evaluations, one thread each, summed over {len(r['seeds'])} seeds; jobs run side by side):", "",
              "| what | runs | training s | evaluation s | share |", "|---|---|---|---|---|",
-             f"| base | {len(r['seeds'])} | {r['base_s']} | | {100 * r['base_s'] / total:.0f} % |"]
+             f"| base | {r.get('bases', len(r['seeds']))} | {r['base_s']} | | {100 * r['base_s'] / total:.0f} % |"]
     for k, v in r["methods"].items():
         lines.append(f"| `{k}` arms | {v['arms']} | {v['fine_tune_s']} | {v['evaluate_s']} | "
                      f"{100 * (v['fine_tune_s'] + v['evaluate_s']) / total:.0f} % |")
