@@ -209,6 +209,99 @@ def test_a_token_carries_only_its_largest_object():
     assert len(s["detail"]) == 1 and len(s["needle"]) == 0
 
 
+def cands(spec, arm_id, task):
+    return C._evidence(spec, Arm.from_id(arm_id), SEC, TAU, CHROMA)[2][task]
+
+
+def test_a_token_knows_its_zones_and_the_leak_reaches_one_column_further():
+    """At M = 4 (14-cell pools) every token spans the order band and another zone; at M = 9 the
+    9-cell pools fall on the bands, so the needle's tokens hold no other coloured zone (the
+    count's white blinker confuses no colour)."""
+    four = C.token_roles(C.context(Arm.from_id("T1-M4-pool"), SEC)[1])
+    assert 0.5 < four["needle"][0] < 1 and 0 < four["order"][0] < 0.5  # top left: mostly the needle's zone
+    assert four["needle"][3] == -1 and four["detail"][3] > 0.5  # bottom right: not the needle's at all
+    assert four["detail"][2] == 0.0  # bottom left: the detail's zone only by the leak of the column beside it
+    nine = C.token_roles(C.context(Arm.from_id("T1-M9-pool"), SEC)[1])
+    assert nine["needle"][0] == 1.0 and nine["order"][3] == 1.0 and nine["order"][0] == -1
+
+
+def test_a_colour_in_a_token_spanning_two_zones_could_be_either_question_s():
+    """The needle and an order colour in the one top-left token of a 2 x 2 pool: the position-known
+    rule reads the needle for sure; the reader sees two colours in a mixed token and, without base
+    rates (an empty Reader), spreads its belief over them and the colours it did not see."""
+    needle = {"colour": "red", "cell": [2, 2], "side": 4, "shows": [[4, 6]]}
+    pair = [{"colour": "blue", "cell": [10, 2], "side": 3, "shows": [[20, 4]]},
+            {"colour": "green", "cell": [12, 20], "side": 1, "shows": []}]
+    spec = scene(needle=needle, order=pair)
+    opts = ["green", "red", "blue", "cyan"]
+    assert C.item_ceiling("needle", spec, read(spec, "T32-M4-pool"), opts, 1) == (0.0, 1.0)
+    c = cands(spec, "T32-M4-pool", "needle")
+    assert set(c) == {"red", "blue"} and c["red"][1] == "major" and c["red"][0].tolist() == list(range(4, 10))
+    sig, order = C.signature("needle", spec, c, 32)
+    assert sig == (("major", "some"), ("major", "some"))  # colours left out: the two look alike
+    loss, acc = C.read_item(C.Reader().posterior("needle", sig, 2), order, list(synth.PALETTE), opts, 1)
+    assert loss == pytest.approx(math.log(3))  # 1/3 each: red, blue, or one of the four unseen
+    assert acc == 0.5  # red and blue tie above the unseen
+    # on a 3 x 3 pool the needle's token is its zone alone: pure, and the order colour is not in it
+    c9 = cands(spec, "T32-M9-pool", "needle")
+    assert set(c9) == {"red"} and c9["red"][1] == "pure"
+
+
+def test_the_reader_learns_whose_colour_it_is_from_the_training_scenes():
+    """Base rates decide a mixed token: where the training scenes' needle question was answered by
+    the first of two look-alike candidates 9 times in 10, the posterior says so (smoothed), the
+    loss is its -ln and the best option is the candidate."""
+    r = C.Reader()
+    sig = (("major", "some"),)
+    for answer in ["red"] * 9 + ["blue"]:
+        r.learn("needle", sig, ["red"], answer)
+    post = r.posterior("needle", sig, 1)
+    assert post == pytest.approx([9.5 / 11, 1.5 / 11])
+    assert r.posterior("order", sig, 1) == pytest.approx([0.5, 0.5])  # per question type
+    loss, acc = C.read_item(post, ["red"], list(synth.PALETTE), ["blue", "red", "green", "cyan"], 1)
+    assert loss == pytest.approx(-math.log(9.5 / 11)) and acc == 1.0
+    loss, acc = C.read_item(post, ["red"], list(synth.PALETTE), ["blue", "red", "green", "cyan"], 0)
+    assert loss == pytest.approx(-math.log(1.5 / 11 / 5)) and acc == 0.0
+    # every colour a candidate: nothing is left for "none of them"
+    loss, _ = C.read_item(np.array([0.5, 0.3, 0.2]), ["red", "blue"], ["red", "blue"], ["red", "blue"], 1)
+    assert loss == pytest.approx(-math.log(0.3 / 0.8))
+
+
+def test_the_readers_signature_keeps_time_where_the_question_is_about_time():
+    """order: candidates in the order they first appear; episodic: each before, during or after the
+    colour the question names (c2), the latest first; the still detail is carried in every bin."""
+    a = {"colour": "red", "cell": [10, 0], "side": 3, "shows": [[2, 3]]}
+    b = {"colour": "blue", "cell": [10, 20], "side": 3, "shows": [[20, 3]]}
+    spec = scene(order=[a, b])
+    sig, order = C.signature("order", spec, cands(spec, "T32-M9-pool", "order"), 32)
+    assert order == ["red", "blue"] and sig == (("pure", "some"), ("pure", "some"))
+    place = {"cell": [20, 0], "side": 3, "episodes": [{"colour": "green", "shows": [[2, 4]]},
+                                                     {"colour": "blue", "shows": [[8, 4]]},
+                                                     {"colour": "red", "shows": [[14, 4]]}]}
+    ep = scene(episodic=place)
+    sig, order = C.signature("episodic", ep, cands(ep, "T32-M9-pool", "episodic"), 32)
+    assert order == ["red", "green"] and sig == (True, (("pure", "some", "after"), ("pure", "some", "before")))
+    still = scene(detail={"colour": "cyan", "cell": [20, 20], "side": 2, "shows": [[0, 32]]})
+    sig, _ = C.signature("detail", still, cands(still, "T32-M9-pool", "detail"), 32)
+    assert sig == (("pure", "all"),)
+    assert C.signature("detail", still, cands(still, "T1-M9-pool", "detail"), 1)[0] == (("pure", ""),)
+
+
+def test_the_readers_ceiling_is_counted_on_the_training_split_and_kept_beside_the_known_one(tmp_path):
+    synth.make_corpus(tmp_path, n_train=30, n_eval=20, seed=0)
+    specs = synth.load_videos_json(tmp_path / "videos.json")["videos"]
+    train = [v for v in specs if v["split"] == "train"]
+    r = C.learn_reader(Arm.from_id("T8-M4-pool"), train, 1.0, 32, TAU, CHROMA)
+    assert sum(sum(n.values()) for n in r.counts.values()) == 30 * len(C.READ_TASKS)
+    studies = {"frames": {"tokens": 4, "token_method": "pool", "frames": [1, 8], "methods": ["sample"],
+                          "pool_source": 32}}
+    C.ceiling(str(tmp_path / "videos.json"), str(tmp_path / "eval.json"), studies, str(tmp_path / "c.csv"))
+    t = pd.read_csv(tmp_path / "c.csv").set_index("arm")
+    assert {"loss_known", "accuracy_known"} <= set(t.columns)
+    # at M = 4 a token spans two zones: knowing every colour's question is worth something
+    assert t.loc["T8-M4-pool", "loss_known"] < t.loc["T8-M4-pool", "loss"]
+
+
 def test_the_ceiling_table_is_an_arms_table(tmp_path):
     synth.make_corpus(tmp_path, n_train=1, n_eval=40, seed=0)
     studies = {"tokens": {"frames": 1, "tokens": [1, 4, 49, 196], "methods": ["sample", "pool"]},

@@ -29,8 +29,21 @@ The rule (stated, and pinned by ``tests/test_ceiling.py`` on hand-built scenes):
 * The white blinker has no chroma: it is carried where its share is at least ``threshold``
   (``ceiling.visible_share``: its luma must rise above the background's static texture) and larger
   than any other object's share of that token (the share rule).
-* An object is *seen* in the bins where some token carries it; which question it answers is
-  known from where it is (each task has its zone, :func:`visctx.synth.zones`).
+* Whose colour a token carries, the reader (:class:`Reader`) tells from where the token is: each
+  task has its zone (:func:`visctx.synth.zones`), and a token that reaches only one coloured
+  task's zone (*pure*) says whose its colour is. A token spanning zones (a coarse pool: at M = 4
+  every token holds the order band and another zone) does not: a colour there may be the needle's
+  or an order colour's. The reader's evidence for a question is every colour a token reaching the
+  question's zone carries, each as its *kind* (:func:`signature`: how much of its token the zone
+  is -- pure, major, minor --, in how many bins it is carried -- all, most, some: the still object
+  is there throughout -- and, for order and episodic, its place in time), colours left out (they
+  are drawn alike); its belief, P(which candidate is the answer | that signature), is counted on
+  the training split's scenes under the same arm (the held-out questions are not counted), with
+  add-1/2 smoothing. The ceiling's loss is -ln of the answer's probability (the rest of the answer
+  space shares "none of them" evenly), its accuracy the best option's. This is the ceiling;
+  beside it (``loss_known``, ``accuracy_known``) stands the rule below, which knows every colour's
+  question from where its object is -- generous where tokens span zones (the frame study's M = 4
+  above all), the ceiling of earlier versions.
 * needle, detail: recoverable iff seen; else the answer is uniform over the colours.
 * count: the seen bins form runs; r runs are a lower bound on n (a showing cannot split in two,
   two can merge); the posterior is uniform over r..4 (counts, uniform a priori).
@@ -45,9 +58,9 @@ scores it over its whole vocabulary, which holds at least those), so an arm that
 sits at the prior: ln 6 for a colour, ln 4 for a count.
 
 That rule is a *model* of what a token can be read for, not a bound: it credits a reader with
-every colour whose chroma the features hold, and it names an object's role by where it is, which a
-token spanning zones (a coarse pool) does not tell (generous there), while it does not credit
-reading a mixture apart across frames (strict there). Beside it stands an accuracy **bound** that
+every colour whose chroma the features hold, while it does not credit reading a mixture apart
+across frames (strict there); the reader's signature keeps a candidate's kind and order, not its
+exact bins or sizes (strict where those would tell). Beside it stands an accuracy **bound** that
 no model of these features can exceed, whatever its tower or tokens (:func:`bound_item`): a tower
 sees each frame whole, so what an arm's context can hold at most is what its *frames* show -- an
 object is *shown* in the bins where some frame of the bin shows it, whatever M and the token
@@ -140,25 +153,43 @@ def context(arm: Arm, seconds: Sequence[int], grid: int = GRID, video: str | Non
 # at 54 px, pinned by tests/test_ceiling.py), so a token there holds a trace of it.
 CHROMA_LEAK = 0.125
 
+# Shares are sums of cell weights: a share of exactly 1/4, or two objects' equal shares, must not be
+# decided by the order of a floating-point sum (the rule compares within this tolerance).
+TIE = 1e-9
+
 
 def shares(things: list[dict[str, Any]], bins: list[list[int]], W: np.ndarray, leak: float = 0.0) -> np.ndarray:
     """``[objects, T, M]``: each object's share of each token; ``leak``: of its chroma instead,
     its cells blurred across columns by (leak, 1 - 2 leak, leak) (:data:`CHROMA_LEAK`)."""
-    from visctx.synth import visible
-
     grid = W.shape[-1]
     out = np.zeros((len(things), len(bins), W.shape[-3]))
+    on = _on_screen(things, bins)
+    frac_all = np.stack([on[:, b].sum(1) / len(b) for b in bins], 1)  # [objects, T]: the mean of visible()
     for o, t in enumerate(things):
-        mask = np.zeros((grid, grid))
         r, c, side = *t["cell"], t["side"]
-        mask[r:r + side, c:c + side] = 1.0
+        r1, ce = min(r + side, grid), min(c + side, grid)  # its cells on the grid
+        c0, c1 = (max(c - 1, 0), min(ce + 1, grid)) if leak else (c, ce)  # the columns it reaches
+        mask = np.zeros((r1 - r, c1 - c0))
+        mask[:, c - c0:ce - c0] = 1.0
         if leak:
-            pad = np.pad(mask, ((0, 0), (1, 1)))
+            pad = np.zeros((r1 - r, c1 - c0 + 2))
+            pad[:, 1:-1] = mask
             mask = (1 - 2 * leak) * mask + leak * (pad[:, :-2] + pad[:, 2:])  # what leaves the grid is lost
-        cover = (W * mask).sum((-2, -1))  # [M], or [T, M] for tokens that differ per frame
-        frac = np.array([np.mean([visible(t, s) for s in b]) for b in bins])  # [T]
+        cover = (W[..., r:r1, c0:c1] * mask).sum((-2, -1))  # [M], or [T, M] for tokens that differ per frame
+        frac = frac_all[o]  # [T]
         out[o] = frac[:, None] * (cover if cover.ndim == 2 else cover[None, :])
     return out
+
+
+def _on_screen(things: list[dict[str, Any]], bins: list[list[int]]) -> np.ndarray:
+    """``[objects, seconds]``: 1 where :func:`visctx.synth.visible` (vectorised: the ceiling runs
+    on every scene of both splits under every arm)."""
+    span = max([s + d for t in things for s, d in t["shows"]] + [max(max(b) for b in bins) + 1])
+    on = np.zeros((len(things), span), dtype=np.int64)
+    for o, t in enumerate(things):
+        for s, d in t["shows"]:
+            on[o, max(s, 0):s + d] = 1
+    return on
 
 
 def chroma(rgb: Sequence[float]) -> np.ndarray:
@@ -191,11 +222,18 @@ def seen_bins(sh: np.ndarray, threshold: float, colours: Sequence[str] | None = 
 
     Without them (the share rule): share >= threshold and above every other object's share of
     that token."""
+    return [np.flatnonzero(c.any(1)) for c in carried_tokens(sh, threshold, colours, chroma_noise, chroma_sh)]
+
+
+def carried_tokens(sh: np.ndarray, threshold: float, colours: Sequence[str] | None = None,
+                   chroma_noise: float | None = None, chroma_sh: np.ndarray | None = None) -> np.ndarray:
+    """``[objects, T, M]``: whether each token of each bin carries each object (the rule of
+    :func:`seen_bins`, which says in which bins)."""
     others = np.zeros_like(sh)
     for o in range(len(sh)):
         rest = np.delete(sh, o, axis=0)
         others[o] = rest.max(0) if len(rest) else 0.0
-    carried = (sh >= threshold) & (sh > others)
+    carried = (sh >= threshold - TIE) & (sh > others + TIE)
     if colours is not None and chroma_noise is not None:
         from visctx.synth import PALETTE
 
@@ -206,32 +244,37 @@ def seen_bins(sh: np.ndarray, threshold: float, colours: Sequence[str] | None = 
         hues /= np.linalg.norm(hues, axis=1, keepdims=True)
         cos = mix @ hues.T  # [T, M, palette]: projection on each palette hue
         nearest, top2 = cos.argmax(-1), np.sort(cos, -1)[..., -2:]
-        unique = top2[..., 1] - top2[..., 0] > 1e-9  # a tie names no colour
-        readable = (np.linalg.norm(mix, axis=-1) >= chroma_noise) & unique
+        unique = top2[..., 1] - top2[..., 0] > TIE  # a tie names no colour
+        readable = (np.linalg.norm(mix, axis=-1) >= chroma_noise - TIE) & unique
         index = {c: i for i, c in enumerate(PALETTE)}
         for o, c in enumerate(colours):
             if c in index:
-                carried[o] = readable & (nearest == index[c]) & (csh[o] * np.linalg.norm(chi[o]) >= chroma_noise)
-    return [np.flatnonzero(c.any(1)) for c in carried]
+                carried[o] = readable & (nearest == index[c]) & (csh[o] * np.linalg.norm(chi[o]) >= chroma_noise - TIE)
+    return carried
 
 
 def carried_bins(things: list[dict[str, Any]], bins: list[list[int]], W: np.ndarray, threshold: float,
                  chroma_noise: float | None = None) -> list[np.ndarray]:
     """:func:`seen_bins` of ``things`` in a context (``bins``, ``W``: :func:`context`): the chroma
     rule with the chroma's leak beside each object where ``chroma_noise`` is given, else the share rule."""
+    return [np.flatnonzero(c.any(1)) for c in _carried(things, bins, W, threshold, chroma_noise)]
+
+
+def _carried(things: list[dict[str, Any]], bins: list[list[int]], W: np.ndarray, threshold: float,
+             chroma_noise: float | None = None) -> np.ndarray:
     sh = shares(things, bins, W)
     if chroma_noise is None:
-        return seen_bins(sh, threshold)
-    return seen_bins(sh, threshold, [t["colour"] for t in things], chroma_noise,
-                     shares(things, bins, W, CHROMA_LEAK))
+        return carried_tokens(sh, threshold)
+    return carried_tokens(sh, threshold, [t["colour"] for t in things], chroma_noise,
+                          shares(things, bins, W, CHROMA_LEAK))
 
 
 def shown_bins(things: list[dict[str, Any]], bins: list[list[int]]) -> list[np.ndarray]:
     """For each object, the bins in which some frame shows it: what any vision tower could pass on
     (a tower sees a whole frame, and its tokens may mix every patch of it)."""
-    from visctx.synth import visible
-
-    return [np.flatnonzero([any(visible(t, s) for s in b) for b in bins]) for t in things]
+    on = _on_screen(things, bins)
+    shown = np.stack([on[:, b].any(1) for b in bins], 1)  # [objects, T]
+    return [np.flatnonzero(row) for row in shown]
 
 
 def bound_item(task: str, shown: dict[str, np.ndarray], options: Sequence[str], pooled: bool) -> float | None:
@@ -341,23 +384,180 @@ def _seen_by_key(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], thresho
 
 
 def _evidence(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold: float,
-              chroma_noise: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+              chroma_noise: float | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, tuple[np.ndarray, str]]]]:
     """(bins where each object is seen by the rule of :func:`seen_bins`, bins where a frame shows
-    it), by key."""
+    it, by key; and the colours a reader of the tokens finds for each question: :func:`candidates`)."""
     from visctx.synth import objects
 
     things = objects(spec)
     bins, W = context(arm, seconds, spec["grid"], spec.get("video"))
     keys = [t["task"] + (str(t["which"]) if "which" in t else "") for t in things]
-    seen = carried_bins(things, bins, W, threshold, chroma_noise)
-    return dict(zip(keys, seen)), dict(zip(keys, shown_bins(things, bins)))
+    carried = _carried(things, bins, W, threshold, chroma_noise)
+    roles = token_roles(W)
+    cands = {task: candidates(task, things, carried, roles) for task in READ_TASKS}
+    return (dict(zip(keys, (np.flatnonzero(c.any(1)) for c in carried))), dict(zip(keys, shown_bins(things, bins))),
+            cands)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reader: which question a colour answers, as the tokens tell it
+
+READ_TASKS = ("needle", "order", "detail", "episodic")  # the questions answered by a colour
+SMOOTHING = 0.5  # add-1/2 (Jeffreys) counts for each outcome of a signature: unseen ones stay possible
+
+
+def token_roles(W: np.ndarray) -> dict[str, np.ndarray]:
+    """For each task whose objects are coloured, how much of each token (``[M]``, or ``[T, M]``
+    where the tokens differ per frame) is its zone: 1 where the token reaches no other coloured
+    task's zone, else the fraction of the token's cells in coloured zones that lie in this one
+    (0 where only the chroma's leak reaches it, :data:`CHROMA_LEAK`: the token's cells widened by a
+    column on each side; -1 where not even that). The count's white blinker names no colour, so
+    its zone confuses none of them."""
+    from visctx.synth import zones
+
+    z = zones(W.shape[-1])
+    reach = W > 0
+    wide = reach.copy()
+    wide[..., :, 1:] |= reach[..., :, :-1]
+    wide[..., :, :-1] |= reach[..., :, 1:]
+    cells = {t: reach[..., z[t][0]:z[t][1], z[t][2]:z[t][3]].sum((-2, -1)) for t in READ_TASKS}
+    meets = {t: wide[..., z[t][0]:z[t][1], z[t][2]:z[t][3]].any((-2, -1)) for t in READ_TASKS}
+    total = sum(cells.values())
+    out = {}
+    for t in READ_TASKS:
+        alone = ~np.any([meets[u] for u in READ_TASKS if u != t], axis=0)
+        frac = np.where(total > 0, cells[t] / np.maximum(total, 1), 0.0)
+        out[t] = np.where(~meets[t], -1.0, np.where(alone, 1.0, frac))
+    return out
+
+
+def _role_class(share: float) -> str:
+    """A token's share of a zone (:func:`token_roles`) as the reader weighs it."""
+    return "pure" if share >= 1.0 else "major" if share >= 0.5 else "minor"
+
+
+def candidates(task: str, things: list[dict[str, Any]], carried: np.ndarray, roles: dict[str, np.ndarray]
+               ) -> dict[str, tuple[np.ndarray, str]]:
+    """Every colour a token that reaches ``task``'s zone carries (``carried``: ``[objects, T, M]``,
+    :func:`carried_tokens`), whichever object it is: colour -> (the bins it is carried in there,
+    the most the zone holds of a token carrying it: ``pure`` -- no other coloured task's zone in
+    it, so the reader knows whose it is --, ``major`` (at least half of its coloured zones' cells)
+    or ``minor``). A token spanning two zones (a coarse pool) does not tell whose colour it holds:
+    that is what :class:`Reader` weighs."""
+    from visctx.synth import PALETTE
+
+    shape = carried.shape[1:]
+    share = np.broadcast_to(roles[task], shape)
+    out: dict[str, tuple[set, float]] = {}
+    for o, thing in enumerate(things):
+        if thing["colour"] not in PALETTE:
+            continue
+        hit = carried[o] & (share >= 0)
+        if hit.any():
+            b, best = out.get(thing["colour"], (set(), -1.0))
+            out[thing["colour"]] = (b | set(np.flatnonzero(hit.any(1)).tolist()), max(best, float(share[hit].max())))
+    return {c: (np.array(sorted(b), dtype=int), _role_class(best)) for c, (b, best) in out.items()}
+
+
+def _time_class(bins: np.ndarray, T: int) -> str:
+    """How much of the video a candidate is carried in: the still object's mark (every bin), most
+    of it (3/4 or more: the still object where a colour passing through its token hides it), or
+    some; with one bin there is no telling."""
+    if T < 2:
+        return ""
+    return "all" if len(bins) == T else "most" if T >= 4 and len(bins) >= 0.75 * T else "some"
+
+
+def signature(task: str, spec: dict[str, Any], cands: dict[str, tuple[np.ndarray, str]], T: int
+              ) -> tuple[tuple, list[str]]:
+    """(what a reader of the tokens knows of a question, colours left out; the candidate colours
+    in the signature's order). Colours are drawn alike, so the evidence is each candidate's kind --
+    how much of its token is the question's zone (:func:`candidates`) and how much of the video it
+    is carried in (:func:`_time_class`) -- and, for the questions about time, its place in time:
+    the order of first appearance (order), or before / during / after the colour the question
+    names (episodic: c2, which is no answer). needle, detail: kinds only."""
+    cands = dict(cands)
+    kind = {c: (r, _time_class(b, T)) for c, (b, r) in cands.items()}
+    if task == "episodic":
+        c2 = spec["episodic"]["episodes"][1]["colour"]
+        ref = cands.pop(c2)[0] if c2 in cands else None
+
+        def rel(b: np.ndarray) -> str:
+            if ref is None:
+                return "?"
+            return "before" if b.max() < ref.min() else "after" if b.min() > ref.max() else "during"
+
+        order = sorted(cands, key=lambda c: (-cands[c][0].max(), -cands[c][0].min(), c))  # latest first
+        return (ref is not None, tuple((*kind[c], rel(cands[c][0])) for c in order)), order
+    if task == "order":
+        order = sorted(cands, key=lambda c: (cands[c][0].min(), cands[c][0].max(), c))
+    else:
+        order = sorted(cands, key=lambda c: (*kind[c], c))
+    return tuple(kind[c] for c in order), order
+
+
+class Reader:
+    """The Bayes reader of the tokens' colours: P(which candidate is the answer | signature),
+    counted on the training split's scenes under the same arm (what an ideal learner could know of
+    the corpus; the held-out questions are not counted), with :data:`SMOOTHING`."""
+
+    def __init__(self):
+        from collections import Counter, defaultdict
+
+        self.counts: dict[tuple, Counter] = defaultdict(Counter)
+
+    def learn(self, task: str, sig: tuple, order: list[str], answer: str) -> None:
+        self.counts[(task, sig)][order.index(answer) if answer in order else -1] += 1
+
+    def posterior(self, task: str, sig: tuple, k: int) -> np.ndarray:
+        """``[k + 1]``: P(the answer is candidate j), then P(it is none of them)."""
+        n = self.counts.get((task, sig), {})
+        c = np.array([n.get(j, 0) for j in range(k)] + [n.get(-1, 0)], dtype=float) + SMOOTHING
+        return c / c.sum()
+
+
+def read_item(post: np.ndarray, order: list[str], space: Sequence[str], options: Sequence[str],
+              answer: int) -> tuple[float, float]:
+    """(cross-entropy of the answer word, expected accuracy of the best option) under the reader's
+    posterior ``post`` (:meth:`Reader.posterior`) over the candidates ``order`` and the rest of
+    the answer ``space`` (uniform over it; none left: the candidates share all)."""
+    rest = [a for a in space if a not in order]
+    p = dict(zip(order, post[:-1]))
+    if rest:
+        p |= dict.fromkeys(rest, post[-1] / len(rest))
+    total = sum(p.values())
+    score = [p.get(o, 0.0) / total for o in options]
+    top = [i for i, x in enumerate(score) if x >= max(score) - TIE]
+    return -math.log(p[options[answer]] / total), (answer in top) / len(top)
+
+
+def learn_reader(arm: Arm, train_specs: Sequence[dict[str, Any]], extract_fps: float, max_frames: int,
+                 threshold: float, chroma_noise: float | None = None) -> Reader:
+    """The :class:`Reader` of ``arm``, counted on the training split's scenes (their questions'
+    answers, :func:`visctx.synth.answer`)."""
+    from visctx.synth import answer
+
+    reader = Reader()
+    for spec in train_specs:
+        cands = _evidence(spec, arm, frame_seconds(spec, extract_fps, max_frames), threshold, chroma_noise)[2]
+        for task in READ_TASKS:
+            sig, order = signature(task, spec, cands[task], arm.T)
+            reader.learn(task, sig, order, answer(spec, task))
+    return reader
 
 
 def arm_ceiling(arm: Arm, specs: dict[str, dict[str, Any]], items: list[dict[str, Any]], extract_fps: float,
-                max_frames: int, threshold: float, chroma_noise: float | None = None) -> pd.DataFrame:
-    """One row per evaluation item: its task, ceiling loss and accuracy under ``arm``, the
-    accuracy bound (``bound``: :func:`bound_item`) and the loss bound (``bound_loss``:
+                max_frames: int, threshold: float, chroma_noise: float | None = None,
+                reader: Reader | None = None) -> pd.DataFrame:
+    """One row per evaluation item: its task, ceiling loss and accuracy under ``arm`` -- the
+    reader's (``reader``: :func:`learn_reader`; an empty one without) and, as ``loss_known`` and
+    ``accuracy_known``, with every colour's question known from where it is (:func:`item_ceiling`)
+    --, the accuracy bound (``bound``: :func:`bound_item`) and the loss bound (``bound_loss``:
     :func:`loss_bound_item`)."""
+    from visctx.synth import answer_space
+
+    reader = reader or Reader()
     rows, cache = [], {}
     pooled = bool(arm.pooled_from)
     for it in items:
@@ -365,11 +565,18 @@ def arm_ceiling(arm: Arm, specs: dict[str, dict[str, Any]], items: list[dict[str
         if it["video"] not in cache:
             cache[it["video"]] = _evidence(spec, arm, frame_seconds(spec, extract_fps, max_frames), threshold,
                                            chroma_noise)
-        seen, shown = cache[it["video"]]
-        loss, acc = item_ceiling(it["task_type"], spec, seen, it["options"], it["answer"])
-        rows.append({"video": it["video"], "task": it["task_type"], "loss": loss, "accuracy": acc,
-                     "bound": bound_item(it["task_type"], shown, it["options"], pooled),
-                     "bound_loss": loss_bound_item(it["task_type"], shown, spec, pooled),
+        seen, shown, cands = cache[it["video"]]
+        task = it["task_type"]
+        known = item_ceiling(task, spec, seen, it["options"], it["answer"])
+        loss, acc = known
+        if task in READ_TASKS:
+            sig, order = signature(task, spec, cands[task], arm.T)
+            loss, acc = read_item(reader.posterior(task, sig, len(order)), order, answer_space(task, spec),
+                                  it["options"], it["answer"])
+        rows.append({"video": it["video"], "task": task, "loss": loss, "accuracy": acc,
+                     "loss_known": known[0], "accuracy_known": known[1],
+                     "bound": bound_item(task, shown, it["options"], pooled),
+                     "bound_loss": loss_bound_item(task, shown, spec, pooled),
                      "runs": _runs(shown["count"]), "truth": str(it["options"][it["answer"]])})
     df = pd.DataFrame(rows).astype({"bound": float, "bound_loss": float})
     for col, by_runs in (("bound", count_bound), ("bound_loss", count_loss_bound)):
@@ -390,8 +597,10 @@ def ceiling(videos_json: str, eval_json: str, studies: dict, out_csv: str, extra
             max_frames: int = 32, threshold: float = 0.25, chroma_noise: float | None = 0.1) -> dict:
     """The ceiling of every arm of the studies on the held-out split, as an arms.csv-shaped table
     (``loss``, ``accuracy``, ``loss_<task>``, ``acc_<task>``; seed 0: it is exact, not trained) that
-    the fits and tables read like any arm table, with the accuracy bound (``bound``, ``bound_<task>``)
-    and the loss bound (``bound_loss``, ``bound_loss_<task>``).
+    the fits and tables read like any arm table, with the position-known rule's (``loss_known``,
+    ``accuracy_known``), the accuracy bound (``bound``, ``bound_<task>``) and the loss bound
+    (``bound_loss``, ``bound_loss_<task>``). Each arm's :class:`Reader` is counted on the scenes of
+    ``videos_json``'s training split.
 
     Args:
         videos_json: the scene specs (``synth.make_corpus``).
@@ -415,12 +624,17 @@ def ceiling(videos_json: str, eval_json: str, studies: dict, out_csv: str, extra
     missing = sorted({it["video"] for it in items} - set(specs))
     if missing:
         raise ValueError(f"{eval_json}: videos without a scene spec in {videos_json}, e.g. {missing[0]!r}")
+    held_out = {it["video"] for it in items}
+    train = [v for k, v in specs.items() if k not in held_out and v.get("split", "train") == "train"]
     rows = []
     for arm in unique_arms(study_points(studies)):
-        df = arm_ceiling(arm, specs, items, extract_fps, max_frames, threshold, chroma_noise)
+        reader = learn_reader(arm, train, extract_fps, max_frames, threshold, chroma_noise)
+        df = arm_ceiling(arm, specs, items, extract_fps, max_frames, threshold, chroma_noise, reader)
         row = {k: v for k, v in arm.to_dict().items() if k != "id"} | {
             "arm": arm.id, "seed": 0, "benchmark": "synthetic", "n": len(df), "loss": df["loss"].mean(),
-            "accuracy": df["accuracy"].mean(), "accuracy_se": _chance_se(df["accuracy"]), "bound": df["bound"].mean(),
+            "accuracy": df["accuracy"].mean(), "accuracy_se": _chance_se(df["accuracy"]),
+            "loss_known": df["loss_known"].mean(), "accuracy_known": df["accuracy_known"].mean(),
+            "bound": df["bound"].mean(),
             "bound_se": _chance_se(df["bound"]), "bound_loss": df["bound_loss"].mean()}
         for task, g in df.groupby("task"):
             row[f"acc_{task}"], row[f"loss_{task}"] = g["accuracy"].mean(), g["loss"].mean()
@@ -518,7 +732,8 @@ def check_markdown(df: pd.DataFrame) -> str:
     """Per task, how many arms stay within the bound and the ceiling, then every (arm, task)
     outside the bound; the same for the loss against the loss bound."""
     lines = [f"Trained accuracy (mean over seeds) against the accuracy bound (what the arm's frames show) "
-             f"and the ceiling (what its tokens carry, by the chroma rule); outside: more than {Z_BOUND:g} SE above.",
+             f"and the ceiling (what its tokens carry, by the chroma rule, as the ceiling's reader tells whose "
+             f"it is); outside: more than {Z_BOUND:g} SE above.",
              "", "| task | arms | within the bound | largest excess over the bound | within the ceiling | "
              "largest excess over the ceiling |", "|---|---|---|---|---|---|"]
     for task, g in df.groupby("task", sort=False):

@@ -92,13 +92,17 @@ def _study_paragraph(name: str, x: str, table: pd.DataFrame, reps: pd.DataFrame,
            f"{', '.join(str(int(v)) for v in sorted(set(table[x])))}): " + "; ".join(lines) + "."
 
 
-def _ceiling_effects(r: Path) -> dict[str, float]:
+def _ceiling_effects(r: Path, column: str = "loss") -> dict[str, float]:
     """The ceiling's relative change of loss from the smallest to the largest setting of each
-    study and method (token and frame study, pooling and sampling), over the study's own arms."""
+    study and method (token and frame study, pooling and sampling), over the study's own arms;
+    ``column``: ``loss_known`` for the ceiling that knows every colour's question."""
     design, ceiling = r / "tables/design.csv", r / "tables/ceiling.csv"
     if not design.exists() or not ceiling.exists():
         return {}
-    d, c = pd.read_csv(design), pd.read_csv(ceiling).set_index("arm")["loss"]
+    c = pd.read_csv(ceiling).set_index("arm")
+    if column not in c:
+        return {}
+    d, c = pd.read_csv(design), c[column]
     out = {}
     for study, x in (("tokens", "M"), ("frames", "T")):
         for method in ("pool", "sample"):
@@ -164,16 +168,33 @@ def render(root: str | Path = ".") -> str:
         co = c.get("optimum") or {}
         laws = {f"{st}/{m}": e.get("selected") for st in ("tokens", "frames")
                 for m, e in (c["fits"].get(st) or {}).items()}
-        effects = _ceiling_effects(r)
+        effects, known = _ceiling_effects(r), _ceiling_effects(r, "loss_known")
+        trained = {f"{st}/{m}": (metrics.get(st) or {}).get(m, {}).get("effect") for st in ("tokens", "frames")
+                   for m in ("pool", "sample")}
+        share = {k: trained[k] / v for k, v in effects.items() if trained.get(k) is not None and v}
+        opt = metrics.get("optimum") or {}
+        inside = None
+        if co and {"T_lo", "T_hi", "M_lo", "M_hi"} <= set(opt):
+            bT, bM = co["brute_force"]["T"], co["brute_force"]["M"]
+            inside = opt["T_lo"] <= bT <= opt["T_hi"] and opt["M_lo"] <= bM <= opt["M_hi"]
         out += [f"**Information ceiling** (`visctx ceiling`: what each arm's exact context can recover of each "
-                f"answer, the Bayes-optimal loss given it): "
+                f"answer, the Bayes-optimal loss given it, read by a reader that tells whose colour a token holds "
+                f"only from where the token is): "
                 + (f"its effects, the known answer the studies above estimate (loss at the smallest vs the "
-                   f"largest setting): " + ", ".join(f"{k} {_pct(v)}" for k, v in effects.items()) + "; "
+                   f"largest setting): " + ", ".join(f"{k} {_pct(v)}" for k, v in effects.items())
+                   + (" (the trained effects above are " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in share.items())
+                      + " of them)" if share else "")
+                   + (" -- with every colour's question known from where its object is (`loss_known`, generous "
+                      "where a token spans zones): " + ", ".join(f"{k} {_pct(v)}" for k, v in known.items())
+                      if known else "") + "; "
                    if effects else "")
                 + "its laws "
                 + ", ".join(f"{k} `{v}`" for k, v in laws.items())
                 + (f"; its optimum for L = {co['budget']} is (T, M) = ({co['brute_force']['T']}, "
                    f"{co['brute_force']['M']})" if co else "")
+                + ("" if inside is None else
+                   f", {'inside' if inside else 'outside'} the trained optimum's bootstrap interval (T "
+                   f"{opt['T_lo']:g}–{opt['T_hi']:g}, M {opt['M_lo']:g}–{opt['M_hi']:g})")
                 + f"; the trained arms sit a median {_f(metrics['ceiling']['gap_median'], 3)} above their ceiling "
                 f"(`gap` in Tables 1-2).", "", "![trained vs ceiling](results/figures/ceiling_gap.png)", ""]
     check = r / "tables/ceiling_check.csv"
