@@ -256,12 +256,21 @@ def test_the_reader_learns_whose_colour_it_is_from_the_training_scenes():
     for answer in ["red"] * 9 + ["blue"]:
         r.learn("needle", sig, ["red"], answer)
     post = r.posterior("needle", sig, 1)
-    assert post == pytest.approx([9.5 / 11, 1.5 / 11])
+    prior = np.array([9.5, 1.5]) / 11  # the coarse signature's (the same scenes), add-1/2
+    assert post == pytest.approx((np.array([9, 1]) + C.BACKOFF * prior) / (10 + C.BACKOFF))
     assert r.posterior("order", sig, 1) == pytest.approx([0.5, 0.5])  # per question type
     loss, acc = C.read_item(post, ["red"], list(synth.PALETTE), ["blue", "red", "green", "cyan"], 1)
-    assert loss == pytest.approx(-math.log(9.5 / 11)) and acc == 1.0
+    assert loss == pytest.approx(-math.log(post[0])) and acc == 1.0
     loss, acc = C.read_item(post, ["red"], list(synth.PALETTE), ["blue", "red", "green", "cyan"], 0)
-    assert loss == pytest.approx(-math.log(1.5 / 11 / 5)) and acc == 0.0
+    assert loss == pytest.approx(-math.log(post[1] / 5)) and acc == 0.0
+    # a signature seen once leans on the odds of its coarse one (the same without the time class)
+    rare = (("major", "all"),)
+    assert C.coarse(rare) == C.coarse(sig) == (("major",),)
+    r.learn("needle", rare, ["red"], "blue")
+    lean = r.posterior("needle", rare, 1)
+    prior = np.array([9.5, 2.5]) / 12
+    assert lean == pytest.approx((np.array([0, 1]) + C.BACKOFF * prior) / (1 + C.BACKOFF)) and lean[0] > 0.5
+    assert C.coarse((True, (("pure", "some", "before"),))) == (True, (("pure", "before"),))
     # every colour a candidate: nothing is left for "none of them"
     loss, _ = C.read_item(np.array([0.5, 0.3, 0.2]), ["red", "blue"], ["red", "blue"], ["red", "blue"], 1)
     assert loss == pytest.approx(-math.log(0.3 / 0.8))

@@ -38,8 +38,9 @@ The rule (stated, and pinned by ``tests/test_ceiling.py`` on hand-built scenes):
   is -- pure, major, minor --, in how many bins it is carried -- all, most, some: the still object
   is there throughout -- and, for order and episodic, its place in time), colours left out (they
   are drawn alike); its belief, P(which candidate is the answer | that signature), is counted on
-  the training split's scenes under the same arm (the held-out questions are not counted), with
-  add-1/2 smoothing. The ceiling's loss is -ln of the answer's probability (the rest of the answer
+  the training split's scenes under the same arm (the held-out questions are not counted); a
+  signature seen seldom leans on the same one without the time classes (:func:`coarse`). The
+  ceiling's loss is -ln of the answer's probability (the rest of the answer
   space shares "none of them" evenly), its accuracy the best option's. This is the ceiling;
   beside it (``loss_known``, ``accuracy_known``) stands the rule below, which knows every colour's
   question from where its object is -- generous where tokens span zones (the frame study's M = 4
@@ -404,7 +405,8 @@ def _evidence(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold:
 # The reader: which question a colour answers, as the tokens tell it
 
 READ_TASKS = ("needle", "order", "detail", "episodic")  # the questions answered by a colour
-SMOOTHING = 0.5  # add-1/2 (Jeffreys) counts for each outcome of a signature: unseen ones stay possible
+SMOOTHING = 0.5  # add-1/2 (Jeffreys) counts for each outcome of a coarse signature: unseen ones stay possible
+BACKOFF = 2.0  # pseudo-counts a signature borrows from its coarse one (Reader.posterior)
 
 
 def token_roles(W: np.ndarray) -> dict[str, np.ndarray]:
@@ -497,23 +499,39 @@ def signature(task: str, spec: dict[str, Any], cands: dict[str, tuple[np.ndarray
     return tuple(kind[c] for c in order), order
 
 
+def coarse(sig: tuple) -> tuple:
+    """The signature without how long each candidate is carried (:func:`_time_class`): what the
+    reader falls back on where the training scenes saw a signature seldom."""
+    if sig and isinstance(sig[0], bool):  # episodic: (c2 seen, kinds)
+        return sig[0], tuple((k[0], *k[2:]) for k in sig[1])
+    return tuple(k[:1] for k in sig)
+
+
 class Reader:
     """The Bayes reader of the tokens' colours: P(which candidate is the answer | signature),
     counted on the training split's scenes under the same arm (what an ideal learner could know of
-    the corpus; the held-out questions are not counted), with :data:`SMOOTHING`."""
+    the corpus; the held-out questions are not counted). A signature seen seldom leans on its
+    :func:`coarse` one: its counts get :data:`BACKOFF` pseudo-counts spread as the coarse
+    signature's posterior, itself smoothed by :data:`SMOOTHING` per outcome."""
 
     def __init__(self):
         from collections import Counter, defaultdict
 
         self.counts: dict[tuple, Counter] = defaultdict(Counter)
+        self.coarse_counts: dict[tuple, Counter] = defaultdict(Counter)
 
     def learn(self, task: str, sig: tuple, order: list[str], answer: str) -> None:
-        self.counts[(task, sig)][order.index(answer) if answer in order else -1] += 1
+        slot = order.index(answer) if answer in order else -1
+        self.counts[(task, sig)][slot] += 1
+        self.coarse_counts[(task, coarse(sig))][slot] += 1
 
     def posterior(self, task: str, sig: tuple, k: int) -> np.ndarray:
         """``[k + 1]``: P(the answer is candidate j), then P(it is none of them)."""
-        n = self.counts.get((task, sig), {})
-        c = np.array([n.get(j, 0) for j in range(k)] + [n.get(-1, 0)], dtype=float) + SMOOTHING
+        def tally(n) -> np.ndarray:
+            return np.array([n.get(j, 0) for j in range(k)] + [n.get(-1, 0)], dtype=float)
+
+        prior = tally(self.coarse_counts.get((task, coarse(sig)), {})) + SMOOTHING
+        c = tally(self.counts.get((task, sig), {})) + BACKOFF * prior / prior.sum()
         return c / c.sum()
 
 
