@@ -57,3 +57,7 @@ def test_the_ceilings_effects_are_read_over_each_studys_own_arms(tmp_path):
         "arm,loss\nT1-M1-pool,2.0\nT1-M4-pool,1.5\nT8-M4-pool,0.5\nT32-M4-pool,0.1\n")
     assert _ceiling_effects(tmp_path) == {"tokens/pool": -0.25, "frames/sample": -2 / 3}
     assert _ceiling_effects(tmp_path / "missing") == {}
+    assert _ceiling_effects(tmp_path, "loss_known") == {}  # a ceiling table from before the reader
+    (tmp_path / "tables/ceiling.csv").write_text(
+        "arm,loss,loss_known\nT1-M1-pool,2.0,1.0\nT1-M4-pool,1.5,1.0\nT8-M4-pool,0.5,0.25\nT32-M4-pool,0.1,0.1\n")
+    assert _ceiling_effects(tmp_path, "loss_known") == {"tokens/pool": 0.0, "frames/sample": -0.75}
