@@ -265,12 +265,12 @@ def test_the_reader_learns_whose_colour_it_is_from_the_training_scenes():
     assert loss == pytest.approx(-math.log(post[1] / 5)) and acc == 0.0
     # a signature seen once leans on the odds of its coarse one (the same without the time class)
     rare = (("major", "all"),)
-    assert C.coarse(rare) == C.coarse(sig) == (("major",),)
+    assert C.coarse("order", rare) == C.coarse("order", sig) == (("major",),)
     r.learn("needle", rare, ["red"], "blue")
     lean = r.posterior("needle", rare, 1)
     prior = np.array([9.5, 2.5]) / 12
     assert lean == pytest.approx((np.array([0, 1]) + C.BACKOFF * prior) / (1 + C.BACKOFF)) and lean[0] > 0.5
-    assert C.coarse((True, (("pure", "some", "before"),))) == (True, (("pure", "before"),))
+    assert C.coarse("episodic", (True, (("pure", "some", "before"),))) == (True, (("pure", "before"),))
     # every colour a candidate: nothing is left for "none of them"
     loss, _ = C.read_item(np.array([0.5, 0.3, 0.2]), ["red", "blue"], ["red", "blue"], ["red", "blue"], 1)
     assert loss == pytest.approx(-math.log(0.3 / 0.8))
@@ -309,6 +309,22 @@ def test_the_readers_ceiling_is_counted_on_the_training_split_and_kept_beside_th
     assert {"loss_known", "accuracy_known"} <= set(t.columns)
     # at M = 4 a token spans two zones: knowing every colour's question is worth something
     assert t.loc["T8-M4-pool", "loss_known"] < t.loc["T8-M4-pool", "loss"]
+
+
+def test_the_reader_counts_each_scene_under_its_own_tokens_where_a_mask_draws_them_per_video(tmp_path):
+    """learn_reader finds the tokens' roles once per arm where every video has the same tokens: its
+    counts equal those of each scene read alone, for a fixed pool and for a per-video random mask."""
+    synth.make_corpus(tmp_path, n_train=12, n_eval=2, seed=1)
+    train = [v for v in synth.load_videos_json(tmp_path / "videos.json")["videos"] if v["split"] == "train"]
+    for arm_id in ("T4-M9-pool", "T4-M9-mask"):
+        arm = Arm.from_id(arm_id)
+        alone = C.Reader()
+        for spec in train:
+            ev = C._evidence(spec, arm, C.frame_seconds(spec, 1.0, 32), TAU, CHROMA)[2]
+            for task in C.READ_TASKS:
+                sig, order = C.signature(task, spec, ev[task], arm.T)
+                alone.learn(task, sig, order, synth.answer(spec, task))
+        assert C.learn_reader(arm, train, 1.0, 32, TAU, CHROMA).counts == alone.counts, arm_id
 
 
 def test_the_ceiling_table_is_an_arms_table(tmp_path):

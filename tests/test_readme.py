@@ -61,3 +61,19 @@ def test_the_ceilings_effects_are_read_over_each_studys_own_arms(tmp_path):
     (tmp_path / "tables/ceiling.csv").write_text(
         "arm,loss,loss_known\nT1-M1-pool,2.0,1.0\nT1-M4-pool,1.5,1.0\nT8-M4-pool,0.5,0.25\nT32-M4-pool,0.1,0.1\n")
     assert _ceiling_effects(tmp_path, "loss_known") == {"tokens/pool": 0.0, "frames/sample": -0.75}
+
+
+def test_the_trained_share_of_the_ceilings_effect_carries_the_trained_effects_interval():
+    from visctx.readme import _ceiling_shares
+
+    metrics = {"tokens": {"pool": {"effect": -0.06, "effect_sd": 0.01}},
+               "frames": {"pool": {"effect": -0.02}, "sample": {"effect": 0.01, "effect_sd": 0.01}}}
+    got = _ceiling_shares(metrics, {"tokens/pool": -0.15, "frames/pool": -0.4, "frames/sample": -0.5,
+                                    "tokens/sample": -0.2}, seeds=3)
+    half = 4.302653 * 0.01 / 3 ** 0.5  # Student's t, 2 degrees of freedom
+    assert got["tokens/pool"] == pytest.approx((0.4, (0.06 - half) / 0.15, (0.06 + half) / 0.15), rel=1e-6)
+    assert got["frames/pool"][0] == pytest.approx(0.05) and got["frames/pool"][1:] == (None, None)  # no SD: no interval
+    share, lo, hi = got["frames/sample"]  # a trained effect of the wrong sign: a negative share, interval ordered
+    assert share == pytest.approx(-0.02) and lo < share < hi
+    assert "tokens/sample" not in got  # no trained effect
+    assert _ceiling_shares(metrics, {"tokens/pool": -0.15}, seeds=1)["tokens/pool"][1:] == (None, None)

@@ -389,16 +389,26 @@ def _evidence(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold:
               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, tuple[np.ndarray, str]]]]:
     """(bins where each object is seen by the rule of :func:`seen_bins`, bins where a frame shows
     it, by key; and the colours a reader of the tokens finds for each question: :func:`candidates`)."""
+    things, bins, W, carried = _tokens(spec, arm, seconds, threshold, chroma_noise)
+    keys = [t["task"] + (str(t["which"]) if "which" in t else "") for t in things]
+    return (dict(zip(keys, (np.flatnonzero(c.any(1)) for c in carried))), dict(zip(keys, shown_bins(things, bins))),
+            _read(things, carried, token_roles(W)))
+
+
+def _tokens(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold: float,
+            chroma_noise: float | None) -> tuple[list[dict[str, Any]], list[list[int]], np.ndarray, np.ndarray]:
+    """(the scene's objects, the arm's bins and token weights on it: :func:`context`, which objects
+    each token carries: :func:`carried_tokens`)."""
     from visctx.synth import objects
 
     things = objects(spec)
     bins, W = context(arm, seconds, spec["grid"], spec.get("video"))
-    keys = [t["task"] + (str(t["which"]) if "which" in t else "") for t in things]
-    carried = _carried(things, bins, W, threshold, chroma_noise)
-    roles = token_roles(W)
-    cands = {task: candidates(task, things, carried, roles) for task in READ_TASKS}
-    return (dict(zip(keys, (np.flatnonzero(c.any(1)) for c in carried))), dict(zip(keys, shown_bins(things, bins))),
-            cands)
+    return things, bins, W, _carried(things, bins, W, threshold, chroma_noise)
+
+
+def _read(things: list[dict[str, Any]], carried: np.ndarray, roles: dict[str, np.ndarray]
+          ) -> dict[str, dict[str, tuple[np.ndarray, str]]]:
+    return {task: candidates(task, things, carried, roles) for task in READ_TASKS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,10 +509,11 @@ def signature(task: str, spec: dict[str, Any], cands: dict[str, tuple[np.ndarray
     return tuple(kind[c] for c in order), order
 
 
-def coarse(sig: tuple) -> tuple:
-    """The signature without how long each candidate is carried (:func:`_time_class`): what the
-    reader falls back on where the training scenes saw a signature seldom."""
-    if sig and isinstance(sig[0], bool):  # episodic: (c2 seen, kinds)
+def coarse(task: str, sig: tuple) -> tuple:
+    """``task``'s signature (:func:`signature`) without how long each candidate is carried
+    (:func:`_time_class`): what the reader falls back on where the training scenes saw a signature
+    seldom."""
+    if task == "episodic":  # (c2 seen, kinds)
         return sig[0], tuple((k[0], *k[2:]) for k in sig[1])
     return tuple(k[:1] for k in sig)
 
@@ -523,14 +534,14 @@ class Reader:
     def learn(self, task: str, sig: tuple, order: list[str], answer: str) -> None:
         slot = order.index(answer) if answer in order else -1
         self.counts[(task, sig)][slot] += 1
-        self.coarse_counts[(task, coarse(sig))][slot] += 1
+        self.coarse_counts[(task, coarse(task, sig))][slot] += 1
 
     def posterior(self, task: str, sig: tuple, k: int) -> np.ndarray:
         """``[k + 1]``: P(the answer is candidate j), then P(it is none of them)."""
         def tally(n) -> np.ndarray:
             return np.array([n.get(j, 0) for j in range(k)] + [n.get(-1, 0)], dtype=float)
 
-        prior = tally(self.coarse_counts.get((task, coarse(sig)), {})) + SMOOTHING
+        prior = tally(self.coarse_counts.get((task, coarse(task, sig)), {})) + SMOOTHING
         c = tally(self.counts.get((task, sig), {})) + BACKOFF * prior / prior.sum()
         return c / c.sum()
 
@@ -556,9 +567,16 @@ def learn_reader(arm: Arm, train_specs: Sequence[dict[str, Any]], extract_fps: f
     answers, :func:`visctx.synth.answer`)."""
     from visctx.synth import answer
 
-    reader = Reader()
+    reader, roles = Reader(), {}
     for spec in train_specs:
-        cands = _evidence(spec, arm, frame_seconds(spec, extract_fps, max_frames), threshold, chroma_noise)[2]
+        things, _, W, carried = _tokens(spec, arm, frame_seconds(spec, extract_fps, max_frames), threshold,
+                                        chroma_noise)
+        if W.ndim == 4:  # a random mask: this video's own tokens
+            cands = _read(things, carried, token_roles(W))
+        else:  # the same tokens on every video of the grid: their roles once
+            if spec["grid"] not in roles:
+                roles[spec["grid"]] = token_roles(W)
+            cands = _read(things, carried, roles[spec["grid"]])
         for task in READ_TASKS:
             sig, order = signature(task, spec, cands[task], arm.T)
             reader.learn(task, sig, order, answer(spec, task))

@@ -113,6 +113,27 @@ def _ceiling_effects(r: Path, column: str = "loss") -> dict[str, float]:
     return out
 
 
+def _ceiling_shares(metrics: dict, effects: dict[str, float], seeds: int
+                    ) -> dict[str, tuple[float, float | None, float | None]]:
+    """Each trained study's effect as a share of the ceiling's (``effects``: :func:`_ceiling_effects`),
+    with the trained effect's across-seed t interval over ``seeds`` replicates carried over (the
+    ceiling has no noise): (share, low, high)."""
+    from visctx.stats import t_quantile
+
+    out = {}
+    for k, c in effects.items():
+        st, m = k.split("/")
+        e = (metrics.get(st) or {}).get(m, {})
+        if e.get("effect") is None or not c:
+            continue
+        lo = hi = None
+        if e.get("effect_sd") is not None and seeds > 1:
+            half = t_quantile(seeds - 1) * e["effect_sd"] / math.sqrt(seeds)
+            lo, hi = sorted(((e["effect"] - half) / c, (e["effect"] + half) / c))
+        out[k] = (e["effect"] / c, lo, hi)
+    return out
+
+
 def render(root: str | Path = ".") -> str:
     """The results section (between :data:`BEGIN` and :data:`END`) from the artifacts under ``root``."""
     from visctx.fit import load_replicates
@@ -169,9 +190,7 @@ def render(root: str | Path = ".") -> str:
         laws = {f"{st}/{m}": e.get("selected") for st in ("tokens", "frames")
                 for m, e in (c["fits"].get(st) or {}).items()}
         effects, known = _ceiling_effects(r), _ceiling_effects(r, "loss_known")
-        trained = {f"{st}/{m}": (metrics.get(st) or {}).get(m, {}).get("effect") for st in ("tokens", "frames")
-                   for m in ("pool", "sample")}
-        share = {k: trained[k] / v for k, v in effects.items() if trained.get(k) is not None and v}
+        share = _ceiling_shares(metrics, effects, len(seeds))
         opt = metrics.get("optimum") or {}
         inside = None
         if co and {"T_lo", "T_hi", "M_lo", "M_hi"} <= set(opt):
@@ -182,8 +201,10 @@ def render(root: str | Path = ".") -> str:
                 f"only from where the token is): "
                 + (f"its effects, the known answer the studies above estimate (loss at the smallest vs the "
                    f"largest setting): " + ", ".join(f"{k} {_pct(v)}" for k, v in effects.items())
-                   + (" (the trained effects above are " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in share.items())
-                      + " of them)" if share else "")
+                   + (" (the trained effects above are " + ", ".join(
+                       f"{k} {round(100 * v)} %" + (f" [{round(100 * lo)}, {round(100 * hi)}]" if lo is not None else "")
+                       for k, (v, lo, hi) in share.items()) + " of them, with the trained effect's across-seed "
+                      "interval; the ceiling is exact)" if share else "")
                    + (" -- with every colour's question known from where its object is (`loss_known`, generous "
                       "where a token spans zones): " + ", ".join(f"{k} {_pct(v)}" for k, v in known.items())
                       if known else "") + "; "
