@@ -110,3 +110,25 @@ def test_the_study_cost_sums_each_runs_timing_by_method(tmp_path):
     (res / "arms").rename(tmp_path / "gone2")
     with pytest.raises(FileNotFoundError, match="no trained base or arm"):
         study_cost(str(tmp_path), write=False)
+
+
+def test_the_budget_records_command_makes_that_record_again():
+    """The fine-tune budget report names the harness call with its own options: parsed by the CLI, it
+    asks for the same arms, lengths, learning rate, seeds and folder (not the default's)."""
+    import shlex
+
+    from visctx import cli
+    from visctx.perf import budget_command, budget_markdown, finetune_budget
+
+    r = {"date": "2026-12-07", "machine": "m", "arms": ["T1-M196-pool", "T1-M4-pool"], "steps": [100, 300],
+         "lr": 0.001, "seeds": [0, 2], "out_dir": "results/perf/finetune-budget-tokens", "rows": [], "runs": []}
+    argv = shlex.split(budget_command(r))
+    assert argv[:3] == ["bash", "scripts/perf.sh", "--finetune-budget"]
+    got = cli.parse_command("finetune-budget", finetune_budget, argv[3:])
+    assert {k: got[k] for k in ("arms", "steps", "lr", "seeds", "out_dir")} == \
+        {k: r[k] for k in ("arms", "steps", "lr", "seeds", "out_dir")}
+    empty = dict(r, arms=[])  # the header alone
+    assert f"Regenerate: `{budget_command(empty)}`" in budget_markdown(empty)
+    default = dict(r, arms=["T16-M25-pool"], out_dir="results/perf")
+    del default["out_dir"]  # a record from before the folder was kept: the default folder
+    assert "--out-dir" not in budget_command(default)
