@@ -77,3 +77,14 @@ def test_the_trained_share_of_the_ceilings_effect_carries_the_trained_effects_in
     assert share == pytest.approx(-0.02) and lo < share < hi
     assert "tokens/sample" not in got  # no trained effect
     assert _ceiling_shares(metrics, {"tokens/pool": -0.15}, seeds=1)["tokens/pool"][1:] == (None, None)
+
+
+def test_a_selected_laws_fit_is_shown_beside_what_the_noise_allows():
+    from visctx.readme import _noise_fit
+
+    lof = {"F": 3.4, "p": 0.0237, "r2_attainable": 0.9664}
+    entry = {"selected": "power", "forms": {"power": {"lack_of_fit": lof}, "linear": {"lack_of_fit": None}}}
+    assert _noise_fit(entry) == " (0.966 attainable given the replicate noise; lack of fit p = 0.024)"
+    assert "p < 0.001" in _noise_fit(entry | {"forms": {"power": {"lack_of_fit": lof | {"p": 1e-9}}}})
+    assert _noise_fit(entry | {"selected": "linear"}) == ""  # one seed: no pure error, nothing claimed
+    assert _noise_fit(None) == ""

@@ -101,3 +101,48 @@ def test_benchmark_scores_average_seeds_and_pair_arms(tmp_path):
         assert s.loc[arm, "boot_lo"] <= s.loc[arm, "score"] <= s.loc[arm, "boot_hi"]
     assert (s["vs"] == "T1-M1-pool").all() and s.loc["T1-M1-pool", "diff"] == 0
     assert s.loc["T1-M4-pool", "diff_hi"] < 0  # clearly worse than the best arm on the same resamples
+
+
+def test_lack_of_fit_is_the_anova_of_a_law_against_the_cell_means():
+    # a linear law on 8 settings x 3 replicates with curvature: statsmodels' anova_lm of the OLS
+    # law against the cell-means model on the raw replicates is the textbook lack-of-fit F test
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    rng = np.random.default_rng(3)
+    x = np.repeat(np.arange(1.0, 9.0), 3)
+    raw = pd.DataFrame({"x": x, "y": 1.0 + 0.1 * x + 0.01 * (x - 4.5) ** 2 + 0.02 * rng.normal(size=len(x))})
+    law, cells = smf.ols("y ~ x", raw).fit(), smf.ols("y ~ C(x)", raw).fit()
+    table = anova_lm(law, cells)
+    g = raw.groupby("x")["y"]
+    fitted = law.predict(pd.DataFrame({"x": g.mean().index}))
+    lof = F.lack_of_fit(g.mean(), fitted, g.var(ddof=1), 3, 2)
+    assert lof["F"] == pytest.approx(table["F"].iloc[1], rel=1e-9)
+    assert lof["p"] == pytest.approx(table["Pr(>F)"].iloc[1], rel=1e-9)
+    assert (lof["df_lof"], lof["df_pure"]) == (6, 16)
+    assert F.lack_of_fit(g.mean(), fitted, g.var(ddof=1), 1, 2) is None  # no replicates, no pure error
+
+
+def test_lack_of_fit_keeps_a_true_law_and_flags_arms_the_noise_does_not_explain(tmp_path):
+    from synthetic_study import write_study
+
+    def lof(noise, seed_noise, name):
+        (tmp_path / name).mkdir()
+        res = F.run_fits(*write_study(tmp_path / name, seeds=(0, 1, 2), noise=noise, seed_noise=seed_noise),
+                         160, n_boot=0)
+        rows = {(r["study"], r["method"], r["form"]): r for r in res["model_selection"]}
+        out = {}
+        for key, form in ((("frames", "sample"), "power_offset"), (("joint", "pool"), "joint")):
+            entry = res["fits"][key[0]] if key[0] == "joint" else res["fits"][key[0]][key[1]]
+            f = entry["forms"][form]
+            assert rows[(*key, form)]["lof_p"] == f["lack_of_fit"]["p"]
+            out[key] = f
+        return out
+
+    # the losses follow the law, seeds scatter them: the test does not object, R^2 is near what the noise allows
+    for f in lof(0.0, 0.01, "true").values():
+        assert f["lack_of_fit"]["p"] > 0.01 and f["lack_of_fit"]["replicates"] == 3
+        assert f["r2"] == pytest.approx(f["lack_of_fit"]["r2_attainable"], abs=0.05)
+    # each arm off the law by more than its seeds' spread: flagged, and R^2 falls far short of what the noise allows
+    for f in lof(0.03, 0.003, "bumpy").values():
+        assert f["lack_of_fit"]["p"] < 0.001 and 1 - f["r2"] > 10 * (1 - f["lack_of_fit"]["r2_attainable"])

@@ -555,6 +555,38 @@ def _inference(fit: Fit) -> dict[str, Any]:
     }
 
 
+def lack_of_fit(observed: Any, fitted: Any, replicate_var: Any, replicates: int, n_params: int
+                ) -> dict[str, Any] | None:
+    """Does the law miss the arm means by more than the training noise explains? The classical
+    lack-of-fit F test with pure error from replicates (Draper & Smith, *Applied Regression
+    Analysis*, §2.1): with n points, each the mean of r replicates with sample variance s_i^2,
+
+        F = [sum (ybar_i - f_i)^2 / (n - p)] / [mean(s_i^2) / r],  on (n - p, n (r - 1)) df,
+
+    equal to statsmodels' ``anova_lm`` of a linear law against the cell-means model on the raw
+    replicates (tested); for the nonlinear, Huber-fitted laws it is the usual approximation. The
+    pure error is training noise only: the evaluation items are the same for every seed, so an
+    arm's share of them (which its context happens to favour) counts as lack of fit.
+
+    ``r2_attainable`` is what R^2 the true law would reach on these means on average, 1 - (n - p)
+    (mean s_i^2 / r) / SS_tot: a study whose means are this noisy cannot show a higher R^2, so a
+    target above it is a target on the noise, not on the law. None with one replicate or n <= p."""
+    from scipy.stats import f as f_dist
+
+    y, fit_, var = (np.asarray(v, float) for v in (observed, fitted, replicate_var))
+    n, r = len(y), int(replicates)
+    if r < 2 or n <= n_params or not np.isfinite(var).all():
+        return None
+    pure = float(var.mean()) / r  # the variance of an arm mean from training noise
+    ss_lof = float(np.sum((y - fit_) ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    df1, df2 = n - n_params, n * (r - 1)
+    F = ss_lof / df1 / pure if pure > 0 else (float("inf") if ss_lof > 0 else 0.0)
+    return {"F": F, "df_lof": df1, "df_pure": df2, "p": float(f_dist.sf(F, df1, df2)),
+            "pure_error_sd": math.sqrt(pure), "replicates": r,
+            "r2_attainable": 1 - df1 * pure / ss_tot if ss_tot > 0 else None}
+
+
 # ---------------------------------------------------------------------------------------------
 # Bootstrap
 
@@ -1278,13 +1310,16 @@ def run_fits(arms_csv: str | Path, design_csv: str | Path, budget: int, n_boot: 
         if all(f is None for f in fits.values()):  # every form failed: the reasons are in errors
             continue
         sel = model_selection(fits, study, method)
+        lof = {form: _lack_of_fit(f, arms) for form, f in fits.items() if f is not None}
+        for row in sel:
+            row |= {"lof_F": (lof[row["form"]] or {}).get("F"), "lof_p": (lof[row["form"]] or {}).get("p")}
         out["model_selection"] += sel
         entry["selected"] = next((r["form"] for r in sel if r["selected"]), None)
         entry["forms"] = {}
         for form, f in fits.items():
             if f is None:
                 continue
-            d = f.to_dict()
+            d = f.to_dict() | {"lack_of_fit": lof[form]}
             if f.law.dims == 1:
                 d["curve"] = curve_band(f)
             elif f.draws is not None:  # `visctx optimum` answers other windows from these
@@ -1308,6 +1343,13 @@ def run_fits(arms_csv: str | Path, design_csv: str | Path, budget: int, n_boot: 
         if window:
             out["prediction"] = prediction_check(joint, arms, window, str(arms_csv), out["optimum"])
     return _clean(out)
+
+
+def _lack_of_fit(fit: Fit, arms: pd.DataFrame) -> dict[str, Any] | None:
+    """:func:`lack_of_fit` of one fit, its pure error from the across-seed SDs of its arms' losses."""
+    rows = arms.loc[fit.arms]
+    return lack_of_fit(fit.y, fit.predict(fit.X), rows["loss_sd"].to_numpy(float) ** 2,
+                       int(rows["seeds"].min()), fit.law.n_params)
 
 
 def prediction_check(joint: Fit, arms: pd.DataFrame, window: list[str], where: str = "arms.csv",

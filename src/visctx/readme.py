@@ -59,7 +59,23 @@ def _compare(reps: pd.DataFrame, pairs: list[tuple[str, str, Any]]) -> tuple[int
     return below, above, len(unclear), unclear
 
 
-def _study_paragraph(name: str, x: str, table: pd.DataFrame, reps: pd.DataFrame, metrics: dict) -> str:
+def _noise_fit(entry: dict | None) -> str:
+    """The R^2 the replicate noise allows and the lack-of-fit test (``fit.lack_of_fit``) of the
+    selected law of a fits.json entry, if it has them."""
+    entry = entry or {}
+    lof = (entry.get("forms", {}).get(entry.get("selected")) or {}).get("lack_of_fit")
+    if not lof or lof.get("p") is None:
+        return ""
+    return (f" ({_f(lof.get('r2_attainable'), 3)} attainable given the replicate noise; lack of fit "
+            f"p {_p(lof['p'])})")
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
+def _study_paragraph(name: str, x: str, table: pd.DataFrame, reps: pd.DataFrame, metrics: dict,
+                     fits: dict | None = None) -> str:
     fixed = "T" if x == "M" else "M"
     lines = []
     for method in ("pool", "sample"):
@@ -75,7 +91,8 @@ def _study_paragraph(name: str, x: str, table: pd.DataFrame, reps: pd.DataFrame,
             f"{_ci(last, 'loss')} at {x} = {int(last[x])} (effect {_pct(m.get('effect'), m.get('effect_sd'))}); "
             f"lowest at {x} = {int(best[x])} ({_f(best['loss'])}); selected law `{m.get('law')}`"
             + (f", {exp} = {_ci(m, exp, 4)}" if m.get(exp) is not None else "")
-            + (f", R² {_f(m.get('r2'), 2)}" if m.get("r2") is not None else ""))
+            + (f", R² {_f(m.get('r2'), 2)}" if m.get("r2") is not None else "")
+            + _noise_fit(((fits or {}).get("fits", {}).get(name) or {}).get(method)))
     pool, sample = table[table["method"] == "pool"], table[table["method"] == "sample"]
     both = sorted(set(pool[x]) & set(sample[x]))
     if both:
@@ -118,7 +135,7 @@ def _ceiling_shares(metrics: dict, effects: dict[str, float], seeds: int
     """Each trained study's effect as a share of the ceiling's (``effects``: :func:`_ceiling_effects`),
     with the trained effect's across-seed t interval over ``seeds`` replicates carried over (the
     ceiling has no noise): (share, low, high)."""
-    from visctx.stats import t_quantile
+    from visctx.stats import t_half_width
 
     out = {}
     for k, c in effects.items():
@@ -128,7 +145,7 @@ def _ceiling_shares(metrics: dict, effects: dict[str, float], seeds: int
             continue
         lo = hi = None
         if e.get("effect_sd") is not None and seeds > 1:
-            half = t_quantile(seeds - 1) * e["effect_sd"] / math.sqrt(seeds)
+            half = t_half_width(e["effect_sd"], seeds)
             lo, hi = sorted(((e["effect"] - half) / c, (e["effect"] + half) / c))
         out[k] = (e["effect"] / c, lo, hi)
     return out
@@ -153,8 +170,8 @@ def render(root: str | Path = ".") -> str:
            f"changes of held-out loss from the smallest to the largest setting, paired within each seed. "
            f"The median across-seed SD of an arm's loss is {_f(metrics['noise']['loss_sd_median'], 4)} "
            f"(largest {_f(metrics['noise']['loss_sd_max'], 4)}).", ""]
-    out += [_study_paragraph("tokens", "M", t1, reps, metrics), "", "![token study](results/figures/tokens_loss.png)", ""]
-    out += [_study_paragraph("frames", "T", t2, reps, metrics), "", "![frame study](results/figures/frames_loss.png)",
+    out += [_study_paragraph("tokens", "M", t1, reps, metrics, fits), "", "![token study](results/figures/tokens_loss.png)", ""]
+    out += [_study_paragraph("frames", "T", t2, reps, metrics, fits), "", "![frame study](results/figures/frames_loss.png)",
             ""]
     j, opt = metrics.get("joint", {}), metrics.get("optimum")
     joint = fits["fits"].get("joint", {})
@@ -164,7 +181,8 @@ def render(root: str | Path = ".") -> str:
         params = ", ".join(f"{k} = {_f(v, 3)}" + (f" [{_f(ci[k][0], 3)}, {_f(ci[k][1], 3)}]" if ci.get(k) and
                                                   ci[k][0] is not None else "") for k, v in jf["params"].items())
         line = (f"**Joint law** (`{jf['formula']}`, selected by leave-one-arm-out error among `"
-                f"{'`, `'.join(joint.get('forms', {}))}`): {params}; R² {_f(jf.get('r2'), 2)}; "
+                f"{'`, `'.join(joint.get('forms', {}))}`): {params}; R² {_f(jf.get('r2'), 2)}"
+                f"{_noise_fit(joint)}; "
                 + (f"parameters at a bound: {', '.join(jf['at_bound'])}" if jf.get("at_bound") else "no parameter at a bound")
                 + ".")
         out += [line]
@@ -187,8 +205,8 @@ def render(root: str | Path = ".") -> str:
     if ceiling.exists() and metrics.get("ceiling"):
         c = json.loads(ceiling.read_text())
         co = c.get("optimum") or {}
-        laws = {f"{st}/{m}": e.get("selected") for st in ("tokens", "frames")
-                for m, e in (c["fits"].get(st) or {}).items()}
+        laws = {f"{st}/{m}": (e.get("selected"), (e.get("forms", {}).get(e.get("selected")) or {}).get("r2"))
+                for st in ("tokens", "frames") for m, e in (c["fits"].get(st) or {}).items()}
         effects, known = _ceiling_effects(r), _ceiling_effects(r, "loss_known")
         share = _ceiling_shares(metrics, effects, len(seeds))
         opt = metrics.get("optimum") or {}
@@ -210,7 +228,8 @@ def render(root: str | Path = ".") -> str:
                       if known else "") + "; "
                    if effects else "")
                 + "its laws "
-                + ", ".join(f"{k} `{v}`" for k, v in laws.items())
+                + ", ".join(f"{k} `{v}`" + (f" (R² {_f(r2, 2)})" if r2 is not None else "")
+                            for k, (v, r2) in laws.items())
                 + (f"; its optimum for L = {co['budget']} is (T, M) = ({co['brute_force']['T']}, "
                    f"{co['brute_force']['M']})" if co else "")
                 + ("" if inside is None else

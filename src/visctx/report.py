@@ -260,7 +260,8 @@ def table6_methods(inp: _Inputs) -> pd.DataFrame:
 def table5_fits(inp: _Inputs) -> pd.DataFrame:
     """Every fit, one row per parameter: estimate, bootstrap percentile interval (``interval``: what
     was resampled: training seeds and evaluation videos, or arms), Wald SE/interval (Gaussian, for
-    reference), R^2, leave-one-arm-out error, convergence, parameters at a bound."""
+    reference), R^2 beside the R^2 the replicate noise allows and the lack-of-fit test's p
+    (``fit.lack_of_fit``), leave-one-arm-out error, convergence, parameters at a bound."""
     rows = []
     resampled = "+".join((inp.fits.get("bootstrap") or {}).get("resampled") or ["arms"])
     for study, method, entry in _fit_entries(inp.fits):
@@ -273,7 +274,10 @@ def table5_fits(inp: _Inputs) -> pd.DataFrame:
                              "selected": form == entry.get("selected"), "param": name, "estimate": value,
                              "boot_lo": ci[0], "boot_hi": ci[1], "interval": resampled,
                              "se": (f.get("se") or {}).get(name), "wald_lo": wald[0], "wald_hi": wald[1],
-                             "n": f["n"], "r2": f.get("r2"), "loo_mae": (f.get("loo") or {}).get("loo_mae"),
+                             "n": f["n"], "r2": f.get("r2"),
+                             "r2_attainable": (f.get("lack_of_fit") or {}).get("r2_attainable"),
+                             "lof_p": (f.get("lack_of_fit") or {}).get("p"),
+                             "loo_mae": (f.get("loo") or {}).get("loo_mae"),
                              "converged": f["converged"], "at_bound": ",".join(f.get("at_bound") or []),
                              "n_boot_ok": boot.get("n_ok")})
     return pd.DataFrame(rows) if rows else _note("no fits")
@@ -281,13 +285,15 @@ def table5_fits(inp: _Inputs) -> pd.DataFrame:
 
 def model_selection_table(inp: _Inputs) -> pd.DataFrame:
     """Per study and method, each law's leave-one-arm-out error (the criterion: the simplest law within
-    one standard error of the best), with the Gaussian AICc at the Huber optimum for reference."""
+    one standard error of the best), with the Gaussian AICc at the Huber optimum for reference and
+    the lack-of-fit F test against the training noise (``fit.lack_of_fit``: a small p says the law
+    misses the arm means by more than the seeds' spread explains)."""
     rows = inp.fits.get("model_selection") or []
     if not rows:
         return _note("no fits")
     df = pd.DataFrame(rows).rename(columns={"aicc": "aicc_gaussian"})
     cols = ["study", "method", "form", "formula", "n", "n_params", "loo_mae", "delta", "within_1se", "criterion",
-            "selected", "r2", "aicc_gaussian", "converged"]
+            "selected", "r2", "lof_F", "lof_p", "aicc_gaussian", "converged"]
     return df[[c for c in cols if c in df.columns]]
 
 

@@ -22,6 +22,11 @@ def t_quantile(df: int, level: float = LEVEL) -> float:
     return float(t.ppf(0.5 + level / 2, df))
 
 
+def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
+    """Half the t interval of a mean of ``n`` replicates with sample SD ``sd``."""
+    return t_quantile(n - 1, level) * sd / math.sqrt(n)
+
+
 def seed_interval(values: Iterable[float], level: float = LEVEL) -> dict[str, float | int | None]:
     """mean, sd (ddof 1), the t interval of the mean (None with one seed) and n over replicates."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
@@ -32,7 +37,7 @@ def seed_interval(values: Iterable[float], level: float = LEVEL) -> dict[str, fl
     if n == 1:
         return {"mean": mean, "sd": None, "lo": None, "hi": None, "n": 1}
     sd = float(v.std(ddof=1))
-    half = t_quantile(n - 1, level) * sd / math.sqrt(n)
+    half = t_half_width(sd, n, level)
     return {"mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half, "n": n}
 
 
