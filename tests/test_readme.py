@@ -88,3 +88,23 @@ def test_a_selected_laws_fit_is_shown_beside_what_the_noise_allows():
     assert "p < 0.001" in _noise_fit(entry | {"forms": {"power": {"lack_of_fit": lof | {"p": 1e-9}}}})
     assert _noise_fit(entry | {"selected": "linear"}) == ""  # one seed: no pure error, nothing claimed
     assert _noise_fit(None) == ""
+
+
+def test_a_misfit_is_traced_to_the_ceilings_own_when_the_residuals_agree_arm_by_arm():
+    from visctx.readme import _misfit_rho, _noise_fit
+
+    arms = [f"a{i}" for i in range(6)]
+    bumps = [0.0, 0.03, -0.02, 0.01, -0.04, 0.02]
+
+    def entry(level, scale, names=arms):
+        fitted = [level] * 6
+        observed = [level * (1 + scale * b) for b in bumps]
+        return {"selected": "power", "forms": {"power": {"arms": names, "observed": observed, "fitted": fitted,
+                                                         "lack_of_fit": {"p": 0.5, "r2_attainable": 0.9}}}}
+
+    trained, ceiling = entry(1.4, 0.5), entry(1.1, 2.0)
+    assert _misfit_rho(trained, ceiling) == pytest.approx(1.0)  # the trained arms miss where the known answer does
+    flipped = entry(1.1, -1.0)
+    assert _misfit_rho(trained, flipped) == pytest.approx(-1.0)
+    assert _misfit_rho(trained, entry(1.1, 2.0, arms[::-1])) is None  # other arms: nothing to compare
+    assert "Spearman rho 1.00" in _noise_fit(trained, ceiling) and "Spearman" not in _noise_fit(trained)
