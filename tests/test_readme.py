@@ -108,3 +108,17 @@ def test_a_misfit_is_traced_to_the_ceilings_own_when_the_residuals_agree_arm_by_
     assert _misfit_rho(trained, flipped) == pytest.approx(-1.0)
     assert _misfit_rho(trained, entry(1.1, 2.0, arms[::-1])) is None  # other arms: nothing to compare
     assert "Spearman rho 1.00" in _noise_fit(trained, ceiling) and "Spearman" not in _noise_fit(trained)
+
+
+def test_the_ceilings_optimum_is_measured_against_the_trained_one_in_the_trained_loss():
+    import pandas as pd
+    from visctx.readme import _optimum_arms
+
+    rows = [{"arm": arm, "T": T, "M": M, "token_op": "pool", "frame_op": "sample", "pooled_from": 0, "seed": s,
+             "loss": loss + 0.01 * s + (0.02 * s if arm == "T17-M9-pool" else 0)}
+            for s in range(3) for arm, T, M, loss in (("T32-M4-pool", 32, 4, 1.30), ("T17-M9-pool", 17, 9, 1.35))]
+    reps = pd.DataFrame(rows)
+    got = _optimum_arms(reps, {"T": 32, "M": 4}, {"brute_force": {"T": 17, "M": 9}})
+    assert "T17-M9-pool differs in loss from the trained optimum's arm T32-M4-pool by +0.070 [" in got
+    assert _optimum_arms(reps, {"T": 32, "M": 4}, {"brute_force": {"T": 32, "M": 4}}) == ""  # the same arm
+    assert _optimum_arms(reps, {"T": 32, "M": 4}, {"brute_force": {"T": 10, "M": 16}}) == ""  # not trained
