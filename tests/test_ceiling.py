@@ -327,6 +327,21 @@ def test_the_reader_counts_each_scene_under_its_own_tokens_where_a_mask_draws_th
         assert C.learn_reader(arm, train, 1.0, 32, TAU, CHROMA).counts == alone.counts, arm_id
 
 
+def test_the_arms_ceiling_reads_each_video_as_it_would_alone(tmp_path, monkeypatch):
+    """arm_ceiling shares the tokens' roles across an arm's videos (``_roles``): its table equals the
+    one that finds them anew for every video, for a fixed pool and for a per-video random mask."""
+    import json
+
+    synth.make_corpus(tmp_path, n_train=2, n_eval=8, seed=2)
+    specs = {v["video"]: v for v in synth.load_videos_json(tmp_path / "videos.json")["videos"]}
+    items = json.loads((tmp_path / "eval.json").read_text())
+    arms = [Arm.from_id(a) for a in ("T4-M9-pool", "T4-M9-mask")]
+    shared = [C.arm_ceiling(a, specs, items, 1.0, 32, TAU, CHROMA) for a in arms]
+    monkeypatch.setattr(C, "_roles", lambda W, grid, memo: C.token_roles(W))
+    for arm, table in zip(arms, shared):
+        pd.testing.assert_frame_equal(table, C.arm_ceiling(arm, specs, items, 1.0, 32, TAU, CHROMA), obj=arm.id)
+
+
 def test_the_ceiling_table_is_an_arms_table(tmp_path):
     synth.make_corpus(tmp_path, n_train=1, n_eval=40, seed=0)
     studies = {"tokens": {"frames": 1, "tokens": [1, 4, 49, 196], "methods": ["sample", "pool"]},

@@ -385,14 +385,25 @@ def _seen_by_key(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], thresho
 
 
 def _evidence(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold: float,
-              chroma_noise: float | None = None
+              chroma_noise: float | None = None, roles: dict | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, tuple[np.ndarray, str]]]]:
     """(bins where each object is seen by the rule of :func:`seen_bins`, bins where a frame shows
-    it, by key; and the colours a reader of the tokens finds for each question: :func:`candidates`)."""
+    it, by key; and the colours a reader of the tokens finds for each question: :func:`candidates`).
+    ``roles``: a memo for :func:`_roles` shared by the calls of one arm."""
     things, bins, W, carried = _tokens(spec, arm, seconds, threshold, chroma_noise)
     keys = [t["task"] + (str(t["which"]) if "which" in t else "") for t in things]
     return (dict(zip(keys, (np.flatnonzero(c.any(1)) for c in carried))), dict(zip(keys, shown_bins(things, bins))),
-            _read(things, carried, token_roles(W)))
+            _read(things, carried, _roles(W, spec["grid"], {} if roles is None else roles)))
+
+
+def _roles(W: np.ndarray, grid: int, memo: dict) -> dict[str, np.ndarray]:
+    """:func:`token_roles` of ``W``: once per grid for one arm (its tokens are the same cells on every
+    video), but each video's own for a random mask (``W.ndim == 4``: a mask per video)."""
+    if W.ndim == 4:
+        return token_roles(W)
+    if grid not in memo:
+        memo[grid] = token_roles(W)
+    return memo[grid]
 
 
 def _tokens(spec: dict[str, Any], arm: Arm, seconds: Sequence[int], threshold: float,
@@ -571,12 +582,7 @@ def learn_reader(arm: Arm, train_specs: Sequence[dict[str, Any]], extract_fps: f
     for spec in train_specs:
         things, _, W, carried = _tokens(spec, arm, frame_seconds(spec, extract_fps, max_frames), threshold,
                                         chroma_noise)
-        if W.ndim == 4:  # a random mask: this video's own tokens
-            cands = _read(things, carried, token_roles(W))
-        else:  # the same tokens on every video of the grid: their roles once
-            if spec["grid"] not in roles:
-                roles[spec["grid"]] = token_roles(W)
-            cands = _read(things, carried, roles[spec["grid"]])
+        cands = _read(things, carried, _roles(W, spec["grid"], roles))
         for task in READ_TASKS:
             sig, order = signature(task, spec, cands[task], arm.T)
             reader.learn(task, sig, order, answer(spec, task))
@@ -594,13 +600,13 @@ def arm_ceiling(arm: Arm, specs: dict[str, dict[str, Any]], items: list[dict[str
     from visctx.synth import answer_space
 
     reader = reader or Reader()
-    rows, cache = [], {}
+    rows, cache, roles = [], {}, {}
     pooled = bool(arm.pooled_from)
     for it in items:
         spec = specs[it["video"]]
         if it["video"] not in cache:
             cache[it["video"]] = _evidence(spec, arm, frame_seconds(spec, extract_fps, max_frames), threshold,
-                                           chroma_noise)
+                                           chroma_noise, roles)
         seen, shown, cands = cache[it["video"]]
         task = it["task_type"]
         known = item_ceiling(task, spec, seen, it["options"], it["answer"])
