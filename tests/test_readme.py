@@ -122,3 +122,11 @@ def test_the_ceilings_optimum_is_measured_against_the_trained_one_in_the_trained
     assert "T17-M9-pool differs in loss from the trained optimum's arm T32-M4-pool by +0.070 [" in got
     assert _optimum_arms(reps, {"T": 32, "M": 4}, {"brute_force": {"T": 32, "M": 4}}) == ""  # the same arm
     assert _optimum_arms(reps, {"T": 32, "M": 4}, {"brute_force": {"T": 10, "M": 16}}) == ""  # not trained
+
+
+def test_an_effects_sd_is_shown_with_how_large_its_few_seeds_allow_it_to_be():
+    from visctx.readme import _pct
+
+    assert _pct(-0.033, 0.003, 3) == "-3.3 % (SD 0.3 % across 3 seeds, up to 1.9 % at 95 %)"
+    assert _pct(-0.033, 0.003, 10).endswith("across 10 seeds, up to 0.5 % at 95 %)")
+    assert _pct(-0.033, 0.003) == "-3.3 % (SD 0.3 % across seeds)" and _pct(-0.033) == "-3.3 %"

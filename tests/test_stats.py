@@ -146,3 +146,17 @@ def test_lack_of_fit_keeps_a_true_law_and_flags_arms_the_noise_does_not_explain(
     # each arm off the law by more than its seeds' spread: flagged, and R^2 falls far short of what the noise allows
     for f in lof(0.03, 0.003, "bumpy").values():
         assert f["lack_of_fit"]["p"] < 0.001 and 1 - f["r2"] > 10 * (1 - f["lack_of_fit"]["r2_attainable"])
+
+
+def test_the_sds_upper_bound_is_the_chi_square_interval_and_shrinks_with_seeds():
+    from scipy.stats import chi2
+
+    from visctx.stats import sd_upper
+
+    # two degrees of freedom: (n - 1) s^2 / sigma^2 ~ chi2(2), whose 2.5 % point is 0.0506
+    assert sd_upper(1.0, 3) == pytest.approx(math.sqrt(2 / chi2.ppf(0.025, 2)))
+    assert sd_upper(1.0, 3) == pytest.approx(6.285, abs=1e-3)
+    assert 1 < sd_upper(1.0, 10) < sd_upper(1.0, 5) < sd_upper(1.0, 3)
+    rng = np.random.default_rng(0)  # it covers the true SD about 97.5 % of the time (one-sided)
+    s = rng.normal(size=(20000, 3)).std(axis=1, ddof=1)
+    assert np.mean(sd_upper(s, 3) >= 1.0) == pytest.approx(0.975, abs=0.005)

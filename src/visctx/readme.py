@@ -36,10 +36,17 @@ def _ci(row: pd.Series | dict, name: str, digits: int = 3) -> str:
     return f"{_f(row.get(name), digits)} [{_f(lo, digits)}, {_f(hi, digits)}]"
 
 
-def _pct(v: Any, sd: Any = None) -> str:
+def _pct(v: Any, sd: Any = None, seeds: int = 0) -> str:
+    """A relative effect; with its across-seed SD, and with ``seeds`` > 1 how large that SD may be
+    (:func:`visctx.stats.sd_upper`, 95 %)."""
+    from visctx.stats import sd_upper
+
     if v is None:
         return "n/a"
-    return f"{100 * v:+.1f} %" + (f" (SD {100 * sd:.1f} % across seeds)" if sd is not None else "")
+    if sd is None:
+        return f"{100 * v:+.1f} %"
+    up = f", up to {100 * sd_upper(sd, seeds):.1f} % at 95 %" if seeds > 1 else ""
+    return f"{100 * v:+.1f} % (SD {100 * sd:.1f} % across {f'{seeds} ' if seeds else ''}seeds{up})"
 
 
 def _compare(reps: pd.DataFrame, pairs: list[tuple[str, str, Any]]) -> tuple[int, int, int, list]:
@@ -111,7 +118,7 @@ def _study_paragraph(name: str, x: str, table: pd.DataFrame, reps: pd.DataFrame,
         exp = "alpha" if "alpha" in m else "b"
         lines.append(
             f"{'pooling' if method == 'pool' else 'sampling'}: loss {_ci(first, 'loss')} at {x} = {int(first[x])}, "
-            f"{_ci(last, 'loss')} at {x} = {int(last[x])} (effect {_pct(m.get('effect'), m.get('effect_sd'))}); "
+            f"{_ci(last, 'loss')} at {x} = {int(last[x])} (effect {_pct(m.get('effect'), m.get('effect_sd'), reps['seed'].nunique())}); "
             f"lowest at {x} = {int(best[x])} ({_f(best['loss'])}); selected law `{m.get('law')}`"
             + (f", {exp} = {_ci(m, exp, 4)}" if m.get(exp) is not None else "")
             + (f", R² {_f(m.get('r2'), 2)}" if m.get("r2") is not None else "")

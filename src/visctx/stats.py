@@ -27,6 +27,16 @@ def t_half_width(sd: float, n: int, level: float = LEVEL) -> float:
     return t_quantile(n - 1, level) * sd / math.sqrt(n)
 
 
+def sd_upper(sd: float, n: int, level: float = LEVEL) -> float:
+    """The upper end of the two-sided chi-square interval of an SD estimated from ``n`` replicates:
+    how large the noise may be. Three seeds estimate an SD on 2 degrees of freedom, so the true one
+    may be 6.3x the estimate at 95 %: an "effect is 10x its SD" read from three seeds is itself
+    one noisy draw (five seeds once gave 2.6x where three gave 11x)."""
+    from scipy.stats import chi2
+
+    return sd * math.sqrt((n - 1) / chi2.ppf((1 - level) / 2, n - 1))
+
+
 def seed_interval(values: Iterable[float], level: float = LEVEL) -> dict[str, float | int | None]:
     """mean, sd (ddof 1), the t interval of the mean (None with one seed) and n over replicates."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
