@@ -143,16 +143,11 @@ def _study_paragraph(name: str, x: str, table: pd.DataFrame, reps: pd.DataFrame,
 def _optimum_arms(reps: pd.DataFrame, opt: dict, co: dict) -> str:
     """By how much the ceiling's optimum misses the trained one, in the trained study's own loss:
     the two optima's trained arms (token pooling, frame sampling), paired within seeds."""
+    from visctx.config import Arm
     from visctx.stats import paired_effect
 
-    def arm(T, M):
-        a = reps[(reps["T"] == T) & (reps["M"] == M) & (reps["token_op"] == "pool")
-                 & (reps["frame_op"] == "sample") & (reps.get("pooled_from", 0) == 0)]["arm"].unique()
-        return a[0] if len(a) == 1 else None
-
-    bT, bM = co["brute_force"]["T"], co["brute_force"]["M"]
-    a, b = arm(opt["T"], opt["M"]), arm(bT, bM)
-    if a is None or b is None or a == b:
+    a, b = (Arm(int(T), int(M)).id for T, M in ((opt["T"], opt["M"]), (co["brute_force"]["T"], co["brute_force"]["M"])))
+    if a == b or not {a, b} <= set(reps["arm"]):
         return ""
     e = paired_effect(reps, a, b, "loss")
     return (f"; in the trained study its arm {b} differs in loss from the trained optimum's arm {a} by "
@@ -252,12 +247,10 @@ def render(root: str | Path = ".") -> str:
                 f"loss {_f(p.get('spearman'), 2)}; mean absolute percentage error {_f(100 * p['mape'], 1)} %."]
     out += ["", "![joint law](results/figures/joint_contour.png)", "![accuracy by task](results/figures/accuracy_by_task.png)",
             ""]
-    ceiling = r / "fits/ceiling.json"
-    if ceiling.exists() and metrics.get("ceiling"):
-        c = json.loads(ceiling.read_text())
-        co = c.get("optimum") or {}
-        laws = {f"{st}/{m}": (e.get("selected"), (e.get("forms", {}).get(e.get("selected")) or {}).get("r2"))
-                for st in ("tokens", "frames") for m, e in (c["fits"].get(st) or {}).items()}
+    if ceiling_fits is not None and metrics.get("ceiling"):
+        co = ceiling_fits.get("optimum") or {}
+        laws = {f"{st}/{m}": (e.get("selected"), _selected(e).get("r2"))
+                for st in ("tokens", "frames") for m, e in (ceiling_fits["fits"].get(st) or {}).items()}
         effects, known = _ceiling_effects(r), _ceiling_effects(r, "loss_known")
         share = _ceiling_shares(metrics, effects, len(seeds))
         opt = metrics.get("optimum") or {}
