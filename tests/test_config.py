@@ -174,7 +174,7 @@ def test_bad_arm_ids(bad):
 @pytest.mark.parametrize("path, override, changed", [
     ("params.yaml", "window=200", {"-window: 160", "+window: 200"}),
     ("params.yaml", "preset=paper", {"-preset: embedded", "+preset: paper"}),
-    ("params.yaml", "seeds=[0,1]", {"-- 2"}),
+    ("params.yaml", "seeds=[0,1]", {"-- 2", "-- 3", "-- 4"}),
     ("params.yaml", "+train.arm.steps=50", {"+train:", "+  arm:", "+    steps: 50"}),
     ("config/config.yaml", "train.arm.steps=50", {"-    steps: 100", "+    steps: 50"}),
     ("config/config.yaml", "studies.tokens.tokens=[1,4]", {f"-    - {m}" for m in (9, 16, 25, 36, 49, 81, 196)}),
