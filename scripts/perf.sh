@@ -7,6 +7,8 @@
 # training step per method at each window of the methods study (results/perf/method-costs.json; needs the tiny LLM);
 # `--finetune-budget` fine-tunes two arms at several lengths from every replicate's base, per question
 # beside the ceiling (results/perf/finetune-budget.{json,md}, ~20 min on a finished study);
+# `--noise-split` fine-tunes each effect's end arms again from every replicate's base with other seeds:
+# is the effects' across-seed noise the base's or the fine-tune's (results/perf/noise-split.{json,md}, ~15 min);
 # `--study-cost` sums a finished study's timing records per base, method and evaluation
 # (results/perf/study-cost.{json,md}; run it where the study ran, e.g. a kept fresh clone);
 # `--temp-experiment` counts the jobs a `dvc exp run --temp` of an analysis-only change runs on this
@@ -23,6 +25,10 @@ fi
 if [ "${1:-}" = "--finetune-budget" ]; then  # on a finished study: what longer fine-tunes buy each question
   shift
   exec visctx finetune-budget "$@"
+fi
+if [ "${1:-}" = "--noise-split" ]; then  # on a finished study: the effects' noise, the base's or the fine-tune's
+  shift
+  exec visctx noise-split "$@"
 fi
 if [ "${1:-}" = "--study-cost" ]; then  # on a study run on this machine: where its compute went
   shift

@@ -132,3 +132,40 @@ def test_the_budget_records_command_makes_that_record_again():
     older = {k: v for k, v in r.items() if k != "out_dir"}  # a record from before the folder was kept
     assert "--out-dir" not in budget_command(older)
     assert "--out-dir" not in budget_command(dict(r, out_dir="results/perf"))  # the default folder
+
+
+def test_a_noise_split_tells_the_bases_noise_from_the_fine_tunes():
+    """Within a base is the one-way ANOVA's residual SD over its fine-tunes; across replicates the SD
+    of the bases' own fine-tunes. A draw whose bases differ (and whose fine-tunes barely do) gives a
+    fine-tune share near 0 and a small p; a draw of fine-tune noise alone a share near 1."""
+    import numpy as np
+    import pandas as pd
+    import pytest
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    from visctx.perf import noise_split_markdown, within_and_across
+
+    rng = np.random.default_rng(1)
+
+    def draw(base_sd, ft_sd, bases=12, fts=(0, 101, 102, 103)):
+        shift = rng.normal(0, base_sd, bases)
+        return pd.DataFrame([{"base": b, "finetune": b if f == 0 else f, "value": shift[b] + rng.normal(0, ft_sd)}
+                             for b in range(bases) for f in fts])
+
+    d = draw(0.05, 0.005)
+    s = within_and_across(d)
+    resid = anova_lm(smf.ols("value ~ C(base)", d).fit()).loc["Residual"]
+    assert s["within_sd"] ** 2 == pytest.approx(resid["mean_sq"], rel=1e-9) and s["within_df"] == resid["df"] == 36
+    assert s["across_sd"] == pytest.approx(d[d["finetune"] == d["base"]]["value"].std(), rel=1e-12) and s["across_df"] == 11
+    assert s["finetune_share"] < 0.05 and s["p"] < 1e-6
+    f = within_and_across(draw(0.0, 0.01))
+    assert 0.3 < f["finetune_share"] < 3 and f["p"] > 0.001
+    with pytest.raises(ValueError, match="own fine-tune once"):
+        within_and_across(d[d["base"] == 0])
+    report = {"date": "d", "machine": "m", "bases": [0, 1], "finetune_seeds": [101], "out_dir": "results/perf",
+              "rows": [{"kind": "effect", "study": "frames", "method": "pool", "from": "a", "to": "b", **s},
+                       {"kind": "loss", "arm": "a", **f}]}
+    md = noise_split_markdown(report)
+    assert "`bash scripts/perf.sh --noise-split --bases 0 1 --finetune-seeds 101`" in md
+    assert f"| frames / pool | a | b | {100 * s['across_sd']:.2f} % (11) |" in md

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from visctx.readme import BEGIN, END, PERF_BEGIN, PERF_END, readme, render, render_perf
@@ -127,6 +128,20 @@ def test_the_ceilings_optimum_is_measured_against_the_trained_one_in_the_trained
 def test_an_effects_sd_is_shown_with_how_large_its_few_seeds_allow_it_to_be():
     from visctx.readme import _pct
 
-    assert _pct(-0.033, 0.003, 3) == "-3.3 % (SD 0.3 % across 3 seeds, up to 1.9 % at 95 %)"
-    assert _pct(-0.033, 0.003, 10).endswith("across 10 seeds, up to 0.5 % at 95 %)")
+    assert _pct(-0.033, 0.003, 3) == ("-3.3 % (SD 0.3 % across 3 seeds, up to 1.9 % at 95 %; "
+                                      "the effect is 11.0x the SD, 1.8x that bound)")
+    assert _pct(-0.033, 0.003, 10).endswith("across 10 seeds, up to 0.5 % at 95 %; the effect is 11.0x the SD, 6.0x that bound)")
     assert _pct(-0.033, 0.003) == "-3.3 % (SD 0.3 % across seeds)" and _pct(-0.033) == "-3.3 %"
+
+
+def test_the_noise_is_split_into_the_bases_share_and_the_arms_own():
+    from visctx.readme import _noise_split
+
+    rows = [{"arm": a, "seed": s, "loss": 1.0 + 0.1 * s + 0.01 * ((s + i) % 2)}
+            for i, a in enumerate("abcd") for s in range(4)]
+    text = _noise_split(pd.DataFrame(rows))  # every seed shifts all arms by 0.1 s; each arm wobbles by 0.01
+    share = int(text.removeprefix(" Of an arm's across-seed variance, ").split(" %")[0])
+    assert share >= 99 and "is shared by every arm of a seed" in text and "4 arms x 4 seeds" in text
+    own = [{**r, "loss": 1.0 + 0.1 * ((r["seed"] + "abcd".index(r["arm"])) % 2)} for r in rows]  # seeds' means equal
+    assert _noise_split(pd.DataFrame(own)).startswith(" Of an arm's across-seed variance, 0 % is shared")
+    assert _noise_split(pd.DataFrame(rows).query("seed == 0")) == ""

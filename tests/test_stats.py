@@ -160,3 +160,38 @@ def test_the_sds_upper_bound_is_the_chi_square_interval_and_shrinks_with_seeds()
     rng = np.random.default_rng(0)  # it covers the true SD about 97.5 % of the time (one-sided)
     s = rng.normal(size=(20000, 3)).std(axis=1, ddof=1)
     assert np.mean(sd_upper(s, 3) >= 1.0) == pytest.approx(0.975, abs=0.005)
+
+
+def test_variance_components_are_the_two_way_anova_of_arms_by_seeds():
+    """The mean squares equal statsmodels' ANOVA of ``loss ~ arm + seed``; on a draw with a known
+    shared (base) and own (fine-tune) noise the components come back, and a seed-free draw gives a
+    shared part of zero, not a negative variance."""
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    from visctx.stats import variance_components
+
+    rng = np.random.default_rng(0)
+    arms, seeds = 40, 30
+    level = rng.normal(1.5, 0.2, arms)
+    shared, own = 0.02, 0.01
+    base = rng.normal(0, shared, seeds)
+    df = pd.DataFrame([{"arm": f"a{i}", "seed": s, "loss": level[i] + base[s] + rng.normal(0, own)}
+                       for i in range(arms) for s in range(seeds)])
+    v = variance_components(df)
+    table = anova_lm(smf.ols("loss ~ C(arm) + C(seed)", df).fit())
+    assert v["ms_seed"] == pytest.approx(table.loc["C(seed)", "mean_sq"], rel=1e-9)
+    assert v["ms_own"] == pytest.approx(table.loc["Residual", "mean_sq"], rel=1e-9)
+    assert v["seed_sd"] == pytest.approx(shared, rel=0.35) and v["own_sd"] == pytest.approx(own, rel=0.1)
+    assert 0.6 < v["seed_share"] < 0.95 and (v["arms"], v["seeds"]) == (arms, seeds)
+
+    flat = df.assign(loss=[level[int(a[1:])] + rng.normal(0, own) for a in df["arm"]])
+    f = variance_components(flat)
+    assert f["seed_sd"] < 0.3 * own and f["own_sd"] == pytest.approx(own, rel=0.1)
+    centred = flat.assign(loss=flat["loss"] - flat.groupby("seed")["loss"].transform("mean"))  # MS_seed = 0
+    c = variance_components(centred)
+    assert c["ms_seed"] < c["ms_own"] and c["seed_sd"] == 0.0 and c["seed_share"] == 0.0
+
+    one_arm_in_every_seed = df[(df["arm"] == "a0") | (df["seed"] == 0)]
+    with pytest.raises(ValueError, match="1 arms x 30 seeds"):
+        variance_components(one_arm_in_every_seed)

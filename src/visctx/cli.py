@@ -70,6 +70,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "perf": ("visctx.perf", "perf", "the performance harness: fresh-clone stage times, reruns, overheads"),
     "finetune-budget": ("visctx.perf", "finetune_budget",
                         "what longer fine-tunes buy each question type, beside the ceiling (on a finished study)"),
+    "noise-split": ("visctx.perf", "noise_split",
+                    "where the effects' across-seed noise comes from: the base or the fine-tune (on a finished study)"),
     "fresh-clone-check": ("visctx.perf", "fresh_clone_check",
                           "the README's two commands in a fresh clone, timed and recorded in results/perf"),
     "study-cost": ("visctx.perf", "study_cost",
@@ -81,7 +83,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 # Commands that gain nothing from the preload server: quick without torch, or running other processes.
-IN_PROCESS = {"check", "params", "perf", "fresh-clone-check", "temp-experiment", "finetune-budget", "study-cost"}
+IN_PROCESS = {"check", "params", "perf", "fresh-clone-check", "temp-experiment", "finetune-budget", "noise-split", "study-cost"}
 # Imported once by the preload server: everything a job's hot path imports (this module imports lazily).
 PRELOAD = (
     "numpy", "torch", "transformers", "lightning",

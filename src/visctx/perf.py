@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from visctx.cli import option_args
@@ -434,6 +436,41 @@ def perf(out_dir: str = "results/perf", repo: str = ".", fresh: bool = True, kee
     return report
 
 
+def _workspace(root: Path, out_dir: str, name: str) -> tuple[Path, _Runner, Path]:
+    """A measurement's report folder, its runner (logging to ``<name>.log`` there, emptied) and a
+    scratch folder for its models (the caller removes it)."""
+    out_p = (root / out_dir).resolve()
+    out_p.mkdir(parents=True, exist_ok=True)
+    log = out_p / f"{name}.log"
+    log.write_text("")
+    return out_p, _Runner(root, log), Path(tempfile.mkdtemp(prefix=f"visctx-{name}-"))
+
+
+def _finetune_and_evaluate(run: _Runner, cfg: dict, arms_dir: Path, arms: list[str], init: Path, seed: int,
+                           options: list[str] | None = None) -> dict[str, dict]:
+    """Fine-tune ``arms`` from ``init`` with ``seed`` as the study's ``train_arm`` jobs do (its
+    ``train.arm`` options, ``options`` appended and overriding), evaluate them on the held-out split
+    as ``evaluate_arm`` does, in ``arms_dir`` outside the DAG; each arm's evaluation record. One
+    process each for all ``arms`` (an arm trains exactly as it would alone)."""
+    from visctx.benchmarks import scoring_mode
+
+    results, ev = Path(run.root) / cfg["results"], cfg["evaluate"]
+    arm_cfg = dict(cfg["train"]["arm"])
+    given = {o.removeprefix("--").replace("-", "_") for o in (options or []) if o.startswith("--")}
+    run(["visctx", "train-arms", "--arms", *arms, "--arms-dir", str(arms_dir),
+         "--train-json", str(results / "data/corpus/train.json"), "--features-dir", str(results / "data/features/train"),
+         "--threads", str(cfg["train"]["threads"]), "--no-progress-bar",
+         *option_args({k: v for k, v in arm_cfg.items() if k not in given}), *(options or []),
+         "--init", str(init), "--seed", str(seed)])
+    run(["visctx", "evaluate-arms", "--arms", *arms, "--arms-dir", str(arms_dir),
+         "--eval-json", str(results / "data/corpus/eval.json"),
+         "--features-dir", str(results / "data/features/eval"), "--benchmark", "synthetic",
+         "--batch-size", str(ev["batch_size"]), "--answer-mode", ev["answer_mode"],
+         "--max-new-tokens", str(ev["max_new_tokens"]),
+         "--scoring", scoring_mode(ev.get("scoring"), "synthetic"), "--threads", "1"])
+    return {arm: json.loads((arms_dir / arm / "eval/synthetic.json").read_text()) for arm in arms}
+
+
 def finetune_budget(arms: list[str] | None = None, steps: list[int] | None = None, lr: float | None = None,
                     seeds: list[int] | None = None, jobs: int = 2, repo: str = ".",
                     out_dir: str = "results/perf") -> dict:
@@ -460,14 +497,13 @@ def finetune_budget(arms: list[str] | None = None, steps: list[int] | None = Non
     import statistics
     from concurrent.futures import ThreadPoolExecutor
 
-    from visctx.benchmarks import scoring_mode
     from visctx.config import load_params
     from visctx.synth import TASKS
 
     root = Path(repo).resolve()
     cfg = load_params(root / "params.yaml")
     results = root / cfg["results"]
-    arm_cfg, ev = dict(cfg["train"]["arm"]), cfg["evaluate"]
+    arm_cfg = dict(cfg["train"]["arm"])
     arms = list(arms or ["T16-M25-pool", "T32-M4-pool"])
     steps = sorted(set(steps or [100, 300, 600, 1200]))
     lr = float(cfg["train"]["base"]["lr"] if lr is None else lr)
@@ -484,30 +520,13 @@ def finetune_budget(arms: list[str] | None = None, steps: list[int] | None = Non
     missing = [a for a in arms if a not in ceiling]
     if missing:
         raise ValueError(f"arms {missing} are not arms of the study (not in {ceiling_csv})")
-    out_p = (root / out_dir).resolve()
-    out_p.mkdir(parents=True, exist_ok=True)
-    log = out_p / "finetune-budget.log"
-    log.write_text("")
-    run = _Runner(root, log)
-    tmp = Path(tempfile.mkdtemp(prefix="visctx-budget-"))
-    common = ["--train-json", str(results / "data/corpus/train.json"),
-              "--features-dir", str(results / "data/features/train"), "--threads", str(cfg["train"]["threads"]),
-              "--no-progress-bar"]
-    common += option_args({k: v for k, v in arm_cfg.items() if k not in ("steps", "lr")})
+    out_p, run, tmp = _workspace(root, out_dir, "finetune-budget")
 
     def one(job: tuple[str, int, int]) -> dict[str, Any]:
         arm, n, seed = job
         arms_dir = tmp / f"seed{seed}-steps{n}"
-        run(["visctx", "train-arms", "--arms", arm, "--arms-dir", str(arms_dir), *common,
-             "--init", str(results / f"base/seed{seed}/model"), "--steps", str(n), "--lr", str(lr),
-             "--seed", str(seed)])
-        run(["visctx", "evaluate-arms", "--arms", arm, "--arms-dir", str(arms_dir),
-             "--eval-json", str(results / "data/corpus/eval.json"),
-             "--features-dir", str(results / "data/features/eval"), "--benchmark", "synthetic",
-             "--batch-size", str(ev["batch_size"]), "--answer-mode", ev["answer_mode"],
-             "--max-new-tokens", str(ev["max_new_tokens"]),
-             "--scoring", scoring_mode(ev.get("scoring"), "synthetic"), "--threads", "1"])
-        result = json.loads((arms_dir / arm / "eval/synthetic.json").read_text())
+        result = _finetune_and_evaluate(run, cfg, arms_dir, [arm], results / f"base/seed{seed}/model", seed,
+                                        ["--steps", str(n), "--lr", str(lr)])[arm]
         summary = json.loads((arms_dir / arm / "model/train_summary.json").read_text())
         return {"arm": arm, "steps": n, "seed": seed, "seconds": round(read_seconds(arms_dir / arm / "model/train_summary.json"), 1),
                 "final_train_loss": round(summary["final_loss"], 4), "loss": round(result["loss"], 4),
@@ -575,6 +594,137 @@ def budget_markdown(r: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def within_and_across(rows: pd.DataFrame) -> dict[str, Any]:
+    """The two SDs a noise split compares, from ``rows`` of (``base``, ``finetune``, ``value``): across
+    replicates, the SD over bases of the replicates' own fine-tunes (``finetune == base``: base and
+    fine-tune drawn together, as the study draws them); within a base, the pooled SD over the
+    fine-tunes of each base (the fine-tune's noise alone). ``F`` = across / within variance with
+    its p: how likely an F this large is if the base added nothing to the fine-tune's noise."""
+    from scipy import stats as st
+
+    own = rows[rows["finetune"] == rows["base"]]
+    if own["base"].nunique() < 2 or own["base"].duplicated().any():
+        raise ValueError(f"a noise split needs each of >= 2 bases' own fine-tune once; have bases {sorted(own['base'])}")
+    across_var, across_df = float(own["value"].var(ddof=1)), len(own) - 1
+    groups = rows.groupby("base")["value"]
+    within_df = int((groups.count() - 1).sum())
+    if within_df < 1:
+        raise ValueError("a noise split needs >= 2 fine-tunes of some base")
+    within_var = float(((rows["value"] - groups.transform("mean")) ** 2).sum()) / within_df
+    f = across_var / within_var if within_var > 0 else float("inf")
+    return {"across_sd": math.sqrt(across_var), "across_df": across_df, "within_sd": math.sqrt(within_var),
+            "within_df": within_df, "finetune_share": within_var / across_var if across_var > 0 else float("nan"),
+            "F": f, "p": float(st.f.sf(f, across_df, within_df))}
+
+
+def noise_split(bases: list[int] | None = None, finetune_seeds: list[int] | None = None, jobs: int = 2,
+                repo: str = ".", out_dir: str = "results/perf") -> dict:
+    """Where the across-seed noise of the study's four effects comes from: the base or the fine-tune.
+    A replicate draws both, so the study alone cannot tell them apart (``stats.variance_components``
+    splits off only what a base gives all its arms alike, which the paired effects cancel). On a
+    finished study, fine-tune the two end arms of each effect (as ``report``'s effects: the smallest
+    and the largest setting) again from each of ``bases`` with each of ``finetune_seeds``, evaluate,
+    and set each effect's SD across fine-tunes of one base beside its SD across replicates
+    (:func:`within_and_across`). A fine-tune share near 1 says the noise is the fine-tune's, which
+    averaging k fine-tunes per base divides by about k at k times the fine-tune compute; near 0,
+    the base's, which only more or steadier bases lower. Runs outside the DAG: writes
+    ``noise-split.{json,md}`` under ``out_dir``.
+
+    Args:
+        bases: the replicates whose bases are fine-tuned again (default: the study's seeds).
+        finetune_seeds: the fine-tunes' seeds beside each replicate's own (default 101, 102, 103:
+            seeds that no replicate draws).
+        jobs: (base, fine-tune seed) groups run side by side (one thread each).
+        repo: the checkout with the finished study.
+        out_dir: where the report goes (relative to ``repo``).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from visctx.config import load_params
+    from visctx.fit import load_replicates
+
+    root = Path(repo).resolve()
+    cfg = load_params(root / "params.yaml")
+    results = root / cfg["results"]
+    bases = list(cfg["seeds"] if bases is None else bases)
+    finetune_seeds = list(finetune_seeds or [101, 102, 103])
+    if set(bases) & set(finetune_seeds) or jobs < 1:
+        raise ValueError(f"the fine-tune seeds must differ from the bases' own and jobs >= 1; got bases={bases}, "
+                         f"finetune_seeds={finetune_seeds}, jobs={jobs}")
+    design_csv, arms_csv = results / "tables/design.csv", results / "tables/arms.csv"
+    for path in [design_csv, arms_csv] + [results / f"base/seed{b}/model" for b in bases]:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: noise-split needs a finished study (bash scripts/run.sh)")
+    design = pd.read_csv(design_csv)
+    effects = []
+    for study, x in (("tokens", "M"), ("frames", "T")):
+        for method in ("pool", "sample"):
+            d = design[(design["study"] == study) & (design["method"] == method)].drop_duplicates("arm").sort_values(x)
+            if len(d) >= 2:
+                effects.append({"study": study, "method": method, "from": d["arm"].iloc[0], "to": d["arm"].iloc[-1]})
+    arms = sorted({e[k] for e in effects for k in ("from", "to")})
+    reps = load_replicates(arms_csv)
+    own = reps[reps["arm"].isin(arms) & reps["seed"].isin(bases)]
+    losses = [{"base": int(r.seed), "finetune": int(r.seed), "arm": r.arm, "loss": float(r.loss)} for r in own.itertuples()]
+    out_p, run, tmp = _workspace(root, out_dir, "noise-split")
+
+    def one(job: tuple[int, int]) -> list[dict[str, Any]]:
+        b, f = job
+        evals = _finetune_and_evaluate(run, cfg, tmp / f"base{b}-ft{f}", arms, results / f"base/seed{b}/model", f)
+        return [{"base": b, "finetune": f, "arm": a, "loss": float(evals[a]["loss"])} for a in arms]
+
+    try:
+        with ThreadPoolExecutor(jobs) as pool:
+            for part in pool.map(one, [(b, f) for b in bases for f in finetune_seeds]):
+                losses += part
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    table = pd.DataFrame(losses)
+    wide = table.pivot_table(index=["base", "finetune"], columns="arm", values="loss").reset_index()
+    rows = []
+    for e in effects:
+        value = (wide[e["to"]] - wide[e["from"]]) / wide[e["from"]]
+        rows.append({**e, "kind": "effect", **within_and_across(wide[["base", "finetune"]].assign(value=value))})
+    for arm in arms:
+        rows.append({"arm": arm, "kind": "loss", **within_and_across(wide[["base", "finetune"]].assign(value=wide[arm]))})
+    from visctx import cpu
+
+    report = {"date": dt.date.today().isoformat(), "machine": _machine(), "cpu": cpu.describe_host(),
+              "bases": bases, "finetune_seeds": finetune_seeds, "out_dir": out_dir, "rows": rows,
+              "runs": table.round(6).to_dict("records")}
+    (out_p / "noise-split.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out_p / "noise-split.md").write_text(noise_split_markdown(report))
+    return report
+
+
+def noise_split_markdown(r: dict) -> str:
+    """The noise split as two tables: each effect's SD across replicates and within a base, then
+    each end arm's loss the same way."""
+    cmd = (f"bash scripts/perf.sh --noise-split --bases {' '.join(map(str, r['bases']))} "
+           f"--finetune-seeds {' '.join(map(str, r['finetune_seeds']))}"
+           + (f" --out-dir {r['out_dir']}" if r.get("out_dir", "results/perf") != "results/perf" else ""))
+    lines = [f"# Where the effects' noise comes from ({r['date']}, {r['machine']})", "",
+             f"The end arms of each effect fine-tuned again from the bases of seeds {', '.join(map(str, r['bases']))}, "
+             f"each with fine-tune seeds {', '.join(map(str, r['finetune_seeds']))} beside the replicate's own. "
+             "Across replicates: the SD over the bases of their own fine-tunes (the study's across-seed SD). "
+             "Within a base: the pooled SD over one base's fine-tunes (the fine-tune's noise alone). "
+             "Fine-tune share: within / across variance (near 1: the fine-tune's noise; near 0: the base's). "
+             "p: of an F this large if the base added nothing. "
+             f"Regenerate: `{cmd}`.", "",
+             "| effect | from | to | SD across replicates (df) | SD within a base (df) | fine-tune share | F | p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        if x["kind"] == "effect":
+            lines.append(f"| {x['study']} / {x['method']} | {x['from']} | {x['to']} | {100 * x['across_sd']:.2f} % ({x['across_df']}) "
+                         f"| {100 * x['within_sd']:.2f} % ({x['within_df']}) | {x['finetune_share']:.2f} | {x['F']:.2f} | {x['p']:.3f} |")
+    lines += ["", "| arm | loss SD across replicates (df) | within a base (df) | fine-tune share | F | p |", "|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        if x["kind"] == "loss":
+            lines.append(f"| {x['arm']} | {x['across_sd']:.4f} ({x['across_df']}) | {x['within_sd']:.4f} ({x['within_df']}) "
+                         f"| {x['finetune_share']:.2f} | {x['F']:.2f} | {x['p']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def to_markdown(r: dict) -> str:

@@ -38,15 +38,33 @@ def _ci(row: pd.Series | dict, name: str, digits: int = 3) -> str:
 
 def _pct(v: Any, sd: Any = None, seeds: int = 0) -> str:
     """A relative effect; with its across-seed SD, and with ``seeds`` > 1 how large that SD may be
-    (:func:`visctx.stats.sd_upper`, 95 %)."""
+    (:func:`visctx.stats.sd_upper`, 95 %) and the effect's size in both: a criterion such as "an
+    effect 10x its SD" is read off the text, not off a three-seed point estimate alone."""
     from visctx.stats import sd_upper
 
     if v is None:
         return "n/a"
     if sd is None:
         return f"{100 * v:+.1f} %"
-    up = f", up to {100 * sd_upper(sd, seeds):.1f} % at 95 %" if seeds > 1 else ""
+    up = ""
+    if seeds > 1:
+        hi = sd_upper(sd, seeds)
+        up = f", up to {100 * hi:.1f} % at 95 %; the effect is {abs(v) / sd:.1f}x the SD, {abs(v) / hi:.1f}x that bound"
     return f"{100 * v:+.1f} % (SD {100 * sd:.1f} % across {f'{seeds} ' if seeds else ''}seeds{up})"
+
+
+def _noise_split(reps: pd.DataFrame) -> str:
+    """Where the across-seed noise sits (:func:`visctx.stats.variance_components`): the part a seed's
+    base gives all its arms alike cancels in the paired effects, the arm's own part does not."""
+    from visctx.stats import variance_components
+
+    if reps["seed"].nunique() < 2:
+        return ""
+    v = variance_components(reps)
+    return (f" Of an arm's across-seed variance, {100 * v['seed_share']:.0f} % is shared by every arm of a seed (its base: SD "
+            f"{_f(v['seed_sd'], 4)}) and the rest is the arm's own in that seed (its fine-tune and how the base "
+            f"suits it: SD {_f(v['own_sd'], 4)}; the two-way ANOVA of {v['arms']} arms x {v['seeds']} seeds); "
+            f"the paired effects carry only the arm's own part.")
 
 
 def _compare(reps: pd.DataFrame, pairs: list[tuple[str, str, Any]]) -> tuple[int, int, int, list]:
@@ -215,7 +233,7 @@ def render(root: str | Path = ".") -> str:
            f"over {' and '.join(fits.get('bootstrap', {}).get('resampled', ['arms']))}). Effects are relative "
            f"changes of held-out loss from the smallest to the largest setting, paired within each seed. "
            f"The median across-seed SD of an arm's loss is {_f(metrics['noise']['loss_sd_median'], 4)} "
-           f"(largest {_f(metrics['noise']['loss_sd_max'], 4)}).", ""]
+           f"(largest {_f(metrics['noise']['loss_sd_max'], 4)}).{_noise_split(reps)}", ""]
     out += [_study_paragraph("tokens", "M", t1, reps, metrics, fits, ceiling_fits), "", "![token study](results/figures/tokens_loss.png)", ""]
     out += [_study_paragraph("frames", "T", t2, reps, metrics, fits, ceiling_fits), "", "![frame study](results/figures/frames_loss.png)",
             ""]

@@ -82,6 +82,27 @@ def paired_effect(df: pd.DataFrame, a: str, b: str, value: str = "loss", level: 
     return out
 
 
+def variance_components(df: pd.DataFrame, value: str = "loss") -> dict[str, float | int]:
+    """Split the across-seed variance of an arm's ``value`` into the part every arm of a seed shares
+    (its base: one replicate's base is better or worse for all arms alike) and the part that is the
+    arm's own in that seed (its fine-tune, and how the base suits that arm). Effects are paired
+    within a seed, so only the arm's own part reaches them; the shared part widens the arms'
+    unpaired intervals. The two-way ANOVA of arms x seeds without replication, by its expected mean
+    squares (MS_seed = var_own + arms * var_seed): ``seed_sd`` is 0 when MS_seed <= MS_own. Arms not
+    trained in every seed are left out; ``df`` has columns ``arm``, ``seed`` and ``value``."""
+    wide = df.pivot_table(index="arm", columns="seed", values=value).dropna()
+    r, c = wide.shape
+    if r < 2 or c < 2:
+        raise ValueError(f"variance components need >= 2 arms in >= 2 seeds each; have {r} arms x {c} seeds")
+    y = wide.to_numpy(float)
+    grand, arm_m, seed_m = y.mean(), y.mean(axis=1, keepdims=True), y.mean(axis=0, keepdims=True)
+    ms_seed = r * float(((seed_m - grand) ** 2).sum()) / (c - 1)
+    ms_own = float(((y - arm_m - seed_m + grand) ** 2).sum()) / ((r - 1) * (c - 1))
+    var_seed = max(0.0, (ms_seed - ms_own) / r)
+    return {"arms": r, "seeds": c, "ms_seed": ms_seed, "ms_own": ms_own, "seed_sd": math.sqrt(var_seed),
+            "own_sd": math.sqrt(ms_own), "seed_share": var_seed / (var_seed + ms_own) if var_seed + ms_own else 0.0}
+
+
 def compare_runs(old: str, new: str, benchmark: str = "synthetic", level: float = LEVEL) -> dict:
     """Does an earlier run's arms.csv (one value per arm, or means over its seeds) fall inside this
     run's across-seed intervals? The arms outside, per measure: what a replication should report.
