@@ -627,7 +627,8 @@ def noise_split(bases: list[int] | None = None, finetune_seeds: list[int] | None
     finished study, fine-tune the two end arms of each effect (as ``report``'s effects: the smallest
     and the largest setting) again from each of ``bases`` with each of ``finetune_seeds``, evaluate,
     and set each effect's SD across fine-tunes of one base beside its SD across replicates
-    (:func:`within_and_across`). A fine-tune share near 1 says the noise is the fine-tune's, which
+    (:func:`within_and_across`). The first base's own fine-tune is rerun first and must give the
+    study's losses exactly. A fine-tune share near 1 says the noise is the fine-tune's, which
     averaging k fine-tunes per base divides by about k at k times the fine-tune compute; near 0,
     the base's, which only more or steadier bases lower. Runs outside the DAG: writes
     ``noise-split.{json,md}`` under ``out_dir``.
@@ -675,12 +676,20 @@ def noise_split(bases: list[int] | None = None, finetune_seeds: list[int] | None
         evals = _finetune_and_evaluate(run, cfg, tmp / f"base{b}-ft{f}", arms, results / f"base/seed{b}/model", f)
         return [{"base": b, "finetune": f, "arm": a, "loss": float(evals[a]["loss"])} for a in arms]
 
+    # the first base's own fine-tune once more: the harness must fine-tune as the study does, or its
+    # within-base SD measures another training
+    redo = (bases[0], bases[0])
     try:
         with ThreadPoolExecutor(jobs) as pool:
-            for part in pool.map(one, [(b, f) for b in bases for f in finetune_seeds]):
-                losses += part
+            parts = list(pool.map(one, [redo] + [(b, f) for b in bases for f in finetune_seeds]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    study_own = {x["arm"]: x["loss"] for x in losses if x["base"] == redo[0]}
+    differ = {x["arm"]: (study_own[x["arm"]], x["loss"]) for x in parts[0] if x["loss"] != study_own[x["arm"]]}
+    if differ:
+        raise RuntimeError(f"the harness's fine-tune of base {redo[0]} is not the study's (study, harness): {differ}; "
+                           f"see {out_p / 'noise-split.log'}")
+    losses += [x for part in parts[1:] for x in part]
     table = pd.DataFrame(losses)
     wide = table.pivot_table(index=["base", "finetune"], columns="arm", values="loss").reset_index()
     rows = []
