@@ -644,7 +644,6 @@ def noise_split(bases: list[int] | None = None, finetune_seeds: list[int] | None
     from concurrent.futures import ThreadPoolExecutor
 
     from visctx.config import load_params
-    from visctx.fit import load_replicates
 
     root = Path(repo).resolve()
     cfg = load_params(root / "params.yaml")
@@ -654,8 +653,8 @@ def noise_split(bases: list[int] | None = None, finetune_seeds: list[int] | None
     if set(bases) & set(finetune_seeds) or jobs < 1:
         raise ValueError(f"the fine-tune seeds must differ from the bases' own and jobs >= 1; got bases={bases}, "
                          f"finetune_seeds={finetune_seeds}, jobs={jobs}")
-    design_csv, arms_csv = results / "tables/design.csv", results / "tables/arms.csv"
-    for path in [design_csv, arms_csv] + [results / f"base/seed{b}/model" for b in bases]:
+    design_csv = results / "tables/design.csv"
+    for path in [design_csv] + [results / f"base/seed{b}/model" for b in bases]:
         if not path.exists():
             raise FileNotFoundError(f"{path}: noise-split needs a finished study (bash scripts/run.sh)")
     design = pd.read_csv(design_csv)
@@ -666,9 +665,13 @@ def noise_split(bases: list[int] | None = None, finetune_seeds: list[int] | None
             if len(d) >= 2:
                 effects.append({"study": study, "method": method, "from": d["arm"].iloc[0], "to": d["arm"].iloc[-1]})
     arms = sorted({e[k] for e in effects for k in ("from", "to")})
-    reps = load_replicates(arms_csv)
-    own = reps[reps["arm"].isin(arms) & reps["seed"].isin(bases)]
-    losses = [{"base": int(r.seed), "finetune": int(r.seed), "arm": r.arm, "loss": float(r.loss)} for r in own.itertuples()]
+    # the study's own fine-tunes, from their evaluation records (arms.csv rounds them)
+    evals = {(b, a): results / f"arms/seed{b}/{a}/eval/synthetic.json" for b in bases for a in arms}
+    for path in evals.values():
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: noise-split needs the study's evaluations of its end arms (bash scripts/run.sh)")
+    losses = [{"base": b, "finetune": b, "arm": a, "loss": float(json.loads(p.read_text())["loss"])}
+              for (b, a), p in evals.items()]
     out_p, run, tmp = _workspace(root, out_dir, "noise-split")
 
     def one(job: tuple[int, int]) -> list[dict[str, Any]]:
