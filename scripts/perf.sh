@@ -8,7 +8,7 @@
 # `--finetune-budget` fine-tunes two arms at several lengths from every replicate's base, per question
 # beside the ceiling (results/perf/finetune-budget.{json,md}, ~20 min on a finished study);
 # `--noise-split` fine-tunes each effect's end arms again from every replicate's base with other seeds:
-# is the effects' across-seed noise the base's or the fine-tune's (results/perf/noise-split.{json,md}, ~15 min);
+# is the effects' across-seed noise the base's or the fine-tune's (results/perf/noise-split.{json,md}, ~8 min on a finished study);
 # `--study-cost` sums a finished study's timing records per base, method and evaluation
 # (results/perf/study-cost.{json,md}; run it where the study ran, e.g. a kept fresh clone);
 # `--temp-experiment` counts the jobs a `dvc exp run --temp` of an analysis-only change runs on this

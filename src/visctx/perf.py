@@ -451,7 +451,7 @@ def _finetune_and_evaluate(run: _Runner, cfg: dict, arms_dir: Path, arms: list[s
     """Fine-tune ``arms`` from ``init`` with ``seed`` as the study's ``train_arm`` jobs do (its
     ``train.arm`` options, ``options`` appended and overriding), evaluate them on the held-out split
     as ``evaluate_arm`` does, in ``arms_dir`` outside the DAG; each arm's evaluation record. One
-    process each for all ``arms`` (an arm trains exactly as it would alone)."""
+    training and one evaluation process for all ``arms`` (an arm trains exactly as it would alone)."""
     from visctx.benchmarks import scoring_mode
 
     results, ev = Path(run.root) / cfg["results"], cfg["evaluate"]
@@ -676,8 +676,8 @@ def noise_split(bases: list[int] | None = None, finetune_seeds: list[int] | None
 
     def one(job: tuple[int, int]) -> list[dict[str, Any]]:
         b, f = job
-        evals = _finetune_and_evaluate(run, cfg, tmp / f"base{b}-ft{f}", arms, results / f"base/seed{b}/model", f)
-        return [{"base": b, "finetune": f, "arm": a, "loss": float(evals[a]["loss"])} for a in arms]
+        records = _finetune_and_evaluate(run, cfg, tmp / f"base{b}-ft{f}", arms, results / f"base/seed{b}/model", f)
+        return [{"base": b, "finetune": f, "arm": a, "loss": float(records[a]["loss"])} for a in arms]
 
     # the first base's own fine-tune once more: the harness must fine-tune as the study does, or its
     # within-base SD measures another training
