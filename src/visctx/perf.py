@@ -447,21 +447,18 @@ def _workspace(root: Path, out_dir: str, name: str) -> tuple[Path, _Runner, Path
 
 
 def _finetune_and_evaluate(run: _Runner, cfg: dict, arms_dir: Path, arms: list[str], init: Path, seed: int,
-                           options: list[str] | None = None) -> dict[str, dict]:
+                           **overrides: Any) -> dict[str, dict]:
     """Fine-tune ``arms`` from ``init`` with ``seed`` as the study's ``train_arm`` jobs do (its
-    ``train.arm`` options, ``options`` appended and overriding), evaluate them on the held-out split
+    ``train.arm`` options, with ``overrides`` of them, e.g. ``steps``), evaluate them on the held-out split
     as ``evaluate_arm`` does, in ``arms_dir`` outside the DAG; each arm's evaluation record. One
     training and one evaluation process for all ``arms`` (an arm trains exactly as it would alone)."""
     from visctx.benchmarks import scoring_mode
 
     results, ev = Path(run.root) / cfg["results"], cfg["evaluate"]
-    arm_cfg = dict(cfg["train"]["arm"])
-    given = {o.removeprefix("--").replace("-", "_") for o in (options or []) if o.startswith("--")}
     run(["visctx", "train-arms", "--arms", *arms, "--arms-dir", str(arms_dir),
          "--train-json", str(results / "data/corpus/train.json"), "--features-dir", str(results / "data/features/train"),
          "--threads", str(cfg["train"]["threads"]), "--no-progress-bar",
-         *option_args({k: v for k, v in arm_cfg.items() if k not in given}), *(options or []),
-         "--init", str(init), "--seed", str(seed)])
+         *option_args({**cfg["train"]["arm"], **overrides}), "--init", str(init), "--seed", str(seed)])
     run(["visctx", "evaluate-arms", "--arms", *arms, "--arms-dir", str(arms_dir),
          "--eval-json", str(results / "data/corpus/eval.json"),
          "--features-dir", str(results / "data/features/eval"), "--benchmark", "synthetic",
@@ -526,7 +523,7 @@ def finetune_budget(arms: list[str] | None = None, steps: list[int] | None = Non
         arm, n, seed = job
         arms_dir = tmp / f"seed{seed}-steps{n}"
         result = _finetune_and_evaluate(run, cfg, arms_dir, [arm], results / f"base/seed{seed}/model", seed,
-                                        ["--steps", str(n), "--lr", str(lr)])[arm]
+                                        steps=n, lr=lr)[arm]
         summary = json.loads((arms_dir / arm / "model/train_summary.json").read_text())
         return {"arm": arm, "steps": n, "seed": seed, "seconds": round(read_seconds(arms_dir / arm / "model/train_summary.json"), 1),
                 "final_train_loss": round(summary["final_loss"], 4), "loss": round(result["loss"], 4),
@@ -644,6 +641,7 @@ def noise_split(bases: list[int] | None = None, finetune_seeds: list[int] | None
     from concurrent.futures import ThreadPoolExecutor
 
     from visctx.config import load_params
+    from visctx.report import effect_arms
 
     root = Path(repo).resolve()
     cfg = load_params(root / "params.yaml")
@@ -658,12 +656,9 @@ def noise_split(bases: list[int] | None = None, finetune_seeds: list[int] | None
         if not path.exists():
             raise FileNotFoundError(f"{path}: noise-split needs a finished study (bash scripts/run.sh)")
     design = pd.read_csv(design_csv)
-    effects = []
-    for study, x in (("tokens", "M"), ("frames", "T")):
-        for method in ("pool", "sample"):
-            d = design[(design["study"] == study) & (design["method"] == method)].drop_duplicates("arm").sort_values(x)
-            if len(d) >= 2:
-                effects.append({"study": study, "method": method, "from": d["arm"].iloc[0], "to": d["arm"].iloc[-1]})
+    effects = [{"study": study, "method": method, "from": ends[0], "to": ends[1]}
+               for study in ("tokens", "frames") for method in ("pool", "sample")
+               if (ends := effect_arms(design, study, method))]
     arms = sorted({e[k] for e in effects for k in ("from", "to")})
     # the study's own fine-tunes, from their evaluation records (arms.csv rounds them)
     evals = {(b, a): results / f"arms/seed{b}/{a}/eval/synthetic.json" for b in bases for a in arms}

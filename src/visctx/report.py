@@ -731,15 +731,21 @@ def _ci_keys(name: str, value: Any, ci: Sequence | None) -> dict[str, Any]:
     return out
 
 
-def _effect(inp: _Inputs, study: str, method: str, x: str) -> dict[str, Any] | None:
+def effect_arms(design: pd.DataFrame, study: str, method: str) -> tuple[str, str] | None:
+    """The two arms a study's effect compares for one method: its smallest and its largest setting
+    (``STUDY_X``); None with fewer than two."""
+    d = design[(design["study"] == study) & (design["method"] == method)].drop_duplicates("arm").sort_values(STUDY_X[study])
+    return (d["arm"].iloc[0], d["arm"].iloc[-1]) if len(d) >= 2 else None
+
+
+def _effect(inp: _Inputs, study: str, method: str) -> dict[str, Any] | None:
     """The study's effect for one method: loss at the largest setting minus at the smallest, relative
     to the smallest, paired within each seed (the arms of one replicate share its base); its mean
     and across-seed SD and interval."""
-    d = inp.study(study)
-    d = d[d["method"] == method].drop_duplicates("arm").sort_values(x)
-    if len(d) < 2:
+    ends = effect_arms(inp.study(study), study, method)
+    if ends is None:
         return None
-    a, b = d["arm"].iloc[0], d["arm"].iloc[-1]
+    a, b = ends
     e = paired_effect(inp.replicates, a, b, "loss", relative=True)
     return {"from": a, "to": b, "effect": e["mean"], "effect_sd": e["sd"], "effect_lo": e["lo"], "effect_hi": e["hi"]}
 
@@ -771,7 +777,7 @@ def metrics(arms_csv: str | Path, design_csv: str | Path, fits_json: str | Path,
                 m["at_bound"] = len(f.get("at_bound") or [])
             all_conv &= bool(f["converged"])
         if study != "joint":
-            eff = _effect(inp, study, method, STUDY_X[study])
+            eff = _effect(inp, study, method)
             if eff:
                 m |= {k: eff[k] for k in ("effect", "effect_sd")}
             out.setdefault(study, {})[method] = m
