@@ -145,3 +145,18 @@ def test_the_noise_is_split_into_the_bases_share_and_the_arms_own():
     own = [{**r, "loss": 1.0 + 0.1 * ((r["seed"] + "abcd".index(r["arm"])) % 2)} for r in rows]  # seeds' means equal
     assert _noise_split(pd.DataFrame(own)).startswith(" Of an arm's across-seed variance, 0 % is shared")
     assert _noise_split(pd.DataFrame(rows).query("seed == 0")) == ""
+
+
+def test_the_pairs_that_beat_the_ceiling_are_named_not_only_counted():
+    from visctx.readme import _ceiling_check
+
+    ck = pd.DataFrame({"arm": ["A", "B", "C"], "task": ["detail", "needle", "order"],
+                       "trained": [0.994, 0.50, 0.30], "ceiling": [0.990, 0.60, 0.20],
+                       "readable": [False, True, True], "within": [True, True, True],
+                       "excess": [-0.006, -0.2, -0.1]})
+    text = _ceiling_check(ck)
+    assert "1 beat the ceiling" in text and "(A detail, 0.994 trained vs 0.990)" in text
+    assert "closest" not in text and "C order" not in text
+    # none beyond the noise: the one that comes closest, as such
+    text = _ceiling_check(ck.assign(readable=True))
+    assert "0 beat the ceiling" in text and "(closest: C order, 0.300 trained vs 0.200)" in text
