@@ -23,13 +23,15 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 from visctx.cli import option_args
 from visctx.files import read_seconds
+
+if TYPE_CHECKING:  # pandas only where a measurement reads tables, not at import of every harness command
+    import pandas as pd
 
 ANALYSIS_RULES = {"fits", "ceiling_fits", "figures", "tables", "metrics", "all", "analysis_all"}  # ceiling_fits: the ceiling's optimum for the window
 
@@ -639,6 +641,8 @@ def noise_split(bases: list[int] | None = None, finetune_seeds: list[int] | None
         out_dir: where the report goes (relative to ``repo``).
     """
     from concurrent.futures import ThreadPoolExecutor
+
+    import pandas as pd
 
     from visctx.config import load_params
     from visctx.report import effect_arms
