@@ -9,6 +9,8 @@
 # beside the ceiling (results/perf/finetune-budget.{json,md}, ~20 min on a finished study);
 # `--noise-split` fine-tunes each effect's end arms again from every replicate's base with other seeds:
 # is the effects' across-seed noise the base's or the fine-tune's (results/perf/noise-split.{json,md}, ~8 min on a finished study);
+# `--search-attention` measures whether each replicate's arms attend to the question's object, beside its
+# effects (results/perf/search-attention.{json,md}, ~2 min on a finished study; no training);
 # `--study-cost` sums a finished study's timing records per base, method and evaluation
 # (results/perf/study-cost.{json,md}; run it where the study ran, e.g. a kept fresh clone);
 # `--temp-experiment` counts the jobs a `dvc exp run --temp` of an analysis-only change runs on this
@@ -29,6 +31,10 @@ fi
 if [ "${1:-}" = "--noise-split" ]; then  # on a finished study: the effects' noise, the base's or the fine-tune's
   shift
   exec visctx noise-split "$@"
+fi
+if [ "${1:-}" = "--search-attention" ]; then  # on a finished study: do the arms look at the object?
+  shift
+  exec visctx search-attention "$@"
 fi
 if [ "${1:-}" = "--study-cost" ]; then  # on a study run on this machine: where its compute went
   shift

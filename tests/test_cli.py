@@ -202,6 +202,8 @@ CALLS: dict[str, tuple[list[str], dict]] = {
                         {"arms": ["T4-M4-pool"], "steps": [10, 30], "lr": 0.003, "seeds": [0, 1], "jobs": 1}),
     "noise-split": (["--bases", "0", "2", "--finetune-seeds", "101", "--jobs", "1"],
                     {"bases": [0, 2], "finetune_seeds": [101], "jobs": 1}),
+    "search-attention": (["--probes", "T32-M4-pool:needle", "--seeds", "0", "1", "--repo", "clone"],
+                         {"probes": ["T32-M4-pool:needle"], "seeds": [0, 1], "repo": "clone"}),
     "perf": (["--out-dir", "results/perf", "--repo", ".", "--no-fresh", "--keep"],
              {"out_dir": "results/perf", "repo": ".", "fresh": False, "keep": True}),
 }

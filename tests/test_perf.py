@@ -169,3 +169,27 @@ def test_a_noise_split_tells_the_bases_noise_from_the_fine_tunes():
     md = noise_split_markdown(report)
     assert "`bash scripts/perf.sh --noise-split --bases 0 1 --finetune-seeds 101`" in md
     assert f"| frames / pool | a | b | {100 * s['across_sd']:.2f} % (11) |" in md
+
+
+def test_the_search_attention_record_names_its_own_command_and_reads_each_seed():
+    """The report's command, parsed by the CLI, asks for the same probes, seeds and folder; each seed's
+    row shows every layer's lift and the strongest layer's hits, and the correlations follow."""
+    import shlex
+
+    from visctx import cli
+    from visctx.perf import search_attention, search_attention_markdown
+
+    layers = [{"layer": 0, "n": 200, "mass": 0.11, "uniform": 0.025, "lift": 0.56, "hit": 0.15},
+              {"layer": 1, "n": 200, "mass": 0.15, "uniform": 0.025, "lift": 3.81, "hit": 0.22}]
+    r = {"date": "d", "machine": "m", "seeds": [0, 3], "probes": ["T32-M4-pool:needle"], "out_dir": "results/perf/x",
+         "rows": [{"arm": "T32-M4-pool", "task": "needle", "seed": s, "layers": layers, "task_loss": 1.6,
+                   "effects": {"frames/pool": -0.0441}} for s in (0, 3)],
+         "correlations": [{"arm": "T32-M4-pool", "task": "needle", "with": "frames/pool", "rho": -0.6, "p": 0.28, "n": 2}]}
+    md = search_attention_markdown(r)
+    cmd = md.split("Regenerate: `")[1].split("`")[0]
+    argv = shlex.split(cmd)
+    assert argv[:3] == ["bash", "scripts/perf.sh", "--search-attention"]
+    got = cli.parse_command("search-attention", search_attention, argv[3:])
+    assert {k: got[k] for k in ("probes", "seeds", "out_dir")} == {k: r[k] for k in ("probes", "seeds", "out_dir")}
+    assert "| 3 | 0.56 (0.110) | 3.81 (0.150) | 0.22 (layer 1) | 1.600 | -4.41 % |" in md
+    assert "frames/pool -0.60 (p 0.28, n 2)" in md

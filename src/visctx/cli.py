@@ -72,6 +72,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                         "what longer fine-tunes buy each question type, beside the ceiling (on a finished study)"),
     "noise-split": ("visctx.perf", "noise_split",
                     "where the effects' across-seed noise comes from: the base or the fine-tune (on a finished study)"),
+    "search-attention": ("visctx.perf", "search_attention",
+                         "whether each replicate's arms attend to the question's object, beside its effects (on a finished study)"),
     "fresh-clone-check": ("visctx.perf", "fresh_clone_check",
                           "the README's two commands in a fresh clone, timed and recorded in results/perf"),
     "study-cost": ("visctx.perf", "study_cost",

@@ -595,6 +595,29 @@ def budget_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _study_effects(results: Path, seeds: list[int], what: str) -> tuple[list[dict[str, str]], dict[tuple[int, str], dict]]:
+    """The study's four effects (``report.effect_arms``: each study and method's smallest and
+    largest setting) and the evaluation record of each end arm in each of ``seeds`` (the records,
+    not ``arms.csv``, which rounds them)."""
+    import pandas as pd
+
+    from visctx.report import effect_arms
+
+    design_csv = results / "tables/design.csv"
+    if not design_csv.exists():
+        raise FileNotFoundError(f"{design_csv}: {what} needs a finished study (bash scripts/run.sh)")
+    design = pd.read_csv(design_csv)
+    effects = [{"study": study, "method": method, "from": ends[0], "to": ends[1]}
+               for study in ("tokens", "frames") for method in ("pool", "sample")
+               if (ends := effect_arms(design, study, method))]
+    evals = {(s, a): results / f"arms/seed{s}/{a}/eval/synthetic.json"
+             for s in seeds for a in sorted({e[k] for e in effects for k in ("from", "to")})}
+    for path in evals.values():
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: {what} needs the study's evaluations of its end arms (bash scripts/run.sh)")
+    return effects, {key: json.loads(path.read_text()) for key, path in evals.items()}
+
+
 def within_and_across(rows: pd.DataFrame) -> dict[str, Any]:
     """The two SDs a noise split compares, from ``rows`` of (``base``, ``finetune``, ``value``): across
     replicates, the SD over bases of the replicates' own fine-tunes (``finetune == base``: base and
@@ -645,7 +668,6 @@ def noise_split(bases: list[int] | None = None, finetune_seeds: list[int] | None
     import pandas as pd
 
     from visctx.config import load_params
-    from visctx.report import effect_arms
 
     root = Path(repo).resolve()
     cfg = load_params(root / "params.yaml")
@@ -655,22 +677,12 @@ def noise_split(bases: list[int] | None = None, finetune_seeds: list[int] | None
     if set(bases) & set(finetune_seeds) or jobs < 1:
         raise ValueError(f"the fine-tune seeds must differ from the bases' own and jobs >= 1; got bases={bases}, "
                          f"finetune_seeds={finetune_seeds}, jobs={jobs}")
-    design_csv = results / "tables/design.csv"
-    for path in [design_csv] + [results / f"base/seed{b}/model" for b in bases]:
+    for path in [results / f"base/seed{b}/model" for b in bases]:
         if not path.exists():
             raise FileNotFoundError(f"{path}: noise-split needs a finished study (bash scripts/run.sh)")
-    design = pd.read_csv(design_csv)
-    effects = [{"study": study, "method": method, "from": ends[0], "to": ends[1]}
-               for study in ("tokens", "frames") for method in ("pool", "sample")
-               if (ends := effect_arms(design, study, method))]
+    effects, own = _study_effects(results, bases, "noise-split")
     arms = sorted({e[k] for e in effects for k in ("from", "to")})
-    # the study's own fine-tunes, from their evaluation records (arms.csv rounds them)
-    evals = {(b, a): results / f"arms/seed{b}/{a}/eval/synthetic.json" for b in bases for a in arms}
-    for path in evals.values():
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: noise-split needs the study's evaluations of its end arms (bash scripts/run.sh)")
-    losses = [{"base": b, "finetune": b, "arm": a, "loss": float(json.loads(p.read_text())["loss"])}
-              for (b, a), p in evals.items()]
+    losses = [{"base": b, "finetune": b, "arm": a, "loss": float(r["loss"])} for (b, a), r in own.items()]
     out_p, run, tmp = _workspace(root, out_dir, "noise-split")
 
     def one(job: tuple[int, int]) -> list[dict[str, Any]]:
@@ -735,6 +747,130 @@ def noise_split_markdown(r: dict) -> str:
         if x["kind"] == "loss":
             lines.append(f"| {x['arm']} | {x['across_sd']:.4f} ({x['across_df']}) | {x['within_sd']:.4f} ({x['within_df']}) "
                          f"| {x['finetune_share']:.2f} | {x['F']:.2f} | {x['p']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def search_attention(probes: list[str] | None = None, seeds: list[int] | None = None, repo: str = ".",
+                     out_dir: str = "results/perf") -> dict:
+    """Whether each replicate's arms search for the question's object, beside the study's effects
+    (:mod:`visctx.attention`). A probe is ``ARM:task``: the arm's trained model of each seed,
+    on every held-out question of that task; the default probes are the far end of the frame
+    study's pooling effect on the needle (one flash among all the frames) and of the token study's
+    on the detail (one small object among all the tokens). For each probe and seed: per layer, the
+    attention mass on the object's tokens, its lift over uniform attention and how often the most
+    attended token is the object's, with the probe's task loss and the seed's four effects; across
+    seeds, Spearman's rho between the strongest layer's lift and each effect (the noise-split's
+    question one step further: what the bases that give larger effects do differently). Reads the
+    finished study only (no training): writes ``search-attention.{json,md}`` under ``out_dir``.
+
+    Args:
+        probes: ``ARM:task`` pairs (default: the frame pooling effect's largest-T arm on ``needle``,
+            the token pooling effect's largest-M arm on ``detail``).
+        seeds: the replicates (default: the study's seeds).
+        repo: the checkout with the finished study.
+        out_dir: where the report goes (relative to ``repo``).
+    """
+    from scipy import stats as st
+
+    from visctx import cpu
+    from visctx.attention import answer_attention, strongest, summarise
+    from visctx.config import Arm, load_params
+    from visctx.data import EvalRecord
+    from visctx.evaluate import _open
+    from visctx.model import VideoModel
+    from visctx.synth import TASKS, load_videos_json
+
+    root = Path(repo).resolve()
+    cfg = load_params(root / "params.yaml")
+    results = root / cfg["results"]
+    seeds = list(cfg["seeds"] if seeds is None else seeds)
+    effects, own = _study_effects(results, seeds, "search-attention")
+    ends = {(e["study"], e["method"]): e["to"] for e in effects}
+    if probes is None:
+        probes = [f"{ends[key]}:{task}" for key, task in ((("frames", "pool"), "needle"), (("tokens", "pool"), "detail"))
+                  if key in ends]
+    parsed = []
+    for p in probes:
+        arm_id, _, task = p.partition(":")
+        if task not in TASKS:
+            raise ValueError(f"probe {p!r}: give ARM:task with a task of {', '.join(TASKS)}")
+        parsed.append((Arm.from_id(arm_id), task))
+    ex = cfg["data"]["extract"]
+    specs = {v["video"]: v for v in load_videos_json(results / "data/corpus/videos.json")["videos"]}
+    items, store = _open(str(results / "data/corpus/eval.json"), str(results / "data/features/eval"))
+    kernels = cpu.check()
+    out_p = (root / out_dir).resolve()
+    out_p.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for arm, task in parsed:
+        records = [EvalRecord(it.id, it.video, it.question, it.options, it.answer, it.task_type)
+                   for it in items if it.task_type == task]
+        for seed in seeds:
+            model_dir = results / f"arms/seed{seed}/{arm.id}/model"
+            ev = results / f"arms/seed{seed}/{arm.id}/eval/synthetic.json"
+            if not model_dir.exists() or not ev.exists():
+                raise FileNotFoundError(f"{model_dir}: search-attention needs the study's trained and evaluated arm")
+            model = VideoModel.load(model_dir)
+            cpu.require_same(model.meta.get("cpu"), kernels, str(model_dir))
+            layers = summarise(answer_attention(model, records, store, arm, specs, task, ex["fps"], ex["max_frames"],
+                                                cfg["evaluate"]["batch_size"]))
+            effect = {f"{e['study']}/{e['method']}": own[(seed, e["to"])]["loss"] / own[(seed, e["from"])]["loss"] - 1
+                      for e in effects}
+            rows.append({"arm": arm.id, "task": task, "seed": seed, "layers": layers,
+                         "task_loss": json.loads(ev.read_text())["per_task"][task]["loss"], "effects": effect})
+    correlations = []
+    for arm, task in parsed:
+        mine = [r for r in rows if (r["arm"], r["task"]) == (arm.id, task)]
+        lift = [strongest(r["layers"])["lift"] for r in mine]
+        for name in [*mine[0]["effects"], "task_loss"]:
+            y = [r["task_loss"] if name == "task_loss" else r["effects"][name] for r in mine]
+            rho, p = st.spearmanr(lift, y) if len(mine) > 2 else (math.nan, math.nan)
+            correlations.append({"arm": arm.id, "task": task, "with": name, "rho": float(rho), "p": float(p),
+                                 "n": len(mine)})
+    report = {"date": dt.date.today().isoformat(), "machine": _machine(), "cpu": cpu.describe_host(),
+              "seeds": seeds, "probes": probes, "out_dir": out_dir, "rows": rows, "correlations": correlations}
+    (out_p / "search-attention.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out_p / "search-attention.md").write_text(search_attention_markdown(report))
+    return report
+
+
+def search_attention_markdown(r: dict) -> str:
+    """A table per probe (a row per seed: each layer's lift and mass, the strongest layer's hits, the
+    task loss, the seed's effects) and the rank correlations across seeds."""
+    from visctx.attention import strongest
+
+    cmd = (f"bash scripts/perf.sh --search-attention --probes {' '.join(r['probes'])} "
+           f"--seeds {' '.join(map(str, r['seeds']))}"
+           + (f" --out-dir {r['out_dir']}" if r.get("out_dir", "results/perf") != "results/perf" else ""))
+    lines = [f"# Where the answer looks ({r['date']}, {r['machine']})", "",
+             "The attention that the position predicting the answer pays to the visual tokens holding the "
+             "question's object (`visctx.attention.target_tokens`: the ceiling's account of the arm's context; "
+             "for the needle, only the frames where it shows), heads averaged, on every held-out question of the "
+             "task. Mass: the object's share of the attention on visual tokens; lift: the median over questions "
+             "of mass / what uniform attention would give (1: no search; below 1: looking away); hits: questions "
+             "whose most attended visual token holds the object, at the layer of highest lift. Effects: the "
+             "seed's relative loss change from the smallest to the largest setting (the study's). "
+             f"Regenerate: `{cmd}`."]
+    for probe in r["probes"]:
+        arm, _, task = probe.partition(":")
+        mine = [x for x in r["rows"] if (x["arm"], x["task"]) == (arm, task)]
+        if not mine:
+            continue
+        n_layers = len(mine[0]["layers"])
+        names = list(mine[0]["effects"])
+        lines += ["", f"## {arm}, the {task} question ({mine[0]['layers'][0]['n']} questions; uniform mass "
+                      f"{mine[0]['layers'][0]['uniform']:.3f})", "",
+                  "| seed | " + " | ".join(f"layer {i}: lift (mass)" for i in range(n_layers))
+                  + f" | hits | {task} loss | " + " | ".join(names) + " |",
+                  "|---" * (3 + n_layers + len(names)) + "|"]
+        for x in mine:
+            best = strongest(x["layers"])
+            lines.append(f"| {x['seed']} | " + " | ".join(f"{y['lift']:.2f} ({y['mass']:.3f})" for y in x["layers"])
+                         + f" | {best['hit']:.2f} (layer {best['layer']}) | {x['task_loss']:.3f} | "
+                         + " | ".join(f"{100 * x['effects'][k]:.2f} %" for k in names) + " |")
+        corr = [c for c in r["correlations"] if (c["arm"], c["task"]) == (arm, task)]
+        lines += ["", "Spearman's rho across seeds, the strongest layer's lift against: "
+                  + "; ".join(f"{c['with']} {c['rho']:.2f} (p {c['p']:.2f}, n {c['n']})" for c in corr) + "."]
     return "\n".join(lines) + "\n"
 
 
