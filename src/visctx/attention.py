@@ -5,9 +5,9 @@ where each object is, so which of an arm's visual tokens hold it is known exactl
 (:func:`target_tokens`, from the information ceiling's own account of the arm's context), and the
 attention that the position predicting the answer pays to those tokens shows whether the model
 searched for it: a lift of 1 is what uniform attention over the visual tokens gives, above 1 the
-model looks at the object, below 1 away from it. Transformers return attention weights only from
-its eager attention, so the model is switched to it for this measurement (the same weights; the
-study trains and evaluates with sdpa)."""
+model looks at the object, below 1 away from it. Transformers returns attention weights only from
+its eager attention, so the model is switched to it for this measurement (the same model: its
+option scores equal sdpa's, tested; the study trains and evaluates with sdpa)."""
 
 from __future__ import annotations
 
