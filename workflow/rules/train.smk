@@ -32,7 +32,7 @@ rule train_base:
         logs=f"{BASE_DIR}/train",  # as an arm's: <run>/train/{metrics.csv,*.ckpt}
         threads=TRAIN["threads"],  # pinned: not scaled down with --cores, so the bits stay the same
     threads: TRAIN["threads"]
-    # Bases first: each is a replicate's critical path (two thirds of the default study's compute), and
+    # Bases first: each is a replicate's critical path (four fifths of the default study's compute), and
     # Snakemake otherwise prefers the ready fine-tunes (larger inputs), leaving the last base to run alone
     # at the end with the other cores idle. Order only: no job's command or bytes change.
     priority: 10
