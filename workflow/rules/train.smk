@@ -33,8 +33,9 @@ rule train_base:
         threads=TRAIN["threads"],  # pinned: not scaled down with --cores, so the bits stay the same
     threads: TRAIN["threads"]
     # Bases first: each is a replicate's critical path (four fifths of the default study's compute), and
-    # Snakemake otherwise prefers the ready fine-tunes (larger inputs), leaving the last base to run alone
-    # at the end with the other cores idle. Order only: no job's command or bytes change.
+    # Snakemake's scheduler otherwise ranks ready jobs by priority and cores only, not length: the fresh
+    # clone of abdc266 ran ready fine-tunes first and left the last base to train alone at the end with
+    # the other core idle. Order only: no job's command or bytes change.
     priority: 10
     log:
         f"{BASE_DIR}/train.log",
