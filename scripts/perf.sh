@@ -11,7 +11,8 @@
 # is the effects' across-seed noise the base's or the fine-tune's (results/perf/noise-split.{json,md}, ~8 min on a finished study);
 # `--search-attention` measures whether each replicate's arms attend to the question's object, beside its
 # effects (results/perf/search-attention.{json,md}, ~2 min on a finished study; no training);
-# `--study-cost` sums a finished study's timing records per base, method and evaluation
+# `--study-cost` sums a finished study's timing records per base, method and evaluation, and reads from
+# the train stage's Snakemake log how busy it kept the cores and when each base ran
 # (results/perf/study-cost.{json,md}; run it where the study ran, e.g. a kept fresh clone);
 # `--temp-experiment` counts the jobs a `dvc exp run --temp` of an analysis-only change runs on this
 # checkout's finished study (results/perf/temp-experiment.{json,md}).

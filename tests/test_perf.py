@@ -106,10 +106,58 @@ def test_the_study_cost_sums_each_runs_timing_by_method(tmp_path):
                             "pool": {"arms": 2, "fine_tune_s": 2.0, "evaluate_s": 1.0},
                             "summary": {"arms": 2, "fine_tune_s": 10.0, "evaluate_s": 4.0}}
     assert "| `summary` arms | 2 | 10.0 | 4.0 | 32 % |" in study_cost_markdown(r)
+    assert "schedule" not in r and "kept its" not in study_cost_markdown(r)  # no Snakemake log here
+    logs = tmp_path / ".snakemake/log"
+    logs.mkdir(parents=True)
+    (logs / "2026-12-07T200000.0.snakemake.log").write_text(_snakemake_log([
+        (0, "localrule train_base:|    jobid: 1|    wildcards: seed=0"), (5, "Finished jobid: 1 (Rule: train_base)")]))
+    (logs / "2026-12-07T210000.0.snakemake.log").write_text(_snakemake_log([  # a later run without bases
+        (0, "rule fit:|    jobid: 2"), (1, "Finished jobid: 2 (Rule: fit)")]))
+    assert study_cost(str(tmp_path), write=False)["schedule"]["span_s"] == 5  # the train stage's run
     (res / "base").rename(tmp_path / "gone")
     (res / "arms").rename(tmp_path / "gone2")
     with pytest.raises(FileNotFoundError, match="no trained base or arm"):
         study_cost(str(tmp_path), write=False)
+
+
+def _snakemake_log(events: list[tuple[int, str]]) -> str:
+    """A Snakemake 9 log (the lines the schedule reads, as the pinned version writes them)."""
+    lines = ["Building DAG of jobs...", "Using shell: /usr/bin/bash", "Provided cores: 2", "Job stats:",
+             "job           count", "train_base        2", "Select jobs to execute..."]
+    for second, text in events:
+        lines.append(f"[Mon Dec  7 20:{second // 60:02d}:{second % 60:02d} 2026]")
+        lines += text.split("|")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_schedule_counts_the_cores_left_idle_and_when_each_base_ran(tmp_path):
+    """Two cores; a base and a fine-tune start at 0, the fine-tune ends at 10, the second base
+    starts only at 40 and ends at 140, the first at 100: idle 30 + 40 core-s of 280."""
+    import pytest
+
+    from visctx.perf import snakemake_schedule, study_cost_markdown
+
+    log = tmp_path / "run.snakemake.log"
+    log.write_text(_snakemake_log([
+        (0, "localrule train_base:|    output: results/base/seed0/model|    jobid: 7|    wildcards: seed=0"),
+        (0, "rule train_arm:|    jobid: 9|    wildcards: seed=0, arm=T1-M4-pool"),
+        (10, "Finished jobid: 9 (Rule: train_arm)|1 of 3 steps (33%) done"),
+        (40, "localrule train_base:|    jobid: 8|    reason: Missing output files|    wildcards: seed=1"),
+        (100, "Finished jobid: 7 (Rule: train_base)"),
+        (140, "Finished jobid: 8 (Rule: train_base)|3 of 3 steps (100%) done"),
+    ]))
+    r = snakemake_schedule(log)
+    assert (r["cores"], r["jobs"], r["span_s"], r["busy_core_s"], r["idle_core_s"], r["idle_share"]) == \
+        (2, 3, 140, 210, 70, 0.25)
+    assert [(j["wildcards"], j["start_s"], j["end_s"]) for j in r["rule_jobs"]] == [("seed=0", 0, 100),
+                                                                                  ("seed=1", 40, 140)]
+    md = study_cost_markdown({"seeds": [0, 1], "commit": "c", "date": "d", "machine": "m", "base_s": 1.0,
+                              "methods": {}, "total_s": 1.0, "schedule": r})
+    assert "3 jobs over 140 s, 210 core-s running, 70 core-s idle (25 %)" in md
+    assert "seed=0 0-100 s, seed=1 40-140 s" in md
+    (tmp_path / "notes.txt").write_text("Finished jobid: 1 (Rule: x)\n")
+    with pytest.raises(ValueError, match="notes.txt: no 'Provided cores'"):
+        snakemake_schedule(tmp_path / "notes.txt")
 
 
 def test_the_budget_records_command_makes_that_record_again():

@@ -77,7 +77,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "fresh-clone-check": ("visctx.perf", "fresh_clone_check",
                           "the README's two commands in a fresh clone, timed and recorded in results/perf"),
     "study-cost": ("visctx.perf", "study_cost",
-                   "where a finished study's compute goes: base, fine-tunes and evaluations per method (results/perf)"),
+                   "where a finished study's compute goes: base, fine-tunes and evaluations per method, and the "
+                   "train stage's schedule (results/perf)"),
     "temp-experiment": ("visctx.perf", "write_temp_experiment",
                         "the jobs a `dvc exp run --temp` of an analysis-only change runs on a finished study"),
     "lmms-eval-arm": ("visctx.lmms_jobs", "lmms_eval_arm", "run one lmms-eval task on one arm (the lmms extra)"),

@@ -176,6 +176,66 @@ def write_temp_experiment(out_dir: str = "results/perf", repo: str = ".") -> dic
     return record
 
 
+_LOG_TIME = "%a %b %d %H:%M:%S %Y"
+
+
+def snakemake_schedule(log: str | os.PathLike, rule: str = "train_base") -> dict[str, Any]:
+    """How busy one Snakemake run kept its cores, read from its log: each job's start and finish
+    (the log's timestamps, to the second), the core-seconds left idle while the run lasted, and
+    when each job of ``rule`` (the bases) ran. It says what the schedule costs beside what the
+    jobs cost: Snakemake ranks ready jobs by priority and cores, not by length, so a long job
+    started late runs alone at the end. Why the log: it is the one place a finished run keeps
+    every job's times (``.snakemake/metadata`` keeps them per output, not for jobs without one,
+    and not the cores the run had)."""
+    import re
+
+    path = Path(log)
+    stamp = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+    cores, now, pending = None, None, None
+    start: dict[int, tuple[str, float]] = {}
+    end: dict[int, float] = {}
+    wildcards: dict[int, str] = {}
+    last = None
+    for line in path.read_text().splitlines():
+        if m := stamp.match(line):
+            now = dt.datetime.strptime(" ".join(m[1].split()), _LOG_TIME).timestamp()
+        elif m := re.match(r"^Provided cores: (\d+)", line):
+            cores = int(m[1])
+        elif m := re.match(r"^(?:local)?rule (\w+):$", line):
+            pending = m[1]
+        elif pending and (m := re.match(r"^\s+jobid: (\d+)$", line)):
+            if now is None:
+                raise ValueError(f"{path}: job {m[1]} starts before any timestamp (not a Snakemake log?)")
+            last = int(m[1])
+            start[last], pending = (pending, now), None
+        elif last is not None and (m := re.match(r"^\s+wildcards: (.*)$", line)):
+            wildcards[last] = m[1]
+        elif m := re.match(r"^Finished jobid: (\d+) ", line):
+            end[int(m[1])] = now
+    jobs = {j: (r, t0, end[j]) for j, (r, t0) in start.items() if j in end}
+    if cores is None or not jobs:
+        raise ValueError(f"{path}: no 'Provided cores' line or no finished job (not a Snakemake run's log?)")
+    t_first = min(t0 for _, t0, _ in jobs.values())
+    t_last = max(t1 for _, _, t1 in jobs.values())
+    events = sorted([(t0, 1) for _, t0, _ in jobs.values()] + [(t1, -1) for _, _, t1 in jobs.values()])
+    idle, running, t_prev = 0.0, 0, t_first
+    for t, step in events:
+        idle += max(0, cores - running) * (t - t_prev)
+        running, t_prev = running + step, t
+    span = t_last - t_first
+    ran = [{"job": j, "wildcards": wildcards.get(j, ""), "start_s": round(t0 - t_first), "end_s": round(t1 - t_first)}
+           for j, (r, t0, t1) in sorted(jobs.items(), key=lambda kv: kv[1][1]) if r == rule]
+    return {"log": path.name, "cores": cores, "jobs": len(jobs), "span_s": round(span),
+            "busy_core_s": round(sum(t1 - t0 for _, t0, t1 in jobs.values())), "idle_core_s": round(idle),
+            "idle_share": round(idle / (cores * span), 3) if span else 0.0, "rule": rule, "rule_jobs": ran}
+
+
+def _train_stage_log(root: Path) -> Path | None:
+    """The newest Snakemake log of ``root`` that ran the bases (the train stage's run)."""
+    logs = sorted((root / ".snakemake/log").glob("*.snakemake.log"))
+    return next((p for p in reversed(logs) if "rule train_base:" in p.read_text()), None)
+
+
 def study_cost(repo: str = ".", out_dir: str = "results/perf", write: bool = True) -> dict:
     """Where a finished study's compute goes: the seconds inside each training loop and each
     evaluation, read from the timing sidecars (:func:`visctx.files.read_seconds`) of every base and
@@ -219,6 +279,8 @@ def study_cost(repo: str = ".", out_dir: str = "results/perf", write: bool = Tru
                               "evaluate_s": round(v["evaluate_s"], 1)} for k, v in sorted(methods.items())}}
     record["total_s"] = round(record["base_s"] + sum(v["fine_tune_s"] + v["evaluate_s"]
                                                      for v in record["methods"].values()), 1)
+    if (log := _train_stage_log(root)) is not None:
+        record["schedule"] = snakemake_schedule(log)
     if write:
         out = root / out_dir
         out.mkdir(parents=True, exist_ok=True)
@@ -238,6 +300,12 @@ def study_cost_markdown(r: dict) -> str:
         lines.append(f"| `{k}` arms | {v['arms']} | {v['fine_tune_s']} | {v['evaluate_s']} | "
                      f"{100 * (v['fine_tune_s'] + v['evaluate_s']) / total:.0f} % |")
     lines.append(f"| **total** | | | | {total} s |")
+    if sc := r.get("schedule"):
+        bases = ", ".join(f"{j['wildcards'] or j['job']} {j['start_s']}-{j['end_s']} s" for j in sc["rule_jobs"])
+        lines += ["", f"How the train stage kept its {sc['cores']} cores busy (its Snakemake log, `{sc['log']}`): "
+                  f"{sc['jobs']} jobs over {sc['span_s']} s, {sc['busy_core_s']} core-s running, "
+                  f"{sc['idle_core_s']} core-s idle ({100 * sc['idle_share']:.0f} %); the bases "
+                  f"(`{sc['rule']}`, from the stage's first job): {bases}."]
     return "\n".join(lines) + "\n"
 
 
