@@ -46,8 +46,10 @@ def test_paper_preset_values():
 
 @pytest.mark.parametrize("preset, groups", [("embedded", 0), ("paper", 50)])
 def test_the_train_rules_options_reach_the_commands(preset, groups):
-    """workflow/rules/train.smk passes train.base (less ``arms``) to `visctx train` and train.arm to
-    `visctx train-arms` as options (common.smk's cli_options): each must be an option of its command."""
+    """workflow/rules/train.smk passes train.base (less ``arms``) to `visctx train` and train.arm (as
+    one arm's options: visctx.budget) to `visctx train-arms` as options (common.smk's cli_options):
+    each must be an option of its command."""
+    from visctx.budget import arm_options
     from visctx.cli import build_parser
     from visctx.train import train, train_arms
 
@@ -56,7 +58,7 @@ def test_the_train_rules_options_reach_the_commands(preset, groups):
               "--threads", "1"]
     base = {k: v for k, v in p["train"]["base"].items() if k != "arms"}
     for name, func, fixed, options in [("train", train, ["--out-dir", "o", "--log-dir", "l"], base),
-                                       ("train-arms", train_arms, ["--arms-dir", "a"], p["train"]["arm"])]:
+                                       ("train-arms", train_arms, ["--arms-dir", "a"], arm_options("T1-M1-pool", p["train"]["arm"]))]:
         flags = [x for k, v in options.items() for x in (  # as common.smk's cli_options writes them
             [f"--{'' if v else 'no-'}{k.replace('_', '-')}"] if isinstance(v, bool) else [f"--{k.replace('_', '-')}", str(v)])]
         args = vars(build_parser(name, func).parse_args(common + fixed + flags))

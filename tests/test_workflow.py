@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from visctx.benchmarks import LOADERS
+from visctx.budget import arm_steps
 from visctx.config import deep_merge, load_params, raw_params, study_points, unique_arms
 from visctx.synth import write_mp4
 
@@ -49,7 +50,8 @@ MICRO = {
                     "methods": ["sample", "pool", "mask", "tube", "masktrain", "tubetrain", "summary"]},
     },
     "train": {"threads": 1, "base": {"steps": 30, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 5},
-              "arm": {"steps": 4, "batch_size": 8, "lr": 1.0e-3, "warmup_steps": 1}},
+              # a budget that grows with the context (visctx.budget): 4, 5 or 6 steps by arm
+              "arm": {"steps": 4, "token_steps": 0.25, "max_steps": 6, "batch_size": 8, "lr": 1.0e-3, "warmup_steps": 1}},
     "evaluate": {"benchmarks": ["synthetic", *LOADERS]},
     "window": 40,  # the window L: combos inside it, the optimum for it
     "analysis": {"n_boot": 50, "seed": 0},
@@ -211,9 +213,14 @@ def test_dvc_repro_produces_every_artifact(repro):
     runs = set(map(tuple, curves[["run", "seed"]].drop_duplicates().values.tolist()))
     assert runs == {(a, s) for a in [*micro_arms(), "base"] for s in MICRO["seeds"]}
     rows = curves.groupby(["run", "seed"]).size()  # Lightning logs every min(10, steps) steps
-    base_steps, arm_steps = MICRO["train"]["base"]["steps"], MICRO["train"]["arm"]["steps"]
+    base_steps = MICRO["train"]["base"]["steps"]
     assert (rows.loc["base"] == base_steps // min(10, base_steps)).all()
-    assert (rows.drop("base") == arm_steps // min(10, arm_steps)).all()
+    steps = {a: arm_steps(a, MICRO["train"]["arm"]) for a in micro_arms()}  # each arm its own budget
+    assert len(set(steps.values())) > 1
+    assert all(rows.loc[a].eq(n // min(10, n)).all() for a, n in steps.items())
+    for arm, n in steps.items():  # the rule's steps, run by the workflow, as the arm's training records them
+        for seed in MICRO["seeds"]:
+            assert json.loads((repro / f"results/arms/seed{seed}/{arm}/model/train_summary.json").read_text())["steps"] == n
     assert curves["loss"].gt(0).all() and curves.groupby(["run", "seed"])["step"].max().loc["base"].eq(base_steps).all()
     for arm in micro_arms():  # one job, one log per (arm, seed)
         for seed in MICRO["seeds"]:

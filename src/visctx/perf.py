@@ -521,14 +521,22 @@ def _finetune_and_evaluate(run: _Runner, cfg: dict, arms_dir: Path, arms: list[s
     """Fine-tune ``arms`` from ``init`` with ``seed`` as the study's ``train_arm`` jobs do (its
     ``train.arm`` options, with ``overrides`` of them, e.g. ``steps``), evaluate them on the held-out split
     as ``evaluate_arm`` does, in ``arms_dir`` outside the DAG; each arm's evaluation record. One
-    training and one evaluation process for all ``arms`` (an arm trains exactly as it would alone)."""
+    training process for the arms of each fine-tune length (``train.arm``'s budget rule,
+    :mod:`visctx.budget`, unless ``steps`` is overridden) and one evaluation process for all
+    ``arms`` (an arm trains exactly as it would alone)."""
     from visctx.benchmarks import scoring_mode
+    from visctx.budget import arm_options
 
     results, ev = Path(run.root) / cfg["results"], cfg["evaluate"]
-    run(["visctx", "train-arms", "--arms", *arms, "--arms-dir", str(arms_dir),
-         "--train-json", str(results / "data/corpus/train.json"), "--features-dir", str(results / "data/features/train"),
-         "--threads", str(cfg["train"]["threads"]), "--no-progress-bar",
-         *option_args({**cfg["train"]["arm"], **overrides}), "--init", str(init), "--seed", str(seed)])
+    by_options: dict[tuple, list[str]] = {}
+    for arm in arms:
+        options = {**arm_options(arm, cfg["train"]["arm"]), **overrides}
+        by_options.setdefault(tuple(option_args(options)), []).append(arm)
+    for options, group in by_options.items():
+        run(["visctx", "train-arms", "--arms", *group, "--arms-dir", str(arms_dir),
+             "--train-json", str(results / "data/corpus/train.json"), "--features-dir", str(results / "data/features/train"),
+             "--threads", str(cfg["train"]["threads"]), "--no-progress-bar",
+             *options, "--init", str(init), "--seed", str(seed)])
     run(["visctx", "evaluate-arms", "--arms", *arms, "--arms-dir", str(arms_dir),
          "--eval-json", str(results / "data/corpus/eval.json"),
          "--features-dir", str(results / "data/features/eval"), "--benchmark", "synthetic",
@@ -564,6 +572,7 @@ def finetune_budget(arms: list[str] | None = None, steps: list[int] | None = Non
     import statistics
     from concurrent.futures import ThreadPoolExecutor
 
+    from visctx.budget import arm_steps
     from visctx.config import load_params
     from visctx.synth import TASKS
 
@@ -613,7 +622,7 @@ def finetune_budget(arms: list[str] | None = None, steps: list[int] | None = Non
     rows = []
     for arm in arms:
         ref = [r for r in study if r["arm"] == arm and int(r["seed"]) in seeds]
-        groups = [("study", int(arm_cfg["steps"]), float(arm_cfg["lr"]),
+        groups = [("study", arm_steps(arm, arm_cfg), float(arm_cfg["lr"]),
                    [{"loss": float(r["loss"]), **{t: float(r[f"loss_{t}"]) for t in TASKS}} for r in ref], None)]
         for n in steps:
             rs = [r for r in runs if r["arm"] == arm and r["steps"] == n]

@@ -2,6 +2,7 @@ import os
 import sys
 from pathlib import Path
 
+from visctx.budget import arm_options
 from visctx.cli import option_args
 from visctx.config import TOKEN_OPS, ParamsError, base_arms, dumps, resolve_preset, study_points, unique_arms, validate
 from visctx.fresh import install as fresh_install

@@ -47,8 +47,9 @@ rule train_base:
         " --log-dir {params.logs} --no-progress-bar > {log} 2>&1"
 
 
-# Each arm is fine-tuned from its replicate's base with the same budget, one job per (arm, seed): a
-# change to one arm retrains that arm only. On a laptop the preload server (workflow.preload) spares
+# Each arm is fine-tuned from its replicate's base, one job per (arm, seed): a change to one arm
+# retrains that arm only. Its length is train.arm's rule (visctx.budget: the same for every arm, or
+# growing with the visual tokens the text attends to). On a laptop the preload server (workflow.preload) spares
 # each job the ~7 s of imports that used to dominate a tiny arm; on a cluster profiles/slurm sets the GPUs.
 rule train_arm:
     input:
@@ -58,7 +59,7 @@ rule train_arm:
         model=directory(ARM_MODEL),
     params:
         code=code_version("train"),
-        optim=cli_options(TRAIN["arm"]),
+        optim=lambda w: cli_options(arm_options(w.arm, TRAIN["arm"])),
         scale=cli_options(TRAIN["scale"]),
         init=lambda w: f"{RESULTS}/base/seed{w.seed}/model" if BASE else pretrained_llm(),
         vision=vision_options(),  # a fresh model's tower; a base brings its own (its trainable flag is reset)
