@@ -228,6 +228,24 @@ def test_dvc_repro_produces_every_artifact(repro):
             assert (repro / f"results/arms/seed{seed}/{arm}/train/metrics.csv").is_file()
 
 
+def test_a_new_fine_tune_budget_reruns_only_the_fine_tunes_it_changes(repro, tmp_path):
+    """The budget rule is the workflow's, outside the training's import graph (visctx.budget): a
+    lower cap replans the fine-tunes it shortens and what reads them, never a base or another arm."""
+    arm = {**MICRO["train"]["arm"], "max_steps": 5}
+    changed = [a for a in micro_arms() if arm_steps(a, arm) != arm_steps(a, MICRO["train"]["arm"])]
+    assert 0 < len(changed) < len(micro_arms())
+    over = tmp_path / "budget.yaml"
+    over.write_text(yaml.safe_dump({"train": {"arm": {"max_steps": 5}}}))
+    out = run(["snakemake", "-n", "--quiet", "rules", "--configfile", str(over)], repro).stdout
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts.get("train_arm") == len(changed) * len(MICRO["seeds"])
+    assert "train_base" not in counts
+    planned = run(["snakemake", "-n", "--configfile", str(over)], repro).stdout
+    steps = dict(re.findall(r"visctx train-arms --arms (\S+) .*? --steps (\d+) ", planned))
+    assert steps == {a: "5" for a in changed}
+
+
 def test_dvc_plots_show_draws_every_curve_and_figure(repro):
     """`dvc plots show`: the training curves through .dvc/plots/curves.json (a line per run and
     seed, coloured by run, the base beside the arms) and every PNG the study draws; no PDF or
