@@ -364,6 +364,7 @@ def test_collect_builds_the_tidy_table(tmp_path):
     assert list(arms.columns[:8]) == ["arm", "T", "M", "token_op", "frame_op", "pooled_from", "tokens", "seed"]
     assert arms.set_index(["arm", "seed"]).loc[("T4-M9-pool", 1), "loss"] == pytest.approx(3.1)
     assert "acc_needle" in arms.columns
+    assert arms["steps"].isna().all()  # these records name no model dir
     design = pd.read_csv(tmp_path / "design.csv")
     assert (design["arm"] == "T2-M9-pool").sum() == 2  # shared by both studies, evaluated once
     videos = pd.read_csv(tmp_path / "videos.csv")
@@ -372,6 +373,25 @@ def test_collect_builds_the_tidy_table(tmp_path):
     # an arm missing one seed is refused (the replicates must be the same for every arm)
     with pytest.raises(ValueError, match="different seeds"):
         collect(evals[:-1], studies, str(tmp_path / "a2.csv"), str(tmp_path / "d2.csv"))
+
+
+def test_collect_records_each_arms_fine_tune_steps(tmp_path):
+    """`steps`: the budget the scored model was trained with (its train_summary.json), per row."""
+    studies = {"tokens": {"frames": 2, "tokens": [1, 9], "methods": ["pool"]}}
+    evals = []
+    for arm, steps in [("T2-M1-pool", 100), ("T2-M9-pool", 250)]:
+        model = tmp_path / arm / "model"
+        model.mkdir(parents=True)
+        (model / "train_summary.json").write_text(json.dumps({"steps": steps, "final_loss": 1.0}))
+        rec = json.loads(Path(_eval(tmp_path / f"{arm}.json", arm, 1.0)).read_text()) | {"model_dir": str(model)}
+        (tmp_path / f"{arm}.json").write_text(json.dumps(rec))
+        evals.append(str(tmp_path / f"{arm}.json"))
+    collect(evals, studies, str(tmp_path / "arms.csv"), str(tmp_path / "design.csv"))
+    arms = pd.read_csv(tmp_path / "arms.csv").set_index("arm")
+    assert arms.loc["T2-M1-pool", "steps"] == 100 and arms.loc["T2-M9-pool", "steps"] == 250
+    (tmp_path / "T2-M9-pool/model/train_summary.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"T2-M9-pool/model/train_summary.json: not a training summary"):
+        collect(evals, studies, str(tmp_path / "arms.csv"), str(tmp_path / "design.csv"))
 
 
 def test_collect_names_a_missing_arm(tmp_path):

@@ -221,6 +221,7 @@ def test_dvc_repro_produces_every_artifact(repro):
     for arm, n in steps.items():  # the rule's steps, run by the workflow, as the arm's training records them
         for seed in MICRO["seeds"]:
             assert json.loads((repro / f"results/arms/seed{seed}/{arm}/model/train_summary.json").read_text())["steps"] == n
+    assert all(syn.loc[syn["arm"] == a, "steps"].eq(n).all() for a, n in steps.items())  # and the tidy table's
     assert curves["loss"].gt(0).all() and curves.groupby(["run", "seed"])["step"].max().loc["base"].eq(base_steps).all()
     for arm in micro_arms():  # one job, one log per (arm, seed)
         for seed in MICRO["seeds"]:

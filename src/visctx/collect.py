@@ -50,13 +50,30 @@ def check_same_videos(evaluations: list[dict]) -> None:
                              f"the stale arm(s)")
 
 
+def fine_tune_steps(rec: dict) -> int | None:
+    """The optimizer steps of the model an evaluation scored, from the ``train_summary.json`` in the
+    model dir it names: each arm's fine-tune budget (``train.arm``'s rule, :mod:`visctx.budget`),
+    beside its gap to the ceiling. None where the record names no dir with a training summary (a
+    collated checkpoint, a record written before evaluations named their model)."""
+    if not rec.get("model_dir"):
+        return None
+    path = Path(rec["model_dir"]) / "train_summary.json"
+    if not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text())["steps"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: not a training summary with its steps ({e})") from None
+
+
 def tidy_rows(evaluations: list[dict]) -> pd.DataFrame:
     rows = []
     for rec in evaluations:
         arm = Arm.from_id(rec["arm"])
         row = {k: v for k, v in arm.to_dict().items() if k != "id"}
         row |= {"arm": arm.id, "seed": rec["seed"], "benchmark": rec["benchmark"], "n": rec["n"],
-                "loss": rec["loss"], "accuracy": rec["accuracy"], "score": rec.get("score")}
+                "loss": rec["loss"], "accuracy": rec["accuracy"], "score": rec.get("score"),
+                "steps": fine_tune_steps(rec)}
         for task, t in sorted((rec.get("per_task") or {}).items()):
             row[f"acc_{task}"] = t.get("accuracy")
             row[f"loss_{task}"] = t.get("loss")

@@ -54,6 +54,8 @@ if SYNTHETIC:
             " --out-csv {output.csv} > {log} 2>&1"
 
 
+# Each arm's steps come from the train_summary.json of the model its evaluation names (an evaluation
+# reruns whenever its model does, so the evaluations are the inputs that carry them).
 rule collect:
     input:
         evals=expand(rules.evaluate_arm.output.json, arm=ARMS, seed=SEEDS, benchmark=BENCHMARKS),
