@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -133,8 +134,6 @@ def temp_experiment(run: _Runner, params: dict) -> dict[str, Any]:
     finished study from its cache into a new workspace, where every mtime is new and
     ``.snakemake/`` is empty; only analysis jobs may run (:mod:`visctx.fresh`). Counted from the
     Snakemake output DVC relays; the experiment is removed afterwards."""
-    import re
-
     from visctx.config import resolve_preset
 
     window = int(resolve_preset(copy.deepcopy(params))["window"]) * 2
@@ -187,8 +186,6 @@ def snakemake_schedule(log: str | os.PathLike, rule: str = "train_base") -> dict
     started late runs alone at the end. Why the log: it is the one place a finished run keeps
     every job's times (``.snakemake/metadata`` keeps them per output, not for jobs without one,
     and not the cores the run had)."""
-    import re
-
     path = Path(log)
     stamp = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
     cores, now, pending = None, None, None
@@ -413,8 +410,6 @@ def fresh_clone_check(out_dir: str = "results/perf", repo: str = ".",
         repo: the checkout whose HEAD is cloned.
         commands: the commands (default: the README's main command, then its test command).
     """
-    import re
-
     repo_p = Path(repo).resolve()
     tool = (repo_p / FRESH_CLONE_CHECK).resolve()
     if not tool.is_file():
